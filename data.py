@@ -1,0 +1,438 @@
+"""Images in, N-way K-shot episodes out.
+
+This file knows about files and episodes and nothing about models. It reads a Mini-ImageNet split in
+any of the four layouts people have (see `detect_layout`), or builds a synthetic dataset of the same
+shape, and keeps each split as ONE uint8 tensor [images, 3, H, W] plus class ids. `sample_episodes`
+draws a whole meta-batch of tasks at once, on whatever device the images live on, so a GPU run never
+goes back to the host for an episode.
+
+    split = load_split("path/to/mini-imagenet", "train", image_size=84)
+    norm = channel_stats(split)                     # from the TRAINING split, stored in checkpoints
+    g = torch.Generator().manual_seed(0)
+    ep = sample_episodes(split, tasks=3, ways=5, shots=1, queries=10, generator=g, norm=norm)
+    ep["support_x"].shape  # [3, 5, 3, 84, 84]  (tasks, ways*shots, channels, H, W)
+"""
+import csv
+import hashlib
+import json
+import math
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+LAYOUTS = (
+    "ravi: DIR/images/*.jpg + DIR/{train,val,test}.csv (header filename,label)",
+    "folders: DIR/{train,val,test}/<class>/<image>",
+    "learn2learn pickles: DIR/mini-imagenet-cache-{train,validation,test}.pkl",
+    "torchmeta HDF5: DIR/{train,val,test}_data.hdf5 + DIR/{split}_labels.json (or inside DIR/miniimagenet/)",
+)
+SYNTHETIC_CLASSES = {"train": 64, "val": 16, "test": 20}  # Mini-ImageNet's split sizes
+
+
+class DataError(Exception):
+    """Bad input: the message is one sentence saying what was expected."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts
+# ----------------------------------------------------------------------------------------------
+
+def _pickle_path(root, split):
+    names = {"train": ["train"], "val": ["validation", "val"], "test": ["test"]}[split]
+    for name in names:
+        path = root / f"mini-imagenet-cache-{name}.pkl"
+        if path.exists():
+            return path
+    return None
+
+
+def _hdf5_root(root, split):
+    for folder in (root, root / "miniimagenet"):
+        if (folder / f"{split}_data.hdf5").exists():
+            return folder
+    return None
+
+
+def _folders_split_dir(root, split):
+    names = {"train": ["train"], "val": ["val", "validation"], "test": ["test"]}[split]
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def detect_layout(root, split="train"):
+    """Which of the four supported layouts `root` is in, judged by the files for `split`."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; expected a Mini-ImageNet folder in one of "
+                        f"these layouts: {'; '.join(LAYOUTS)}")
+    if not root.is_dir():
+        raise DataError(f"--data {root} is a file; expected a folder in one of these layouts: "
+                        f"{'; '.join(LAYOUTS)}")
+    if (root / "images").is_dir() and (root / f"{split}.csv").exists():
+        return "ravi"
+    if _pickle_path(root, split) is not None:
+        return "pickle"
+    if _hdf5_root(root, split) is not None:
+        return "hdf5"
+    if _folders_split_dir(root, split) is not None:
+        return "folders"
+    found = sorted(p.name for p in root.iterdir())[:8]
+    raise DataError(f"{root} holds no '{split}' split in a supported layout (found: {', '.join(found) or 'nothing'}); "
+                    f"expected one of: {'; '.join(LAYOUTS)}")
+
+
+def _ravi_files(root, split):
+    path = root / f"{split}.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["filename", "label"]:
+        raise DataError(f"{path} should start with the header 'filename,label'")
+    files, labels = [], []
+    for row in rows[1:]:
+        if not row:
+            continue
+        if len(row) < 2:
+            raise DataError(f"{path} has a row without a label: {','.join(row)}")
+        files.append(root / "images" / row[0].strip())
+        labels.append(row[1].strip())
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise DataError(f"{path} names {len(missing)} image(s) that are not in {root / 'images'}, "
+                        f"e.g. {missing[0].name}")
+    return files, labels
+
+
+def _folder_files(root, split):
+    split_dir = _folders_split_dir(root, split)
+    files, labels = [], []
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        for f in sorted(class_dir.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(f)
+                labels.append(class_dir.name)
+    if not files:
+        raise DataError(f"{split_dir} has no class folders with images in them; expected "
+                        f"{split_dir}/<class>/<image>")
+    return files, labels
+
+
+def _decode(path, image_size):
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (image_size, image_size):
+                im = im.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except Exception as e:
+        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+def _resize_uint8(images, image_size):
+    """[n,3,h,w] uint8 -> [n,3,s,s] uint8 with PIL, the same resize the image-file layouts get."""
+    if images.shape[-1] == image_size and images.shape[-2] == image_size:
+        return images
+    from PIL import Image
+    out = np.empty((len(images), 3, image_size, image_size), np.uint8)
+    for i, im in enumerate(images):
+        pil = Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0)))
+        out[i] = np.asarray(pil.resize((image_size, image_size), Image.BILINEAR)).transpose(2, 0, 1)
+    return out
+
+
+def _check_not_html(path):
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if head[:1] == b"<":
+        raise DataError(f"{path} is an HTML/XML page, not a data file (a failed download?); "
+                        f"download it again")
+
+
+def _load_pickle(root, split, image_size):
+    path = _pickle_path(root, split)
+    _check_not_html(path)
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+        image_data, class_dict = np.asarray(data["image_data"]), data["class_dict"]
+    except Exception as e:
+        raise DataError(f"{path} is not a learn2learn Mini-ImageNet pickle (a dict with 'image_data' and "
+                        f"'class_dict'): {type(e).__name__}: {e}") from None
+    if image_data.ndim != 4 or image_data.shape[-1] != 3:
+        raise DataError(f"{path}: image_data should be uint8 N x H x W x 3, got shape {image_data.shape}")
+    names = sorted(class_dict)
+    order = np.concatenate([np.asarray(class_dict[n], dtype=np.int64) for n in names])
+    labels = np.concatenate([np.full(len(class_dict[n]), i) for i, n in enumerate(names)])
+    images = image_data[order].astype(np.uint8).transpose(0, 3, 1, 2)
+    return _resize_uint8(images, image_size), labels, names
+
+
+def _load_hdf5(root, split, image_size):
+    try:
+        import h5py
+    except ImportError:
+        raise DataError("this folder is in torchmeta's HDF5 layout, which needs h5py: "
+                        "pip install h5py") from None
+    folder = _hdf5_root(root, split)
+    data_path, labels_path = folder / f"{split}_data.hdf5", folder / f"{split}_labels.json"
+    _check_not_html(data_path)
+    try:
+        with open(labels_path) as f:
+            names = sorted(json.load(f))
+        with h5py.File(data_path, "r") as f:
+            group = f["datasets"]
+            arrays = [np.asarray(group[n], dtype=np.uint8) for n in names]
+    except FileNotFoundError:
+        raise DataError(f"{labels_path} is missing; torchmeta's layout has {split}_labels.json beside "
+                        f"{split}_data.hdf5") from None
+    except Exception as e:
+        raise DataError(f"{data_path} is not a torchmeta Mini-ImageNet HDF5 file (group 'datasets', one "
+                        f"uint8 array per class): {type(e).__name__}: {e}") from None
+    images = np.concatenate(arrays).transpose(0, 3, 1, 2)
+    labels = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
+    return _resize_uint8(images, image_size), labels, names
+
+
+def _signature(files):
+    h = hashlib.sha1()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def default_cache_dir():
+    return Path(os.environ.get("MAML_CACHE_DIR", Path.home() / ".cache" / "negative-lr-maml"))
+
+
+def atomic_save(obj, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_image_files(root, split, image_size, layout, cache_dir, progress):
+    files, names_per_image = (_ravi_files if layout == "ravi" else _folder_files)(root, split)
+    index_file = root / f"{split}.csv" if layout == "ravi" else None
+    signature = _signature(files + ([index_file] if index_file else []))
+    cache = None
+    if cache_dir is not None:
+        key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+        cache = Path(cache_dir) / f"{layout}-{split}-{image_size}px-{key}.pt"
+        if cache.exists():
+            try:
+                cached = torch.load(cache, weights_only=True)
+                if cached["signature"] == signature:
+                    return cached["images"].numpy(), cached["labels"].numpy(), cached["classes"]
+            except Exception:
+                pass  # truncated or foreign cache: rebuild it below
+    names = sorted(set(names_per_image))
+    class_of = {n: i for i, n in enumerate(names)}
+    labels = np.array([class_of[n] for n in names_per_image], dtype=np.int64)
+    images = np.empty((len(files), 3, image_size, image_size), np.uint8)
+    from tqdm import tqdm
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = pool.map(lambda f: _decode(f, image_size), files, chunksize=64)
+        for i, im in enumerate(tqdm(decoded, total=len(files), desc=f"decoding {split} images",
+                                    disable=not progress, unit="img")):
+            images[i] = im
+    # Stable sort by class keeps each class's own file order (CSV order, or sorted file names).
+    order = np.argsort(labels, kind="stable")
+    images, labels = images[order], labels[order]
+    if cache is not None:
+        try:
+            atomic_save({"signature": signature, "images": torch.from_numpy(images),
+                                "labels": torch.from_numpy(labels), "classes": names}, cache)
+        except OSError as e:
+            print(f"note: could not write the image cache {cache} ({e}); the next run decodes again")
+    return images, labels, names
+
+
+def make_split(images, labels, classes):
+    """Bundle a split: uint8 images [n,3,H,W], int64 class ids [n], class names, and an index table
+    `by_class` [classes, most images of a class] (padded with -1) that lets the sampler pick images
+    of a class without leaving the device."""
+    images = torch.as_tensor(images)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(labels, minlength=len(classes))
+    by_class = torch.full((len(classes), int(counts.max())), -1, dtype=torch.long)
+    for c in range(len(classes)):
+        idx = (labels == c).nonzero().flatten()
+        by_class[c, : len(idx)] = idx
+    return {"images": images, "labels": labels, "classes": list(classes), "counts": counts,
+            "by_class": by_class}
+
+
+def split_to(split, device):
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in split.items()}
+
+
+def load_split(root, split, image_size=84, cache_dir="default", progress=True):
+    """Load one split ('train', 'val' or 'test') of a dataset folder in any supported layout."""
+    if split not in SPLITS:
+        raise DataError(f"split should be one of {', '.join(SPLITS)}, not {split!r}")
+    root = Path(root)
+    layout = detect_layout(root, split)
+    if cache_dir == "default":
+        cache_dir = default_cache_dir()
+    if layout in ("ravi", "folders"):
+        images, labels, names = _load_image_files(root, split, image_size, layout, cache_dir, progress)
+    elif layout == "pickle":
+        images, labels, names = _load_pickle(root, split, image_size)
+    else:
+        images, labels, names = _load_hdf5(root, split, image_size)
+    if len(names) == 0 or len(images) == 0:
+        raise DataError(f"the {split} split of {root} is empty")
+    return make_split(images, labels, names)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic dataset: glyphs that a network has to learn to recognise
+# ----------------------------------------------------------------------------------------------
+
+def _glyph_templates(n, generator, size=48, strokes=4):
+    """Each class is a random glyph: a few thick strokes (line segments) joined end to end, like a
+    handwritten character. Returned as [n, 1, size, size] masks in [0, 1]."""
+    pts = torch.rand(n, strokes + 1, 2, generator=generator) * 1.4 - 0.7
+    coords = torch.linspace(-1, 1, size)
+    grid = torch.stack(torch.meshgrid(coords, coords, indexing="xy"), -1).view(1, 1, size * size, 2)
+    a, b = pts[:, :-1, None, :], pts[:, 1:, None, :]  # [n, strokes, 1, 2]
+    ab = b - a
+    t = (((grid - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-6)).clamp(0, 1)
+    dist = (grid - (a + t[..., None] * ab)).norm(dim=-1).min(dim=1).values  # [n, size*size]
+    return (1 - ((dist - 0.08) / 0.04).clamp(0, 1)).view(n, 1, size, size)
+
+
+def synthetic_split(split, image_size=84, per_class=600, seed=0):
+    """A Mini-ImageNet-shaped split (64 / 16 / 20 classes) of glyph images, deterministic in `seed`.
+
+    A class is a glyph shape; everything else is nuisance, drawn afresh for every image: the glyph's
+    position, scale and rotation, its colour and the background colour, a second random glyph
+    (from no class) as clutter, and pixel noise. So class identity is a shape that has to be learned:
+    a randomly initialised Conv-4 scores near chance on it (tested)."""
+    if split not in SYNTHETIC_CLASSES:
+        raise DataError(f"split should be one of {', '.join(SPLITS)}, not {split!r}")
+    n_classes = SYNTHETIC_CLASSES[split]
+    g = torch.Generator().manual_seed(seed * 1000 + SPLITS.index(split))
+    templates = _glyph_templates(n_classes, g)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    images = torch.empty(len(labels), 3, image_size, image_size, dtype=torch.uint8)
+    for start in range(0, len(labels), 2048):  # chunks keep memory flat at 84x84
+        y = labels[start:start + 2048]
+        n = len(y)
+        clutter = _glyph_templates(n, g, strokes=2)
+        masks = []
+        for shapes, scale_range, shift in ((templates[y], (0.75, 1.05), 0.25), (clutter, (0.4, 0.7), 0.6)):
+            angle = (torch.rand(n, generator=g) - 0.5) * (math.pi / 3)
+            scale = torch.empty(n).uniform_(*scale_range, generator=g)
+            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+            theta = torch.stack([torch.stack([cos, -sin, (torch.rand(n, generator=g) - 0.5) * 2 * shift], -1),
+                                 torch.stack([sin, cos, (torch.rand(n, generator=g) - 0.5) * 2 * shift], -1)], 1)
+            grid = F.affine_grid(theta, (n, 1, image_size, image_size), align_corners=False)
+            masks.append(F.grid_sample(shapes, grid, align_corners=False, padding_mode="zeros"))
+        background = torch.rand(n, 3, 1, 1, generator=g)
+        # Foreground colours far enough from the background that the glyph is always visible.
+        direction = torch.where(background > 0.5, -1.0, 1.0)
+        foreground = background + direction * torch.empty(n, 3, 1, 1).uniform_(0.35, 0.5, generator=g)
+        clutter_colour = torch.rand(n, 3, 1, 1, generator=g)
+        x = background + masks[1] * 0.6 * (clutter_colour - background)
+        x = x + masks[0] * (foreground - x)
+        x = x + 0.06 * torch.randn(x.shape, generator=g)
+        images[start:start + n] = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return make_split(images, labels, [f"glyph{split}{i:03d}" for i in range(n_classes)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation and episodes
+# ----------------------------------------------------------------------------------------------
+
+def channel_stats(split):
+    """Per-channel mean and std of a split's pixels in [0, 1] (use the training split)."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    images = split["images"]
+    for start in range(0, len(images), 4096):
+        x = images[start:start + 4096].double() / 255
+        total += x.sum((0, 2, 3)).cpu()
+        total_sq += (x * x).sum((0, 2, 3)).cpu()
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = (total_sq / n - mean ** 2).clamp_min(1e-12).sqrt()
+    return {"mean": mean.float(), "std": std.float()}
+
+
+def normalize(x_uint8, norm, dtype=torch.float32):
+    mean = norm["mean"].to(x_uint8.device, dtype).view(3, 1, 1)
+    std = norm["std"].to(x_uint8.device, dtype).view(3, 1, 1)
+    return (x_uint8.to(dtype) / 255 - mean) / std
+
+
+def check_episode_shape(split, ways, shots, queries, name="split"):
+    """Raise DataError unless every task of this shape can be drawn from `split`."""
+    n_classes = len(split["classes"])
+    if ways > n_classes:
+        raise DataError(f"the {name} has {n_classes} classes, fewer than the {ways} ways asked for")
+    need = shots + queries
+    small = int(split["counts"].min())
+    if small < need:
+        c = int(split["counts"].argmin())
+        raise DataError(f"class {split['classes'][c]} of the {name} has {small} images, fewer than the "
+                        f"{need} needed for {shots} shots + {queries} queries")
+
+
+def sample_classes(split, tasks, ways, generator):
+    """[tasks, ways] class ids, distinct within each task."""
+    n_classes = split["counts"].numel()
+    keys = torch.rand(tasks, n_classes, generator=generator, device=generator.device)
+    return keys.argsort(dim=1)[:, :ways].to(split["by_class"].device)
+
+
+def sample_episodes(split, tasks, ways, shots, queries, generator, norm=None, classes=None,
+                    dtype=torch.float32):
+    """A meta-batch of N-way K-shot tasks, drawn on the device that `generator` and the split live on.
+
+    Each task takes `ways` distinct classes (or the given `classes` [tasks, ways]), and per class
+    `shots` support and `queries` query images, all distinct. The labels 0..ways-1 are randomly
+    permuted per task, so a label never means the same class twice. Returns a dict with
+    support_x [tasks, ways*shots, 3, H, W], support_y [tasks, ways*shots], query_x, query_y and
+    classes [tasks, ways] (class ids in label order: classes[t, label]), and the images' indices in
+    the split (support_idx, query_idx). Images are normalised floats when `norm` is given, else uint8."""
+    if classes is None:
+        classes = sample_classes(split, tasks, ways, generator)
+    by_class, counts = split["by_class"], split["counts"]
+    dev = by_class.device
+    per_class = shots + queries
+    # Random keys, with the padding slots of smaller classes pushed to the end, then the first
+    # per_class positions: a uniform draw without replacement from each chosen class.
+    keys = torch.rand(tasks, ways, by_class.shape[1], generator=generator, device=generator.device).to(dev)
+    slots = torch.arange(by_class.shape[1], device=dev)
+    keys = keys.masked_fill(slots >= counts[classes][..., None], 2.0)
+    picks = by_class[classes[..., None], keys.argsort(dim=-1)[..., :per_class]]  # [tasks, ways, K+Q]
+    label_of_position = torch.rand(tasks, ways, generator=generator, device=generator.device).argsort(1).to(dev)
+    # classes in label order: the class at position j gets label label_of_position[j]
+    classes_by_label = torch.empty_like(classes).scatter_(1, label_of_position, classes)
+    labels = label_of_position[..., None].expand(tasks, ways, per_class)
+    images = split["images"]
+
+    def take(idx):
+        x = images[idx.reshape(-1)].view(tasks, idx.shape[1] * idx.shape[2], *images.shape[1:])
+        return normalize(x, norm, dtype) if norm is not None else x
+
+    support_idx, query_idx = picks[..., :shots], picks[..., shots:]
+    return {"support_x": take(support_idx), "support_y": labels[..., :shots].reshape(tasks, -1),
+            "query_x": take(query_idx), "query_y": labels[..., shots:].reshape(tasks, -1),
+            "classes": classes_by_label, "support_idx": support_idx.reshape(tasks, -1),
+            "query_idx": query_idx.reshape(tasks, -1)}
