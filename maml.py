@@ -570,13 +570,14 @@ def train(args):
     return out
 
 
-def run_cli(main_fn, argv=None):
-    """Run a script's main: known errors end as one line on stderr with exit code 2."""
+def run_cli(main_fn, argv=None, errors=()):
+    """Run a script's main: known errors (and `errors`) end as one line on stderr with exit code 2
+    (1 for divergence), no traceback unless --debug."""
     import data
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         return main_fn(argv)
-    except (data.DataError, CheckpointError, ConfigError, FloatingPointError) as e:
+    except (data.DataError, CheckpointError, ConfigError, FloatingPointError, *errors) as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)

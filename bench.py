@@ -1,0 +1,182 @@
+"""Speed of meta-training and probing: every variant against the plain per-task loop, in one run.
+
+    python bench.py            # paper config and a small config, all variants, MAML and Meta-SGD
+    python bench.py --quick    # fewer repeats and combinations (under 3 minutes on a 2-core CPU)
+
+All variants time the same episodes in the same process. Each row: ms per meta-iteration (median of
+repeats after warm-up, device synchronised), iterations/s, peak memory, and the ratio of the
+per-task loop's time to the variant's (>1 = faster than the loop). Variants:
+    loop     maml.meta_loss(tasks_together=False): tasks one after another (the reference)
+    grouped  maml.meta_loss(tasks_together=True): all tasks as one grouped-convolution network
+    vmap     torch.func.vmap over tasks with torch.func.grad in the inner loop (defined below)
+"""
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import data
+import maml
+import probe
+
+CONFIGS = {  # the paper's: 5-way 1-shot, 10 queries, 3 tasks, 5 inner steps, 84 px, 64 filters
+    "paper": dict(image_size=84, hidden=64, ways=5, shots=1, queries=10, tasks=3, steps=5),
+    "small": dict(image_size=32, hidden=32, ways=5, shots=1, queries=10, tasks=3, steps=5),
+}
+
+
+def meta_loss_vmap(params, inner_lrs, episode, steps, first_order=False):
+    """The meta-loss with tasks vectorised by torch.func.vmap (the functorch MAML example's way);
+    torch.func.grad stays differentiable by the outer backward, so this is second order unless
+    first_order detaches the inner gradients."""
+    from torch.func import grad, vmap
+
+    def task_loss(params, support_x, support_y, query_x, query_y):
+        def support_loss(p):
+            return F.cross_entropy(maml.conv4(p, support_x), support_y)
+        for _ in range(steps):
+            grads = grad(support_loss)(params)
+            if first_order:
+                grads = {n: g.detach() for n, g in grads.items()}
+            params = {n: p - (inner_lrs[n] if isinstance(inner_lrs, dict) else inner_lrs) * grads[n]
+                      for n, p in params.items()}
+        logits = maml.conv4(params, query_x)
+        return F.cross_entropy(logits, query_y), (logits.argmax(-1) == query_y).float().mean()
+
+    losses, accs = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(
+        params, episode["support_x"], episode["support_y"], episode["query_x"], episode["query_y"])
+    return losses.mean(), accs.mean()
+
+
+VARIANTS = {
+    "loop": lambda p, lr, ep, steps, fo: maml.meta_loss(p, lr, ep, steps, fo, tasks_together=False),
+    "grouped": lambda p, lr, ep, steps, fo: maml.meta_loss(p, lr, ep, steps, fo, tasks_together=True),
+    "vmap": meta_loss_vmap,
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn, device, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def setup(cfg, device, seed=0):
+    split = data.split_to(data.synthetic_split("train", cfg["image_size"], per_class=30, seed=seed), device)
+    norm = data.channel_stats(split)
+    g = torch.Generator(device).manual_seed(seed)
+    episodes = [data.sample_episodes(split, cfg["tasks"], cfg["ways"], cfg["shots"], cfg["queries"], g, norm)
+                for _ in range(4)]
+    params = maml.init_params(cfg["ways"], cfg["hidden"], cfg["image_size"],
+                              generator=torch.Generator().manual_seed(seed))
+    params = {n: p.to(device).requires_grad_() for n, p in params.items()}
+    return split, norm, g, episodes, params
+
+
+def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats):
+    split, norm, g, episodes, params = setup(cfg, device)
+    rows = []
+    for method in methods:
+        rates = 0.01 if method == "maml" else {n: torch.full_like(p, 0.01).requires_grad_() for n, p in params.items()}
+        learned = list(rates.values()) if isinstance(rates, dict) else []
+        optimizer = torch.optim.Adam(list(params.values()) + learned, lr=1e-3)
+        for first_order in orders:
+            reference = None
+            for variant in variants:
+                step = [0]
+
+                def iteration():
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, _ = VARIANTS[variant](params, rates, episodes[step[0] % 4], cfg["steps"], first_order)
+                    loss.backward()
+                    optimizer.step()
+                    step[0] += 1
+
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                seconds = time_it(iteration, device, warmup, repeats)
+                reference = reference or seconds
+                rows.append({"config": name, "what": f"{method} {'1st' if first_order else '2nd'}-order",
+                             "variant": variant, "ms": 1000 * seconds, "per_s": 1 / seconds,
+                             "memory_mb": peak_memory_mb(device), "vs_loop": reference / seconds})
+                print_row(rows[-1])
+    sample_s = time_it(lambda: data.sample_episodes(split, cfg["tasks"], cfg["ways"], cfg["shots"], cfg["queries"],
+                                                    g, norm), device, 2, 20)
+    loop_ms = next(r["ms"] for r in rows if r["variant"] == "loop")
+    print(f"  sampling one meta-batch ({name}): {1000 * sample_s:.2f} ms = {100 * 1000 * sample_s / loop_ms:.2f}% "
+          f"of a loop iteration")
+    return rows
+
+
+def bench_probe(name, cfg, device, batch, warmup, repeats):
+    split, norm, g, _, params = setup(cfg, device)
+    params = {n: p.detach() for n, p in params.items()}
+    ways = cfg["ways"]
+
+    def chunk():
+        classes = data.sample_classes(split, batch, 2 * ways, g)
+        a = data.sample_episodes(split, batch, ways, cfg["shots"], 15, g, norm, classes[:, :ways])
+        b = data.sample_episodes(split, batch, ways, cfg["shots"], 15, g, norm, classes[:, ways:])
+        probe.probe_tasks(params, 0.01, a, b, cfg["steps"], ways)
+
+    seconds = time_it(chunk, device, warmup, repeats)
+    row = {"config": name, "what": f"probe, {batch} pairs at once", "variant": "grouped",
+           "ms": 1000 * seconds / batch, "per_s": batch / seconds, "memory_mb": peak_memory_mb(device),
+           "vs_loop": float("nan")}
+    print_row(row)
+    return row
+
+
+def print_row(r):
+    print(f"  {r['config']:6s} {r['what']:28s} {r['variant']:8s} {r['ms']:10.1f} ms/it {r['per_s']:9.2f} it/s "
+          f"{r['memory_mb']:9.0f} MB  x{r['vs_loop']:.2f} vs loop")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] + " Prints ms/iteration, iterations/s, peak "
+                                "memory and the speed-up over the per-task loop, measured in this run.")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda'")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and combinations (<3 min on a 2-core CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per row (median is reported)")
+    args = p.parse_args(argv)
+    device = maml.resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); torch {torch.__version__}")
+    repeats = args.repeats or (2 if args.quick else 5)
+    rows = []
+    if args.quick:
+        rows += bench_training("paper", CONFIGS["paper"], device, ["loop", "grouped", "vmap"], ["maml"], [False], 1, repeats)
+        rows += bench_training("small", CONFIGS["small"], device, ["loop", "grouped", "vmap"], ["maml", "metasgd"],
+                               [False, True], 1, repeats)
+        rows.append(bench_probe("paper", CONFIGS["paper"], device, 8 if device.type == "cpu" else 64, 1, repeats))
+    else:
+        for cfg in ("paper", "small"):
+            rows += bench_training(cfg, CONFIGS[cfg], device, ["loop", "grouped", "vmap"], ["maml", "metasgd"],
+                                   [False, True], 2, repeats)
+            rows.append(bench_probe(cfg, CONFIGS[cfg], device, 8 if device.type == "cpu" else 64, 1, repeats))
+    return rows
+
+
+if __name__ == "__main__":
+    maml.run_cli(main)

@@ -1,0 +1,313 @@
+"""The paper's three-regime embedding probe (section 4, last paragraph; results in section 5.3).
+
+    python probe.py runs/metasgd-5w1s-seed0/best.pt                  # 40,000 iterations on the test split
+    python probe.py runs/x/best.pt --rates negative --iterations 2000  # ablation: only the negative rates
+
+The encoder is the trained Conv-4 without its linear head (the 1600-d output of block 4). Its quality
+on a task: each class's support embedding(s) make a prototype, and each query takes the class of
+the most cosine-similar prototype. One probe iteration:
+    1. sample task A and task B (B's classes disjoint from A's unless --off-task any)
+    2. pre:  accuracy of the meta-initialisation on A and on B
+    3. adapt the whole network (head included) on A's support with the checkpoint's own rule
+    4. on:   accuracy of the adapted encoder on A;  off: accuracy of the adapted encoder on B
+    5. head: the adapted network's ordinary classification accuracy on A's query (sanity column)
+The design is paired: on-task change = on_A - pre_A and off-task change = off_B - pre_B, per iteration.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import data
+import maml
+
+RATE_MODES = ("learned", "negative", "positive", "abs", "flipped", "fixed")
+COLUMNS = ["iteration", "chunk", "chunk_seed", "pre_A", "on_A", "pre_B", "off_B", "head_A",
+           "classes_A", "classes_B"]
+
+
+def prototype_accuracy(support_f, support_y, query_f, query_y, ways):
+    """Per-task accuracy of the cosine nearest-prototype classifier.
+    support_f [T, S, D] with labels [T, S]; query_f [T, Q, D] with labels [T, Q]. A class's prototype
+    is the mean of its support embeddings (with one shot, the embedding itself)."""
+    onehot = F.one_hot(support_y, ways).to(support_f.dtype)  # [T, S, ways]
+    prototypes = onehot.transpose(1, 2) @ support_f / onehot.sum(1)[..., None]
+    similarity = F.normalize(query_f, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
+    return (similarity.argmax(-1) == query_y).to(support_f.dtype).mean(1)
+
+
+def encoder_accuracy(task_params, episode, ways):
+    """Prototype accuracy of the encoder on each task; support and query forwarded separately, so
+    BatchNorm uses each set's own batch statistics, as in training."""
+    with torch.no_grad():
+        support_f = maml.features_tasks(task_params, episode["support_x"])
+        query_f = maml.features_tasks(task_params, episode["query_x"])
+    return prototype_accuracy(support_f, episode["support_y"], query_f, episode["query_y"], ways)
+
+
+def probe_tasks(params, rates, task_a, task_b, steps, ways):
+    """One probe iteration for each of a batch of task pairs: dict of per-pair accuracies."""
+    tasks = task_a["support_x"].shape[0]
+    initial = maml.per_task(params, tasks)
+    adapted = maml.adapt(initial, rates, task_a["support_x"], task_a["support_y"], steps,
+                         create_graph=False, net=maml.conv4_tasks)
+    adapted = {n: p.detach() for n, p in adapted.items()}
+    with torch.no_grad():
+        head = (maml.conv4_tasks(adapted, task_a["query_x"]).argmax(-1) == task_a["query_y"]).float().mean(1)
+    return {"pre_A": encoder_accuracy(initial, task_a, ways), "on_A": encoder_accuracy(adapted, task_a, ways),
+            "pre_B": encoder_accuracy(initial, task_b, ways), "off_B": encoder_accuracy(adapted, task_b, ways),
+            "head_A": head}
+
+
+def probe_rates(learned, mode, inner_lr=None):
+    """The inner rates a probe adapts with. `learned` is the checkpoint's: MAML's float or Meta-SGD's
+    dict of tensors. negative/positive keep only entries of that sign (the rest zero), abs and flipped
+    take |alpha| and -alpha, fixed is one scalar (`inner_lr`) for every parameter."""
+    if mode == "fixed":
+        if inner_lr is None:
+            raise maml.ConfigError("--rates fixed needs --inner-lr")
+        return float(inner_lr)
+    if mode in ("negative", "positive") and not isinstance(learned, dict):
+        raise maml.ConfigError(f"--rates {mode} needs a Meta-SGD checkpoint (learned per-parameter rates); "
+                               f"this is a MAML checkpoint with one fixed rate {learned}")
+    transform = {"learned": lambda r: r, "negative": lambda r: r.clamp(max=0), "positive": lambda r: r.clamp(min=0),
+                 "abs": abs, "flipped": lambda r: -r}[mode]
+    if isinstance(learned, dict):
+        return {n: transform(r) for n, r in learned.items()}
+    return float(transform(learned))
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics of the records
+# ----------------------------------------------------------------------------------------------
+
+def mean_ci(values):
+    """Mean and half-width of the 95% confidence interval (Student t)."""
+    import numpy as np
+    from scipy import stats
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n < 2:
+        return {"mean": float(values.mean()) if n else float("nan"), "ci95": float("nan"), "n": n}
+    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return {"mean": float(values.mean()), "ci95": float(half), "n": n}
+
+
+def summarize(records):
+    """The probe's summary: every regime's mean and 95% CI, both changes, the paired t-test of
+    on-task change against off-task change (the paper's p = 0.00044 test) and one-sample t-tests
+    of each change against zero. `records` maps column name -> sequence of per-iteration values."""
+    import numpy as np
+    from scipy import stats
+    cols = {k: np.asarray(records[k], dtype=np.float64) for k in ("pre_A", "on_A", "pre_B", "off_B", "head_A")}
+    on_change, off_change = cols["on_A"] - cols["pre_A"], cols["off_B"] - cols["pre_B"]
+
+    def test(result):
+        return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(result.df)}
+
+    return {
+        "iterations": len(on_change),
+        "regimes": {k: mean_ci(v) for k, v in cols.items()},
+        "on_change": mean_ci(on_change),
+        "off_change": mean_ci(off_change),
+        "paired_t_on_vs_off": test(stats.ttest_rel(on_change, off_change)),
+        "on_change_vs_zero": test(stats.ttest_1samp(on_change, 0.0)),
+        "off_change_vs_zero": test(stats.ttest_1samp(off_change, 0.0)),
+    }
+
+
+def format_summary(summary, title):
+    r = summary["regimes"]
+    pct = lambda d: f"{100 * d['mean']:6.2f} +- {100 * d['ci95']:.2f}%"
+    lines = [title,
+             f"  pre-adaptation  A: {pct(r['pre_A'])}   B: {pct(r['pre_B'])}",
+             f"  on-task (A)       {pct(r['on_A'])}   change {pct(summary['on_change'])}",
+             f"  off-task (B)      {pct(r['off_B'])}   change {pct(summary['off_change'])}",
+             f"  head on A (usual MAML metric) {pct(r['head_A'])}",
+             f"  paired t-test, on-task vs off-task change: t = {summary['paired_t_on_vs_off']['t']:.3f}, "
+             f"p = {summary['paired_t_on_vs_off']['p']:.3g}",
+             f"  on-task change vs 0: p = {summary['on_change_vs_zero']['p']:.3g};  "
+             f"off-task change vs 0: p = {summary['off_change_vs_zero']['p']:.3g}"]
+    return "\n".join(lines)
+
+
+def read_records(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in ("pre_A", "on_A", "pre_B", "off_B", "head_A")}
+
+
+# ----------------------------------------------------------------------------------------------
+# Script
+# ----------------------------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Three-regime embedding probe of a trained checkpoint: prototype accuracy of the encoder "
+                    "before adaptation, after adapting on task A (on A), and after adapting on A (on another "
+                    "task B). Writes every iteration to a CSV and a summary with t-tests to a JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("checkpoint", help="a checkpoint written by maml.py (best.pt or ckpt.pt)")
+    a("--data", default=None, help="dataset folder (default: the one the checkpoint was trained on, or the "
+      "synthetic dataset if it was trained on that)")
+    a("--split", default="test", choices=data.SPLITS, help="split the probe tasks come from")
+    a("--iterations", type=int, default=40000, help="probe iterations (task pairs); the paper used 40,000")
+    a("--queries", type=int, default=15, help="query images per class in each task")
+    a("--off-task", choices=["disjoint", "any"], default="disjoint",
+      help="'disjoint': task B shares no class with task A; 'any': B is drawn independently")
+    a("--rates", choices=RATE_MODES, default="learned", help="which rates adapt: the checkpoint's own "
+      "('learned'), only its negative or positive entries, |alpha|, -alpha, or one fixed scalar --inner-lr")
+    a("--inner-lr", type=float, default=None, help="the scalar rate of --rates fixed")
+    a("--steps", type=int, default=None, help="adaptation steps (default: the checkpoint's --inner-steps)")
+    a("--batch", type=int, default=0, help="task pairs probed at once (0: 64 on a GPU, 8 on the CPU); "
+      "part of the seeding, so a resumed probe keeps its batch")
+    a("--seed", type=int, default=0, help="seeds the tasks")
+    a("--out", default=None, help="folder for the records (default: beside the checkpoint)")
+    a("--resume", action="store_true", help="continue an interrupted probe with the same settings")
+    a("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', ...")
+    a("--cache-dir", default="default", help="decoded-image cache folder ('none' disables)")
+    a("--no-progress", action="store_true", help="no progress bar")
+    a("--debug", action="store_true", help="show full tracebacks on errors")
+    return p
+
+
+def output_stem(args, steps_default):
+    """probe.csv for the paper's settings; options that differ are named in the file name, so the
+    ablations of one checkpoint sit side by side (probe-rates-negative.csv, probe-steps10.csv ...)."""
+    parts = ["probe"]
+    if args.split != "test":
+        parts.append(args.split)
+    if args.rates != "learned":
+        parts.append(f"rates-{args.rates}" + (f"{args.inner_lr:g}" if args.rates == "fixed" else ""))
+    if args.steps is not None and args.steps != steps_default:
+        parts.append(f"steps{args.steps}")
+    if args.off_task != "disjoint":
+        parts.append("offany")
+    if args.seed != 0:
+        parts.append(f"seed{args.seed}")
+    return "-".join(parts)
+
+
+def run(args):
+    from tqdm import tqdm
+
+    if args.iterations < 1 or args.queries < 1 or args.batch < 0 or (args.steps is not None and args.steps < 0):
+        raise maml.ConfigError("--iterations and --queries must be at least 1, --batch and --steps not negative")
+    if args.inner_lr is not None and not math.isfinite(args.inner_lr):
+        raise maml.ConfigError(f"--inner-lr must be a finite number (got {args.inner_lr})")
+    ckpt = maml.load_checkpoint(args.checkpoint)
+    config = ckpt["config"]
+    device = maml.resolve_device(args.device)
+    ways, shots = config["ways"], config["shots"]
+    steps = config["inner_steps"] if args.steps is None else args.steps
+    rates = probe_rates(maml.checkpoint_lrs(ckpt), args.rates, args.inner_lr)
+    batch = args.batch or (64 if device.type == "cuda" else 8)
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    stem = output_stem(args, config["inner_steps"])
+    records_path, summary_path = out / f"{stem}.csv", out / f"{stem}.json"
+    settings = {"checkpoint": str(args.checkpoint), "method": "metasgd" if config["learn_lr"] else "maml",
+                "split": args.split, "iterations": args.iterations, "queries": args.queries,
+                "off_task": args.off_task, "rates": args.rates, "inner_lr": args.inner_lr, "steps": steps,
+                "batch": batch, "seed": args.seed, "ways": ways, "shots": shots,
+                "checkpoint_iteration": ckpt["iteration"], "data": args.data or config["data"] or "synthetic"}
+    done_rows = []
+    if records_path.exists():
+        if not args.resume:
+            raise maml.ConfigError(f"{records_path} already exists; pass --resume to continue it, or --out elsewhere")
+        saved = json.loads(summary_path.read_text())["settings"] if summary_path.exists() else None
+        if saved is not None and {k: v for k, v in saved.items() if k != "iterations"} != \
+                {k: v for k, v in settings.items() if k != "iterations"}:
+            raise maml.ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
+        with open(records_path, newline="") as f:
+            done_rows = list(csv.DictReader(f))
+        # Keep whole chunks only: a kill can leave the last one half-written.
+        complete = {}
+        for row in done_rows:
+            complete[int(row["chunk"])] = complete.get(int(row["chunk"]), 0) + 1
+        n_chunks = math.ceil(args.iterations / batch)
+        full = [c for c in range(n_chunks) if complete.get(c, 0) == min(batch, args.iterations - c * batch)]
+        first_missing = next((c for c in range(n_chunks) if c not in full), n_chunks)
+        done_rows = [r for r in done_rows if int(r["chunk"]) < first_missing]
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
+    with open(records_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(done_rows)
+
+    split_name = f"{args.split} split"
+    cfg = {**config, "data": args.data or config["data"], "cache_dir": args.cache_dir}
+    if not cfg["data"]:
+        print(f"probing on the built-in synthetic dataset ({args.split} split), as the checkpoint was trained on it")
+    split = maml.load_data(cfg, [args.split], progress=not args.no_progress)[args.split]
+    if split["images"].shape[-1] != config["image_size"]:
+        raise maml.ConfigError(f"the data is {split['images'].shape[-1]}px but the checkpoint expects "
+                               f"{config['image_size']}px")
+    need_ways = 2 * ways if args.off_task == "disjoint" else ways
+    if len(split["classes"]) < need_ways:
+        raise data.DataError(f"the {split_name} has {len(split['classes'])} classes; disjoint {ways}-way tasks A "
+                             f"and B need at least {need_ways} (or pass --off-task any)")
+    data.check_episode_shape(split, ways, shots, args.queries, split_name)
+    split = data.split_to(split, device)
+    dtype = getattr(torch, config.get("dtype", "float32"))
+    params = {n: p.to(device, dtype) for n, p in ckpt["params"].items()}
+    if isinstance(rates, dict):
+        rates = {n: r.to(device, dtype) for n, r in rates.items()}
+    norm = ckpt["norm"]
+
+    start = len(done_rows)
+    n_chunks = math.ceil(args.iterations / batch)
+    bar = tqdm(total=args.iterations, initial=start, desc=f"probe ({settings['method']}, rates {args.rates})",
+               unit="it", disable=args.no_progress, dynamic_ncols=True)
+    tic = time.time()
+    with open(records_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        for chunk in range(start // batch, n_chunks):
+            n = min(batch, args.iterations - chunk * batch)
+            chunk_seed = args.seed * 1_000_003 + chunk
+            g = torch.Generator(device).manual_seed(chunk_seed)
+            if args.off_task == "disjoint":
+                classes = data.sample_classes(split, n, 2 * ways, g)
+                classes_a, classes_b = classes[:, :ways], classes[:, ways:]
+            else:
+                classes_a, classes_b = data.sample_classes(split, n, ways, g), data.sample_classes(split, n, ways, g)
+            task_a = data.sample_episodes(split, n, ways, shots, args.queries, g, norm, classes_a, dtype)
+            task_b = data.sample_episodes(split, n, ways, shots, args.queries, g, norm, classes_b, dtype)
+            result = {k: v.cpu().tolist() for k, v in probe_tasks(params, rates, task_a, task_b, steps, ways).items()}
+            ca, cb = task_a["classes"].cpu().tolist(), task_b["classes"].cpu().tolist()
+            writer.writerows({"iteration": chunk * batch + i, "chunk": chunk, "chunk_seed": chunk_seed,
+                              **{k: repr(v[i]) for k, v in result.items()},
+                              "classes_A": " ".join(map(str, sorted(ca[i]))),
+                              "classes_B": " ".join(map(str, sorted(cb[i])))} for i in range(n))
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(n)
+    bar.close()
+    seconds = time.time() - tic
+    summary = {"settings": settings, **summarize(read_records(records_path)),
+               "seconds_this_session": round(seconds, 2),
+               "iterations_per_second": round((args.iterations - start) / seconds, 2) if seconds > 0 else None}
+    tmp = summary_path.with_name(summary_path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, summary_path)
+    print(format_summary(summary, f"{settings['method']} probe of {args.checkpoint} ({args.iterations} iterations, "
+                                  f"{args.split} split, rates {args.rates}, {steps} steps)"))
+    print(f"records: {records_path}\nsummary: {summary_path}")
+    return summary
+
+
+def main(argv=None):
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    maml.run_cli(main)

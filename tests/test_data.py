@@ -1,0 +1,300 @@
+"""Every on-disk layout loads to the same images; the sampler draws what it promises."""
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+from conftest import SAMPLE
+
+CLASSES = ["n01", "n02", "n03"]
+PER_CLASS = 4
+
+
+def make_jpegs(folder, size=20, seed=0):
+    """Ravi layout with real JPEGs; returns {class: [decoded HxWx3 arrays, in file order]}."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    decoded = {c: [] for c in CLASSES}
+    for split in data.SPLITS:
+        rows = ["filename,label"]
+        for c in CLASSES:
+            for i in range(PER_CLASS):
+                name = f"{c}{split}{i:04d}.jpg"
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "images" / name)
+                rows.append(f"{name},{c}")
+                if split == "train":
+                    decoded[c].append(np.asarray(Image.open(folder / "images" / name).convert("RGB")))
+        (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return decoded
+
+
+def ravi_to_folders(ravi, folders, splits=data.SPLITS):
+    for split in splits:
+        for line in (ravi / f"{split}.csv").read_text().splitlines()[1:]:
+            name, label = line.split(",")
+            (folders / split / label).mkdir(parents=True, exist_ok=True)
+            os.symlink(ravi / "images" / name, folders / split / label / name)
+
+
+def make_pickle(folder, decoded, name="train"):
+    folder.mkdir(parents=True, exist_ok=True)
+    # Interleave the classes in image_data, as nothing promises they are contiguous.
+    images, class_dict = [], {c: [] for c in decoded}
+    for i in range(PER_CLASS):
+        for c in reversed(CLASSES):
+            class_dict[c].append(len(images))
+            images.append(decoded[c][i])
+    with open(folder / f"mini-imagenet-cache-{name}.pkl", "wb") as f:
+        pickle.dump({"image_data": np.stack(images), "class_dict": class_dict}, f)
+
+
+def make_hdf5(folder, decoded):
+    import h5py
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / "train_data.hdf5", "w") as f:
+        group = f.create_group("datasets")
+        for c in CLASSES:
+            group.create_dataset(c, data=np.stack(decoded[c]))
+    (folder / "train_labels.json").write_text(json.dumps(CLASSES))
+
+
+@pytest.fixture
+def four_layouts(tmp_path):
+    decoded = make_jpegs(tmp_path / "ravi")
+    ravi_to_folders(tmp_path / "ravi", tmp_path / "folders")
+    make_pickle(tmp_path / "pickle", decoded)
+    make_pickle(tmp_path / "pickle_old_name", decoded, name="train")
+    make_hdf5(tmp_path / "hdf5", decoded)
+    make_hdf5(tmp_path / "hdf5_nested" / "miniimagenet", decoded)
+    return tmp_path, decoded
+
+
+def test_all_four_layouts_load_to_the_same_images_and_labels(four_layouts):
+    root, decoded = four_layouts
+    expected = np.stack([im.transpose(2, 0, 1) for c in CLASSES for im in decoded[c]])
+    expected_labels = np.repeat(np.arange(len(CLASSES)), PER_CLASS)
+    layouts = {"ravi": "ravi", "folders": "folders", "pickle": "pickle", "hdf5": "hdf5",
+               "hdf5_nested": "hdf5"}
+    for folder, layout in layouts.items():
+        assert data.detect_layout(root / folder) == layout
+        split = data.load_split(root / folder, "train", image_size=20, progress=False)
+        assert split["classes"] == CLASSES, folder
+        assert split["images"].dtype == torch.uint8 and split["images"].shape == (12, 3, 20, 20)
+        np.testing.assert_array_equal(split["images"].numpy(), expected, err_msg=folder)
+        np.testing.assert_array_equal(split["labels"].numpy(), expected_labels, err_msg=folder)
+
+
+def test_images_are_resized_the_same_way_in_every_layout(four_layouts):
+    root, _ = four_layouts
+    loads = [data.load_split(root / f, "train", image_size=12, progress=False)["images"]
+             for f in ("ravi", "folders", "pickle", "hdf5")]
+    assert loads[0].shape == (12, 3, 12, 12)
+    for other in loads[1:]:
+        assert torch.equal(loads[0], other)
+
+
+def test_learn2learn_validation_pickle_is_found_under_both_names(tmp_path):
+    decoded = make_jpegs(tmp_path / "ravi")
+    for name in ("validation", "val"):
+        folder = tmp_path / name
+        make_pickle(folder, decoded, name=name)
+        assert data.load_split(folder, "val", image_size=20)["images"].shape[0] == 12
+
+
+def test_broken_ravi_csv_naming_missing_images_says_which(tmp_path):
+    make_jpegs(tmp_path / "ravi")
+    os.remove(tmp_path / "ravi" / "images" / "n02train0001.jpg")
+    with pytest.raises(data.DataError, match="n02train0001.jpg"):
+        data.load_split(tmp_path / "ravi", "train", progress=False)
+
+
+def test_broken_image_in_folders_layout_names_the_file(tmp_path):
+    make_jpegs(tmp_path / "ravi")
+    ravi_to_folders(tmp_path / "ravi", tmp_path / "folders")
+    bad = tmp_path / "folders" / "train" / "n03" / "n03train0002.jpg"
+    bad.unlink()
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(data.DataError, match="n03train0002.jpg"):
+        data.load_split(tmp_path / "folders", "train", progress=False)
+
+
+def test_pickle_that_is_an_html_page_is_reported_as_such(tmp_path):
+    (tmp_path / "mini-imagenet-cache-train.pkl").write_text("<!DOCTYPE html><html>quota exceeded</html>")
+    with pytest.raises(data.DataError, match="HTML"):
+        data.load_split(tmp_path, "train")
+
+
+def test_pickle_without_image_data_is_rejected(tmp_path):
+    with open(tmp_path / "mini-imagenet-cache-train.pkl", "wb") as f:
+        pickle.dump({"images": 1}, f)
+    with pytest.raises(data.DataError, match="image_data"):
+        data.load_split(tmp_path, "train")
+
+
+def test_hdf5_that_is_not_hdf5_is_rejected(tmp_path):
+    (tmp_path / "train_data.hdf5").write_bytes(b"\x00garbage" * 10)
+    (tmp_path / "train_labels.json").write_text('["a"]')
+    with pytest.raises(data.DataError, match="HDF5"):
+        data.load_split(tmp_path, "train")
+
+
+def test_folder_in_no_layout_lists_the_supported_layouts(tmp_path):
+    (tmp_path / "something.txt").write_text("hi")
+    with pytest.raises(data.DataError, match="learn2learn") as err:
+        data.load_split(tmp_path, "train")
+    assert "torchmeta" in str(err.value) and "something.txt" in str(err.value)
+
+
+def test_missing_data_folder_is_reported(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load_split(tmp_path / "nope", "train")
+
+
+def test_second_load_reads_the_cache_and_notices_a_changed_source(four_layouts, monkeypatch):
+    root, _ = four_layouts
+    first = data.load_split(root / "ravi", "train", image_size=20, progress=False)
+    calls = []
+    real_decode = data._decode
+    monkeypatch.setattr(data, "_decode", lambda *a: calls.append(a) or real_decode(*a))
+    again = data.load_split(root / "ravi", "train", image_size=20, progress=False)
+    assert calls == [] and torch.equal(first["images"], again["images"])
+    # Replace one image: the cache must be rebuilt and show the new pixels.
+    path = root / "ravi" / "images" / "n01train0000.jpg"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(path)
+    os.utime(path, ns=(1, 1))
+    changed = data.load_split(root / "ravi", "train", image_size=20, progress=False)
+    assert len(calls) == 12 and changed["images"][0].max() < 10
+
+
+def test_truncated_cache_is_rebuilt(four_layouts):
+    root, _ = four_layouts
+    first = data.load_split(root / "ravi", "train", image_size=20, progress=False)
+    (cache,) = data.default_cache_dir().glob("ravi-train-*.pt")
+    cache.write_bytes(cache.read_bytes()[:100])
+    again = data.load_split(root / "ravi", "train", image_size=20, progress=False)
+    assert torch.equal(first["images"], again["images"])
+
+
+# --------------------------------------------------------------------------- sampler
+
+def uneven_split():
+    """5 classes with 6..10 images each; pixel value = image index, to trace every image."""
+    counts = [6, 7, 8, 9, 10]
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    images = torch.arange(len(labels)).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).to(torch.uint8)
+    return data.make_split(images, labels, [f"c{i}" for i in range(5)])
+
+
+def test_sampler_shapes_classes_and_disjoint_support_query():
+    split = uneven_split()
+    g = torch.Generator().manual_seed(0)
+    ep = data.sample_episodes(split, tasks=50, ways=3, shots=2, queries=4, generator=g)
+    assert ep["support_x"].shape == (50, 6, 3, 2, 2) and ep["query_x"].shape == (50, 12, 3, 2, 2)
+    assert ep["support_y"].shape == (50, 6) and ep["query_y"].shape == (50, 12)
+    for t in range(50):
+        classes = ep["classes"][t]
+        assert len(set(classes.tolist())) == 3
+        s_idx, q_idx = ep["support_idx"][t].tolist(), ep["query_idx"][t].tolist()
+        assert len(set(s_idx) | set(q_idx)) == 18  # all distinct, so support and query disjoint
+        # every image is of the class its label names, and labels are balanced
+        for idx, y in ((ep["support_idx"][t], ep["support_y"][t]), (ep["query_idx"][t], ep["query_y"][t])):
+            assert torch.equal(split["labels"][idx], classes[y])
+            assert torch.bincount(y, minlength=3).tolist() == [len(y) // 3] * 3
+        assert torch.equal(ep["support_x"][t, :, 0, 0, 0].long(), ep["support_idx"][t])
+
+
+def test_sampler_permutes_labels_and_uses_every_image():
+    split = uneven_split()
+    g = torch.Generator().manual_seed(1)
+    ep = data.sample_episodes(split, tasks=400, ways=3, shots=1, queries=5, generator=g)
+    label_of_first_class_position = set()
+    for t in range(400):
+        label_of_first_class_position.add(int(ep["support_y"][t, 0]))
+    assert label_of_first_class_position == {0, 1, 2}
+    used = torch.cat([ep["support_idx"].flatten(), ep["query_idx"].flatten()]).unique()
+    assert len(used) == len(split["labels"])  # the small classes' padding never leaks in
+
+
+def test_same_seed_same_episodes_other_seed_other_episodes():
+    split = uneven_split()
+    draw = lambda seed: data.sample_episodes(split, 4, 3, 1, 2, torch.Generator().manual_seed(seed))
+    a, b, c = draw(7), draw(7), draw(8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["query_idx"], c["query_idx"])
+
+
+def test_episodes_are_normalised_with_the_given_statistics():
+    split = uneven_split()
+    norm = {"mean": torch.tensor([0.1, 0.2, 0.3]), "std": torch.tensor([0.5, 0.5, 2.0])}
+    ep = data.sample_episodes(split, 2, 3, 1, 2, torch.Generator().manual_seed(0), norm)
+    raw = data.sample_episodes(split, 2, 3, 1, 2, torch.Generator().manual_seed(0))
+    expected = (raw["support_x"].float() / 255 - norm["mean"].view(3, 1, 1)) / norm["std"].view(3, 1, 1)
+    torch.testing.assert_close(ep["support_x"], expected)
+
+
+def test_channel_stats_match_numpy():
+    images = torch.randint(0, 256, (7, 3, 5, 5), dtype=torch.uint8)
+    stats = data.channel_stats(data.make_split(images, torch.zeros(7, dtype=torch.long), ["a"]))
+    x = images.numpy() / 255.0
+    np.testing.assert_allclose(stats["mean"], x.mean((0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(stats["std"], x.std((0, 2, 3)), rtol=1e-5)
+
+
+def test_too_few_classes_or_images_are_reported():
+    split = uneven_split()
+    with pytest.raises(data.DataError, match="fewer than the 6 ways"):
+        data.check_episode_shape(split, 6, 1, 1)
+    with pytest.raises(data.DataError, match="c0 .* 6 images, fewer than the 7"):
+        data.check_episode_shape(split, 3, 2, 5)
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+def test_synthetic_dataset_has_mini_imagenet_shape_and_is_deterministic():
+    sizes = {s: len(data.synthetic_split(s, 24, per_class=3, seed=0)["classes"]) for s in data.SPLITS}
+    assert sizes == {"train": 64, "val": 16, "test": 20}
+    a = data.synthetic_split("val", 24, per_class=3, seed=0)
+    b = data.synthetic_split("val", 24, per_class=3, seed=0)
+    c = data.synthetic_split("val", 24, per_class=3, seed=1)
+    assert a["images"].shape == (48, 3, 24, 24) and a["images"].dtype == torch.uint8
+    assert torch.equal(a["images"], b["images"]) and not torch.equal(a["images"], c["images"])
+    assert torch.equal(a["labels"], torch.arange(16).repeat_interleave(3))
+
+
+def test_random_conv4_with_cosine_prototypes_is_near_chance_on_synthetic_data():
+    import maml
+    import torch.nn.functional as F
+    split = data.synthetic_split("test", 84, per_class=20, seed=0)
+    norm = data.channel_stats(split)
+    g = torch.Generator().manual_seed(0)
+    accs = []
+    for seed in range(2):
+        params = maml.init_params(5, 64, 84, generator=torch.Generator().manual_seed(seed))
+        ep = data.sample_episodes(split, 8, 5, 1, 10, g, norm)
+        for t in range(8):
+            with torch.no_grad():
+                support, query = maml.features(params, ep["support_x"][t]), maml.features(params, ep["query_x"][t])
+            prototypes = support[ep["support_y"][t].argsort()]  # 1-shot: row j is label j's image
+            sim = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
+            accs.append((sim.argmax(-1) == ep["query_y"][t]).float().mean())
+    accuracy = torch.stack(accs).mean().item()
+    assert accuracy < 0.20 + 0.15, accuracy
+
+
+# --------------------------------------------------------------------------- the real sample
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data/mini-imagenet-sample is not here")
+def test_real_sample_loads_the_same_through_ravi_and_class_folders(tmp_path):
+    ravi = data.load_split(SAMPLE, "val", image_size=84, progress=False)
+    ravi_to_folders(SAMPLE, tmp_path / "folders", splits=["val"])
+    folders = data.load_split(tmp_path / "folders", "val", image_size=84, progress=False)
+    assert ravi["images"].shape == (1600, 3, 84, 84) and len(ravi["classes"]) == 16
+    assert ravi["classes"] == folders["classes"]
+    assert torch.equal(ravi["labels"], folders["labels"])
+    assert torch.equal(ravi["images"], folders["images"])

@@ -1,0 +1,187 @@
+"""The probe's bookkeeping, its statistics and its interruption behaviour."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import data
+import maml
+import probe
+from conftest import tiny_flags
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    maml.main(tiny_flags(root / "maml", "--iterations", "2", "--eval-every", "2"))
+    maml.main(tiny_flags(root / "metasgd", "--iterations", "2", "--eval-every", "2", "--learn-lr",
+                         "--lr-init-range", "-0.05", "0.05"))
+    return {"maml": root / "maml" / "best.pt", "metasgd": root / "metasgd" / "best.pt"}
+
+
+def tiny_tasks(tasks=12, ways=3, seed=0):
+    split = data.synthetic_split("test", 16, per_class=8, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    classes = data.sample_classes(split, tasks, 2 * ways, g)
+    norm = data.channel_stats(split)
+    a = data.sample_episodes(split, tasks, ways, 1, 4, g, norm, classes[:, :ways])
+    b = data.sample_episodes(split, tasks, ways, 1, 4, g, norm, classes[:, ways:])
+    return a, b
+
+
+def test_zero_rates_leave_every_accuracy_exactly_unchanged():
+    params = maml.init_params(3, 8, 16, generator=torch.Generator().manual_seed(0))
+    a, b = tiny_tasks()
+    result = probe.probe_tasks(params, 0.0, a, b, steps=3, ways=3)
+    assert torch.equal(result["on_A"], result["pre_A"])
+    assert torch.equal(result["off_B"], result["pre_B"])
+
+
+def test_prototype_classifier_gets_the_hand_worked_accuracy():
+    # 3 classes along the axes; labels permuted: support rows are labels 2, 0, 1.
+    support = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]])
+    support_y = torch.tensor([[2, 0, 1]])
+    # Query 0 points along x (label 2: right), query 1 mostly along y (label 0: right),
+    # query 2 along z but labelled 2 (wrong: it is nearest to label 1), query 3 long vector along -x+y
+    # scaled: cosine ignores length, nearest is y (label 0), labelled 0 (right).
+    query = torch.tensor([[[3.0, 0.1, 0], [0.2, 1.0, 0.1], [0, 0.1, 5.0], [-1.0, 10.0, 0]]])
+    query_y = torch.tensor([[2, 0, 2, 0]])
+    acc = probe.prototype_accuracy(support, support_y, query, query_y, ways=3)
+    assert acc.tolist() == [0.75]
+
+
+def test_prototypes_average_the_shots():
+    support = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 2.0], [0.0, -1.0]]])  # class 0: mean (0.5, 1)
+    support_y = torch.tensor([[0, 1, 0, 1]])  # class 1: mean (0, 0) -> use a shifted one instead
+    support = support + torch.tensor([0.0, 0.0])
+    query = torch.tensor([[[1.0, 2.0], [0.1, 0.2]]])
+    acc = probe.prototype_accuracy(support, support_y, query, torch.tensor([[0, 0]]), ways=2)
+    assert acc.tolist() == [1.0]
+
+
+def test_off_task_measures_task_b_with_weights_adapted_on_task_a():
+    params = maml.init_params(3, 8, 16, generator=torch.Generator().manual_seed(1))
+    a, b = tiny_tasks(tasks=16)
+    result = probe.probe_tasks(params, 0.5, a, b, steps=3, ways=3)
+
+    def adapted_on(task):
+        return maml.adapt(maml.per_task(params, 16), 0.5, task["support_x"], task["support_y"], 3,
+                          create_graph=False, net=maml.conv4_tasks)
+
+    on_a, on_b = adapted_on(a), adapted_on(b)
+    assert torch.equal(result["off_B"], probe.encoder_accuracy(on_a, b, 3))
+    assert torch.equal(result["on_A"], probe.encoder_accuracy(on_a, a, 3))
+    # Swapping A and B would give these instead; they differ, so the check above can fail.
+    assert not torch.equal(result["off_B"], probe.encoder_accuracy(on_b, b, 3))
+    assert not torch.equal(result["on_A"], probe.encoder_accuracy(on_b, a, 3))
+
+
+def test_rate_variants_build_the_rates_they_claim():
+    learned = {"w": torch.tensor([-0.2, 0.0, 0.3]), "b": torch.tensor([0.5, -0.1])}
+    expect = {"learned": ([-0.2, 0.0, 0.3], [0.5, -0.1]), "negative": ([-0.2, 0.0, 0.0], [0.0, -0.1]),
+              "positive": ([0.0, 0.0, 0.3], [0.5, 0.0]), "abs": ([0.2, 0.0, 0.3], [0.5, 0.1]),
+              "flipped": ([0.2, 0.0, -0.3], [-0.5, 0.1])}
+    for mode, (w, b) in expect.items():
+        rates = probe.probe_rates(learned, mode)
+        assert rates["w"].tolist() == pytest.approx(w) and rates["b"].tolist() == pytest.approx(b), mode
+    assert probe.probe_rates(learned, "fixed", 0.01) == 0.01
+    assert probe.probe_rates(0.01, "flipped") == -0.01 and probe.probe_rates(0.01, "learned") == 0.01
+
+
+def test_negative_rates_of_a_maml_checkpoint_are_refused():
+    with pytest.raises(maml.ConfigError, match="Meta-SGD checkpoint"):
+        probe.probe_rates(0.01, "negative")
+
+
+def test_statistics_match_scipy_and_the_paired_test_is_paired():
+    rng = np.random.default_rng(0)
+    n = 200
+    shared = rng.normal(0, 0.2, n)  # a per-iteration effect common to both changes
+    pre_a, pre_b = rng.uniform(0.3, 0.6, n), rng.uniform(0.3, 0.6, n)
+    on_change = shared + rng.normal(0, 0.002, n)
+    off_change = shared + 0.003 + rng.normal(0, 0.002, n)
+    records = {"pre_A": pre_a, "on_A": pre_a + on_change, "pre_B": pre_b, "off_B": pre_b + off_change,
+               "head_A": rng.uniform(0, 1, n)}
+    s = probe.summarize(records)
+    paired = stats.ttest_rel(on_change, off_change)
+    assert s["paired_t_on_vs_off"]["p"] == pytest.approx(paired.pvalue, rel=1e-6)
+    assert s["paired_t_on_vs_off"]["t"] == pytest.approx(paired.statistic, rel=1e-6)
+    assert s["paired_t_on_vs_off"]["p"] < 1e-10 < 0.1 < stats.ttest_ind(on_change, off_change).pvalue
+    assert s["off_change_vs_zero"]["p"] == pytest.approx(stats.ttest_1samp(off_change, 0).pvalue, rel=1e-6)
+    assert s["on_change_vs_zero"]["p"] == pytest.approx(stats.ttest_1samp(on_change, 0).pvalue, rel=1e-6)
+    half = stats.t.ppf(0.975, n - 1) * np.std(pre_a, ddof=1) / np.sqrt(n)
+    assert s["regimes"]["pre_A"]["mean"] == pytest.approx(pre_a.mean())
+    assert s["regimes"]["pre_A"]["ci95"] == pytest.approx(half)
+    assert s["off_change"]["mean"] == pytest.approx(off_change.mean())
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("method", ["maml", "metasgd"])
+def test_probe_runs_on_either_method_and_same_seed_gives_same_records(checkpoints, tmp_path, method):
+    flags = [str(checkpoints[method]), "--iterations", "20", "--batch", "8", "--queries", "3", "--no-progress"]
+    s1 = probe.main(flags + ["--out", str(tmp_path / "one")])
+    probe.main(flags + ["--out", str(tmp_path / "two")])
+    one, two = read_rows(tmp_path / "one" / "probe.csv"), read_rows(tmp_path / "two" / "probe.csv")
+    assert len(one) == 20 and one == two
+    assert s1["settings"]["method"] == method and s1["iterations"] == 20
+    for row in one:  # disjoint tasks by default
+        assert not set(row["classes_A"].split()) & set(row["classes_B"].split())
+    saved = json.loads((tmp_path / "one" / "probe.json").read_text())
+    assert saved["paired_t_on_vs_off"]["p"] == s1["paired_t_on_vs_off"]["p"]
+
+
+def test_interrupt_and_resume_gives_records_identical_to_an_uninterrupted_run(checkpoints, tmp_path, monkeypatch):
+    flags = [str(checkpoints["metasgd"]), "--iterations", "30", "--batch", "4", "--queries", "3", "--no-progress"]
+    probe.main(flags + ["--out", str(tmp_path / "whole")])
+    real = probe.probe_tasks
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probe, "probe_tasks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        probe.main(flags + ["--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(probe, "probe_tasks", real)
+    with open(tmp_path / "cut" / "probe.csv", "a") as f:
+        f.write("12,3,3,0.5,0.")  # what a kill in the middle of a write leaves
+    with pytest.raises(maml.ConfigError, match="--resume"):
+        probe.main(flags + ["--out", str(tmp_path / "cut")])
+    probe.main(flags + ["--out", str(tmp_path / "cut"), "--resume"])
+    assert read_rows(tmp_path / "cut" / "probe.csv") == read_rows(tmp_path / "whole" / "probe.csv")
+
+
+def test_ablation_records_get_their_own_files(checkpoints, tmp_path):
+    base = [str(checkpoints["metasgd"]), "--iterations", "8", "--queries", "3", "--no-progress", "--out", str(tmp_path)]
+    probe.main(base + ["--rates", "negative"])
+    probe.main(base + ["--steps", "2"])
+    probe.main(base + ["--rates", "fixed", "--inner-lr", "0"])
+    names = sorted(p.name for p in tmp_path.glob("*.csv"))
+    assert names == ["probe-rates-fixed0.csv", "probe-rates-negative.csv", "probe-steps2.csv"]
+    zero = read_rows(tmp_path / "probe-rates-fixed0.csv")
+    assert all(r["on_A"] == r["pre_A"] and r["off_B"] == r["pre_B"] for r in zero)
+
+
+def test_foreign_file_and_too_few_classes_are_explained(checkpoints, tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(maml.CheckpointError, match="not a checkpoint of this project"):
+        probe.main([str(foreign), "--iterations", "2"])
+    # The synthetic val split has 16 classes: 2-way disjoint tasks need 4, 9-way ones 18.
+    ckpt = torch.load(checkpoints["maml"], weights_only=True)
+    ckpt["config"]["ways"] = 9
+    ckpt["params"]["head.weight"] = torch.zeros(9, ckpt["params"]["head.weight"].shape[1])
+    ckpt["params"]["head.bias"] = torch.zeros(9)
+    torch.save(ckpt, tmp_path / "nine.pt")
+    with pytest.raises(data.DataError, match="at least 18"):
+        probe.main([str(tmp_path / "nine.pt"), "--split", "val", "--iterations", "2", "--no-progress"])
