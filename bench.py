@@ -8,7 +8,8 @@ repeats after warm-up, device synchronised), iterations/s, peak memory, and the 
 per-task loop's time to the variant's (>1 = faster than the loop). Variants:
     loop     maml.meta_loss(tasks_together=False): tasks one after another (the reference)
     grouped  maml.meta_loss(tasks_together=True): all tasks as one grouped-convolution network
-    vmap     torch.func.vmap over tasks with torch.func.grad in the inner loop (defined below)
+    vmap     torch.func.vmap over tasks with torch.func.grad in the inner loop (defined below; it needs
+             BatchNorm written out, as F.batch_norm under vmap is not correctly second order)
 """
 import argparse
 import resource
@@ -28,7 +29,24 @@ CONFIGS = {  # the paper's: 5-way 1-shot, 10 queries, 3 tasks, 5 inner steps, 84
 }
 
 
-def meta_loss_vmap(params, inner_lrs, episode, steps, first_order=False):
+def batch_norm_formula(x, weight, bias, eps=1e-5):
+    """Training-mode BatchNorm written out. Under torch.func.vmap, F.batch_norm's double backward
+    gives a wrong second-order meta-gradient in torch 2.14.1 (tests/test_bench.py pins it); this
+    formula differentiates correctly."""
+    mean = x.mean((0, 2, 3), keepdim=True)
+    var = x.var((0, 2, 3), unbiased=False, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps) * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+def conv4_vmappable(params, x):
+    """maml.conv4 with `batch_norm_formula` in place of F.batch_norm."""
+    for i in range(1, 5):
+        x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], padding=1)
+        x = F.max_pool2d(F.relu(batch_norm_formula(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"])), 2)
+    return F.linear(x.flatten(1), params["head.weight"], params["head.bias"])
+
+
+def meta_loss_vmap(params, inner_lrs, episode, steps, first_order=False, net=conv4_vmappable):
     """The meta-loss with tasks vectorised by torch.func.vmap (the functorch MAML example's way);
     torch.func.grad stays differentiable by the outer backward, so this is second order unless
     first_order detaches the inner gradients."""
@@ -36,14 +54,14 @@ def meta_loss_vmap(params, inner_lrs, episode, steps, first_order=False):
 
     def task_loss(params, support_x, support_y, query_x, query_y):
         def support_loss(p):
-            return F.cross_entropy(maml.conv4(p, support_x), support_y)
+            return F.cross_entropy(net(p, support_x), support_y)
         for _ in range(steps):
             grads = grad(support_loss)(params)
             if first_order:
                 grads = {n: g.detach() for n, g in grads.items()}
             params = {n: p - (inner_lrs[n] if isinstance(inner_lrs, dict) else inner_lrs) * grads[n]
                       for n, p in params.items()}
-        logits = maml.conv4(params, query_x)
+        logits = net(params, query_x)
         return F.cross_entropy(logits, query_y), (logits.argmax(-1) == query_y).float().mean()
 
     losses, accs = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(

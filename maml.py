@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -238,7 +239,9 @@ def load_checkpoint(path, map_location="cpu"):
     if not path.is_file():
         raise CheckpointError(f"{path} is not a checkpoint file (expected e.g. runs/<run>/best.pt)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle makes torch warn before it fails
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path} cannot be read as a checkpoint (truncated or not a torch file): "
                               f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
@@ -491,6 +494,7 @@ def train(args):
                                                "val_acc": val_acc, "val_ci95": val_ci, "elapsed_s": 0.0}])
             if learned:
                 _write_rows(out / "lr_stats.csv", [{"iteration": 0, **r} for r in rate_statistics(inner_lrs)])
+            data.atomic_save(checkpoint(0), ckpt_path)  # so even a run that fails at once can be resumed
         iteration = start
         while iteration < total and stop["signal"] is None:
             episode = data.sample_episodes(train_split, config["meta_batch"], ways, config["shots"],

@@ -245,3 +245,110 @@ def test_help_explains_every_flag():
     for action in maml.build_parser()._actions:
         assert action.help, action.dest
     assert "--learn-lr" in text and "--first-order" in text
+
+
+# --------------------------------------------------------------------------- kills, divergence, determinism
+
+KILL_FLAGS = ["--iterations", "60", "--eval-every", "20", "--save-every", "5", "--learn-lr"]
+
+# Runs maml.py's main with torch.save slowed down: after the Nth save whose target name contains
+# WHICH, the file is cut to half its size, a marker file appears, and the process sleeps, so the test
+# can SIGKILL it in the middle of writing that file.
+SLOW_SAVE = """
+import os, sys, time, torch
+marker, which, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real_save, seen = torch.save, [0]
+def slow_save(obj, f, *a, **k):
+    real_save(obj, f, *a, **k)
+    if which in str(f):
+        seen[0] += 1
+        if seen[0] == nth:
+            os.truncate(f, os.path.getsize(f) // 2)
+            open(marker, "w").close()
+            time.sleep(600)
+torch.save = slow_save
+import maml
+maml.run_cli(maml.main, sys.argv[4:])
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    maml.main(tiny_flags(out, *KILL_FLAGS))
+    return final_params(out)
+
+
+def kill_when(proc, condition, timeout=120):
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("point", ["after the first saves", "writing the 3rd checkpoint", "writing best.pt"])
+def test_sigkill_at_any_point_then_resume_ends_identical(point, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    flags = tiny_flags(out, *KILL_FLAGS)
+    marker = tmp_path / "in-save"
+    if point == "after the first saves":
+        proc = subprocess.Popen([sys.executable, str(ROOT / "maml.py"), *flags], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        first_save = []
+
+        def second_save_done():  # the checkpoint of iteration 0 was replaced by a later one
+            if not (out / "ckpt.pt").exists():
+                return False
+            first_save.append((out / "ckpt.pt").stat().st_mtime_ns)
+            return first_save[-1] != first_save[0]
+        kill_when(proc, second_save_done)
+    else:
+        which, nth = ("ckpt.pt.tmp", 3) if "checkpoint" in point else ("best.pt.tmp", 1)
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(marker), which, str(nth), *flags],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        kill_when(proc, marker.exists)
+        assert any(p.name.startswith(which) for p in out.iterdir())  # the half-written file is there
+    maml.load_checkpoint(out / "ckpt.pt")  # what is on disk is still a whole checkpoint
+    maml.main(tiny_flags(out, *KILL_FLAGS, "--resume"))
+    resumed = final_params(out)
+    assert all(torch.equal(uninterrupted[n], resumed[n]) for n in resumed)
+    iterations = [int(r["iteration"]) for r in read_csv(out / "metrics.csv")]
+    assert iterations == [0, 20, 40, 60]  # rows written after the checkpoint were not duplicated
+
+
+def test_sigkill_while_writing_the_image_cache_then_rerun_rebuilds_it(tmp_path):
+    from test_data import make_jpegs
+    make_jpegs(tmp_path / "data")
+    env = {**os.environ, "MAML_CACHE_DIR": str(tmp_path / "cache")}
+    flags = tiny_flags(tmp_path / "run", "--data", str(tmp_path / "data"), "--ways", "2", "--iterations", "2",
+                       "--eval-every", "2", "--queries", "1", "--eval-queries", "1")
+    marker = tmp_path / "in-save"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(marker), "train-", "1", *flags], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill_when(proc, marker.exists)
+    assert not list((tmp_path / "cache").glob("*.pt"))  # only the half-written temporary file
+    subprocess.run([sys.executable, str(ROOT / "maml.py"), *flags], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    assert len(list((tmp_path / "cache").glob("ravi-train-*.pt"))) == 1
+    maml.load_checkpoint(tmp_path / "run" / "ckpt.pt")
+
+
+def test_absurd_inner_lr_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "maml.py"), *tiny_flags(out, "--iterations", "20",
+                          "--inner-lr", "1e30", "--log-every", "1")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "diverged" in proc.stderr and "iteration 1" in proc.stderr and "--inner-lr" in proc.stderr
+    ckpt = maml.load_checkpoint(out / "ckpt.pt")
+    assert ckpt["iteration"] == 0
+    assert all(torch.isfinite(p).all() for p in ckpt["params"].values())
+
+
+def test_same_seed_and_flags_give_the_same_metrics(tmp_path):
+    def metrics(name):
+        maml.main(tiny_flags(tmp_path / name, "--iterations", "6", "--eval-every", "3", "--learn-lr"))
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_csv(tmp_path / name / "metrics.csv")]
+    assert metrics("a") == metrics("b")

@@ -1,0 +1,43 @@
+"""Every fast variant that bench.py times gives the loop reference's meta-gradient (float64, CPU)."""
+import pytest
+import torch
+
+import bench
+from test_maml import flat, meta_sgd_rates, micro_problem
+
+
+@pytest.mark.parametrize("variant", [v for v in bench.VARIANTS if v != "loop"])
+@pytest.mark.parametrize("method", ["maml", "metasgd"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_fast_variant_meta_gradient_equals_the_loop_reference(variant, method, first_order):
+    params, episode = micro_problem()
+    rates = meta_sgd_rates(params) if method == "metasgd" else 0.1
+    wrt = list(params.values()) + (list(rates.values()) if isinstance(rates, dict) else [])
+
+    def grad(name):
+        loss, accuracy = bench.VARIANTS[name](params, rates, episode, 2, first_order)
+        return flat(torch.autograd.grad(loss, wrt)), loss.detach(), accuracy
+
+    reference, ref_loss, ref_acc = grad("loop")
+    fast, fast_loss, fast_acc = grad(variant)
+    assert (reference - fast).abs().max() < 1e-8
+    assert abs(ref_loss - fast_loss) < 1e-10 and abs(ref_acc - fast_acc) < 1e-6
+
+
+def test_vmap_over_native_batch_norm_is_not_correctly_second_order_in_this_torch():
+    """Why bench.py's vmap variant writes BatchNorm out: with F.batch_norm under vmap, torch 2.14.1's
+    second-order meta-gradient is off (first order is right). If this starts failing, torch fixed it."""
+    import maml
+    params, episode = micro_problem()
+    wrt = list(params.values())
+
+    def grad(first_order, net):
+        loss, _ = bench.meta_loss_vmap(params, 0.1, episode, 2, first_order, net=net)
+        return flat(torch.autograd.grad(loss, wrt))
+
+    def loop(first_order):
+        return flat(torch.autograd.grad(bench.VARIANTS["loop"](params, 0.1, episode, 2, first_order)[0], wrt))
+
+    assert (grad(True, maml.conv4) - loop(True)).abs().max() < 1e-10
+    assert (grad(False, maml.conv4) - loop(False)).abs().max() > 1e-5
+    assert (grad(False, bench.conv4_vmappable) - loop(False)).abs().max() < 1e-10
