@@ -12,7 +12,7 @@ DEMO_FLAGS := --image-size 32 --hidden 32 --synthetic-per-class 60 --iterations 
               --val-tasks 100 --test-tasks 200 --task-batching grouped
 DEMO_PROBE := --iterations 1000 --queries 5
 
-.PHONY: test demo paper clean-demo
+.PHONY: test demo paper
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,7 @@ paper: $(STAMP)
 	@test -n "$(DATA)" || { echo "usage: make paper DATA=/path/to/mini-imagenet"; exit 2; }
 	$(PY) maml.py --data $(DATA) --out runs/paper/maml
 	$(PY) maml.py --data $(DATA) --learn-lr --out runs/paper/metasgd
+	$(PY) probe.py runs/paper/maml/best.pt --data $(DATA)
+	$(PY) probe.py runs/paper/metasgd/best.pt --data $(DATA)
+	$(PY) analyze.py runs/paper/maml runs/paper/metasgd --out report/paper
+	@echo "report: report/paper/report.md"
