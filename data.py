@@ -277,6 +277,7 @@ def make_split(images, labels, classes):
 
 
 def split_to(split, device):
+    """The split (or any dict of tensors, e.g. normalisation statistics) on `device`."""
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in split.items()}
 
 

@@ -427,6 +427,7 @@ def train(args):
     data.check_episode_shape(splits["val"], config["ways"], config["shots"], config["eval_queries"], "val split")
     norm = resumed["norm"] if resumed else data.channel_stats(splits["train"])
     train_split, val_split = (data.split_to(s, device) for s in (splits["train"], splits["val"]))
+    norm_on_device = data.split_to(norm, device)  # a host-to-device copy per episode would sync
 
     ways = config["ways"]
     if resumed:
@@ -448,6 +449,10 @@ def train(args):
     episodes = torch.Generator(device).manual_seed(config["seed"] + 12345)
     start, elapsed, best = 0, 0.0, (-1.0, -1)
     if resumed:
+        if resumed.get("generator_device", "cpu") != device.type:
+            raise ConfigError(f"this run drew its episodes from a {resumed.get('generator_device', 'cpu')} random "
+                              f"generator; resume it with --device {resumed.get('generator_device', 'cpu')} "
+                              f"(or start a new run)")
         optimizer.load_state_dict(resumed["optimizer"])
         episodes.set_state(resumed["generator"])
         start, elapsed, best = resumed["iteration"], resumed["elapsed"], tuple(resumed["best_val"])
@@ -461,14 +466,15 @@ def train(args):
                 "params": {n: p.detach().cpu() for n, p in params.items()},
                 "inner_lrs": ({n: r.detach().cpu() for n, r in inner_lrs.items()}
                               if isinstance(inner_lrs, dict) else inner_lrs),
-                "optimizer": optimizer.state_dict(), "generator": episodes.get_state(), "norm": norm,
+                "optimizer": optimizer.state_dict(), "generator": episodes.get_state(),
+                "generator_device": device.type, "norm": norm,
                 "elapsed": elapsed, "best_val": list(best), "classes": splits["train"]["classes"]}
 
     def finite_state():
         return all(bool(torch.isfinite(t).all()) for t in list(params.values()) + learned)
 
     def validate(iteration):
-        accs = evaluate(params, inner_lrs, val_split, norm, config["val_tasks"], ways, config["shots"],
+        accs = evaluate(params, inner_lrs, val_split, norm_on_device, config["val_tasks"], ways, config["shots"],
                         config["eval_queries"], config["eval_steps"], seed=config["seed"] + 777)
         return mean_ci95(accs)
 
@@ -498,7 +504,7 @@ def train(args):
         iteration = start
         while iteration < total and stop["signal"] is None:
             episode = data.sample_episodes(train_split, config["meta_batch"], ways, config["shots"],
-                                           config["queries"], episodes, norm, dtype=dtype)
+                                           config["queries"], episodes, norm_on_device, dtype=dtype)
             loss, acc = meta_step(params, inner_lrs, optimizer, episode, config["inner_steps"],
                                   config["first_order"], tasks_together)
             iteration += 1
@@ -562,7 +568,7 @@ def train(args):
     best_lrs = checkpoint_lrs(best_ckpt)
     if isinstance(best_lrs, dict):
         best_lrs = {n: r.to(device, dtype) for n, r in best_lrs.items()}
-    accs = evaluate(best_params, best_lrs, data.split_to(test_split, device), norm, config["test_tasks"],
+    accs = evaluate(best_params, best_lrs, data.split_to(test_split, device), norm_on_device, config["test_tasks"],
                     ways, config["shots"], config["eval_queries"], config["eval_steps"],
                     seed=config["seed"] + 999)
     test_acc, test_ci = mean_ci95(accs)

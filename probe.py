@@ -262,7 +262,7 @@ def run(args):
     params = {n: p.to(device, dtype) for n, p in ckpt["params"].items()}
     if isinstance(rates, dict):
         rates = {n: r.to(device, dtype) for n, r in rates.items()}
-    norm = ckpt["norm"]
+    norm = data.split_to(ckpt["norm"], device)
 
     start = len(done_rows)
     n_chunks = math.ceil(args.iterations / batch)

@@ -131,3 +131,11 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "maml.py"), "--data", str(tmp_path / "nope"), "--debug"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode != 0 and "Traceback" in out.stderr and "DataError" in out.stderr
+
+
+def test_analyze_of_a_folder_without_a_run_is_explained(tmp_path, capsys):
+    import analyze
+    (tmp_path / "empty").mkdir()
+    code, line = run_script(analyze.main, [str(tmp_path / "empty"), "--out", str(tmp_path / "r")], capsys,
+                            errors=(analyze.AnalysisError,))
+    assert code == 2 and "holds no checkpoint" in line
