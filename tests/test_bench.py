@@ -41,3 +41,15 @@ def test_vmap_over_native_batch_norm_is_not_correctly_second_order_in_this_torch
     assert (grad(True, maml.conv4) - loop(True)).abs().max() < 1e-10
     assert (grad(False, maml.conv4) - loop(False)).abs().max() > 1e-5
     assert (grad(False, bench.conv4_vmappable) - loop(False)).abs().max() < 1e-10
+
+
+def test_bench_reports_every_variant_with_its_speed_and_gradient_agreement(capsys):
+    tiny = dict(image_size=16, hidden=4, ways=2, shots=1, queries=2, tasks=2, steps=1)
+    rows = bench.bench_training("tiny", tiny, torch.device("cpu"), list(bench.VARIANTS), ["maml", "metasgd"],
+                                [False], warmup=0, repeats=1)
+    assert [(r["what"], r["variant"]) for r in rows] == [
+        (f"{m} 2nd-order", v) for m in ("maml", "metasgd") for v in bench.VARIANTS]
+    for r in rows:
+        assert r["ms"] > 0 and r["grad_rel_diff"] < 1e-4, r  # float32: agreement to rounding
+    assert all(r["vs_loop"] == 1.0 for r in rows if r["variant"] == "loop")
+    assert "sampling one meta-batch" in capsys.readouterr().out
