@@ -243,8 +243,9 @@ def load_checkpoint(path, map_location="cpu"):
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} cannot be read as a checkpoint (truncated or not a torch file): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path} cannot be read as a checkpoint (empty, truncated or not a torch file): "
+                              f"{type(e).__name__}{': ' + detail if detail else ''}") from None
     if not isinstance(ckpt, dict) or ckpt.get("program") != PROGRAM:
         raise CheckpointError(f"{path} is a torch file but not a checkpoint of this project's maml.py")
     return ckpt

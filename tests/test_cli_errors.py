@@ -102,13 +102,16 @@ def test_resume_without_a_checkpoint_is_explained(tmp_path, capsys):
     assert code == 2 and "no checkpoint" in line
 
 
-@pytest.mark.parametrize("kind", ["truncated", "other program", "pickle of something else", "directory", "missing"])
+@pytest.mark.parametrize("kind", ["truncated", "empty", "other program", "pickle of something else", "directory",
+                                  "missing"])
 def test_bad_checkpoint_is_explained_by_the_probe(kind, tmp_path, capsys):
     maml.main(train_args(tmp_path))
     good = tmp_path / "run" / "best.pt"
     path = tmp_path / "bad.pt"
     if kind == "truncated":
         path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
     elif kind == "other program":
         torch.save({"model": {"w": torch.zeros(2)}}, path)
     elif kind == "pickle of something else":
