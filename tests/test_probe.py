@@ -54,11 +54,13 @@ def test_prototype_classifier_gets_the_hand_worked_accuracy():
 
 
 def test_prototypes_average_the_shots():
-    support = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 2.0], [0.0, -1.0]]])  # class 0: mean (0.5, 1)
-    support_y = torch.tensor([[0, 1, 0, 1]])  # class 1: mean (0, 0) -> use a shifted one instead
-    support = support + torch.tensor([0.0, 0.0])
-    query = torch.tensor([[[1.0, 2.0], [0.1, 0.2]]])
-    acc = probe.prototype_accuracy(support, support_y, query, torch.tensor([[0, 0]]), ways=2)
+    # Class 0's shots (1, 0) and (1, 2) average to (1, 1); class 1's (0, 1) and (2, -1) to (1, 0).
+    support = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 2.0], [2.0, -1.0]]])
+    support_y = torch.tensor([[0, 1, 0, 1]])
+    # (1, 0.9) is nearer (1, 1) by cosine; (1, 0.1) is nearer (1, 0). Against single shots instead of
+    # the means, (1, 0.1) would go to class 0's (1, 0) and the accuracy would be 1/2.
+    query = torch.tensor([[[1.0, 0.9], [1.0, 0.1]]])
+    acc = probe.prototype_accuracy(support, support_y, query, torch.tensor([[0, 1]]), ways=2)
     assert acc.tolist() == [1.0]
 
 
