@@ -8,10 +8,10 @@ of one method (different seeds) are shown as mean and std across seeds. Writes i
 table1_learned_rates.{md,csv}, fig5_training.png, fig6_learned_rates.png, fig6_rates_over_training.png,
 fig7_probe.png, stats.{md,json} and report.md, which holds everything on one page.
 """
+
 import argparse
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,13 @@ import maml
 import probe
 
 LAYERS = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "logits"]
-PAPER_TABLE1 = {"conv1": ("-0.006", "0.032"), "conv2": ("-0.004", "0.027"), "conv3": ("-0.013", "0.027"),
-                "conv4": ("-0.018", "0.030"), "logits": ("0.043", "0.072")}
+PAPER_TABLE1 = {
+    "conv1": ("-0.006", "0.032"),
+    "conv2": ("-0.004", "0.027"),
+    "conv3": ("-0.013", "0.027"),
+    "conv4": ("-0.018", "0.030"),
+    "logits": ("0.043", "0.072"),
+}
 METHOD_NAMES = {"maml": "MAML", "metasgd": "Meta-SGD"}
 
 
@@ -33,6 +38,7 @@ class AnalysisError(Exception):
 # ----------------------------------------------------------------------------------------------
 # Reading runs
 # ----------------------------------------------------------------------------------------------
+
 
 def read_csv(path):
     with open(path, newline="") as f:
@@ -48,8 +54,9 @@ def load_run(path):
         candidates = [folder / "ckpt.pt", folder / "best.pt"]
         ckpt_path = next((c for c in candidates if c.exists()), None)
         if ckpt_path is None:
-            raise AnalysisError(f"{folder} holds no checkpoint (ckpt.pt or best.pt); expected a run folder "
-                                f"written by maml.py")
+            raise AnalysisError(
+                f"{folder} holds no checkpoint (ckpt.pt or best.pt); expected a run folder written by maml.py"
+            )
     elif path.exists():
         ckpt_path = path
     else:
@@ -59,14 +66,22 @@ def load_run(path):
     except maml.CheckpointError as e:
         raise AnalysisError(str(e)) from None
     config = ckpt["config"]
-    run = {"folder": folder, "checkpoint": ckpt_path, "config": config, "iteration": ckpt["iteration"],
-           "method": "metasgd" if config["learn_lr"] else "maml",
-           "rates": ({n: r.double().numpy() for n, r in ckpt["inner_lrs"].items()}
-                     if isinstance(ckpt["inner_lrs"], dict) else None),
-           "metrics": read_csv(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
-           "lr_stats": read_csv(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
-           "test": json.loads((folder / "test.json").read_text()) if (folder / "test.json").exists() else None,
-           "probes": {}}
+    run = {
+        "folder": folder,
+        "checkpoint": ckpt_path,
+        "config": config,
+        "iteration": ckpt["iteration"],
+        "method": "metasgd" if config["learn_lr"] else "maml",
+        "rates": (
+            {n: r.double().numpy() for n, r in ckpt["inner_lrs"].items()}
+            if isinstance(ckpt["inner_lrs"], dict)
+            else None
+        ),
+        "metrics": read_csv(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
+        "lr_stats": read_csv(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
+        "test": json.loads((folder / "test.json").read_text()) if (folder / "test.json").exists() else None,
+        "probes": {},
+    }
     for records in sorted(folder.glob("probe*.csv")):
         summary = records.with_suffix(".json")
         settings = json.loads(summary.read_text()).get("settings", {}) if summary.exists() else {}
@@ -77,13 +92,17 @@ def load_run(path):
 def check_compatible(runs):
     shapes = {(r["config"]["ways"], r["config"]["shots"]) for r in runs}
     if len(shapes) > 1:
-        raise AnalysisError("the runs mix task shapes (" + ", ".join(f"{w}-way {s}-shot" for w, s in sorted(shapes))
-                            + "); analyse runs of one shape together")
+        raise AnalysisError(
+            "the runs mix task shapes ("
+            + ", ".join(f"{w}-way {s}-shot" for w, s in sorted(shapes))
+            + "); analyse runs of one shape together"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Numbers
 # ----------------------------------------------------------------------------------------------
+
 
 def rate_table(rates):
     """Per layer: mean, std, fraction negative, min, max of the learned rates, and each parameter
@@ -94,9 +113,14 @@ def rate_table(rates):
         if not names:
             continue
         r = np.concatenate([rates[n].ravel() for n in names])
-        table[layer] = {"mean": r.mean(), "std": r.std(ddof=1), "frac_negative": (r < 0).mean(),
-                        "min": r.min(), "max": r.max(),
-                        "tensor_means": {n.split(".", 1)[1]: rates[n].mean() for n in names}}
+        table[layer] = {
+            "mean": r.mean(),
+            "std": r.std(ddof=1),
+            "frac_negative": (r < 0).mean(),
+            "min": r.min(),
+            "max": r.max(),
+            "tensor_means": {n.split(".", 1)[1]: rates[n].mean() for n in names},
+        }
     return table
 
 
@@ -130,8 +154,10 @@ def compute_stats(by_method):
         m = out["methods"][method] = {"runs": len(runs), "probes": {}}
         tests = [r["test"] for r in runs if r["test"]]
         if tests:
-            m["test_acc"] = {"per_run": [(t["test_acc"], t["test_ci95"]) for t in tests],
-                             "mean_std": across_seeds([t["test_acc"] for t in tests])}
+            m["test_acc"] = {
+                "per_run": [(t["test_acc"], t["test_ci95"]) for t in tests],
+                "mean_std": across_seeds([t["test_acc"] for t in tests]),
+            }
         vals = [max(float(row["val_acc"]) for row in r["metrics"]) for r in runs if r["metrics"]]
         if vals:
             m["best_val_acc"] = {"per_run": vals, "mean_std": across_seeds(vals)}
@@ -139,8 +165,9 @@ def compute_stats(by_method):
             records = pooled_records(runs, stem)
             if records:
                 s = probe.summarize(records)
-                s["per_run_off_change"] = [float(probe_changes(r["probes"][stem]["records"])[1].mean())
-                                           for r in runs if stem in r["probes"]]
+                s["per_run_off_change"] = [
+                    float(probe_changes(r["probes"][stem]["records"])[1].mean()) for r in runs if stem in r["probes"]
+                ]
                 m["probes"][stem] = s
     if len(by_method) == 2:
         for stem in stems:
@@ -153,14 +180,18 @@ def compute_stats(by_method):
                 welch = stats.ttest_ind(offs["metasgd"], offs["maml"], equal_var=False)
                 out["between_methods"][stem] = {
                     "test": "Welch t-test of off-task change, Meta-SGD vs MAML",
-                    "t": float(welch.statistic), "p": float(welch.pvalue), "df": float(welch.df),
-                    "mean_difference": float(offs["metasgd"].mean() - offs["maml"].mean())}
+                    "t": float(welch.statistic),
+                    "p": float(welch.pvalue),
+                    "df": float(welch.df),
+                    "mean_difference": float(offs["metasgd"].mean() - offs["maml"].mean()),
+                }
     return out
 
 
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
+
 
 def fmt(mean_std, scale=1.0, digits=3):
     mean, std = mean_std
@@ -179,39 +210,74 @@ def write_table1(runs, out):
         row = {"layer": layer}
         for key in ("mean", "std", "frac_negative", "min", "max"):
             row[key] = across_seeds([t[layer][key] for t in tables])
-        row["tensor_means"] = {n: across_seeds([t[layer]["tensor_means"][n] for t in tables])
-                               for n in tables[0][layer]["tensor_means"]}
+        row["tensor_means"] = {
+            n: across_seeds([t[layer]["tensor_means"][n] for t in tables]) for n in tables[0][layer]["tensor_means"]
+        }
         rows.append(row)
     with open(out / "table1_learned_rates.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["layer", "mean", "mean_seed_std", "std", "frac_negative", "min", "max", "tensor_means",
-                    "paper_mean", "paper_std", "runs"])
+        w.writerow(
+            [
+                "layer",
+                "mean",
+                "mean_seed_std",
+                "std",
+                "frac_negative",
+                "min",
+                "max",
+                "tensor_means",
+                "paper_mean",
+                "paper_std",
+                "runs",
+            ]
+        )
         for r in rows:
             paper = PAPER_TABLE1.get(r["layer"], ("", ""))
-            w.writerow([r["layer"], r["mean"][0], r["mean"][1], r["std"][0], r["frac_negative"][0], r["min"][0],
-                        r["max"][0], " ".join(f"{n}={v[0]:.6g}" for n, v in r["tensor_means"].items()),
-                        paper[0], paper[1], len(tables)])
-    lines = [f"Learned inner-loop rates of Meta-SGD ({len(tables)} run{'s' if len(tables) > 1 else ''}"
-             f"{', mean ± std across seeds' if len(tables) > 1 else ''}); the paper's Table 1 beside.", "",
-             "| layer | mean | std | fraction negative | min | max | mean per tensor | paper mean | paper std |",
-             "|---|---|---|---|---|---|---|---|---|"]
+            w.writerow(
+                [
+                    r["layer"],
+                    r["mean"][0],
+                    r["mean"][1],
+                    r["std"][0],
+                    r["frac_negative"][0],
+                    r["min"][0],
+                    r["max"][0],
+                    " ".join(f"{n}={v[0]:.6g}" for n, v in r["tensor_means"].items()),
+                    paper[0],
+                    paper[1],
+                    len(tables),
+                ]
+            )
+    lines = [
+        f"Learned inner-loop rates of Meta-SGD ({len(tables)} run{'s' if len(tables) > 1 else ''}"
+        f"{', mean ± std across seeds' if len(tables) > 1 else ''}); the paper's Table 1 beside.",
+        "",
+        "| layer | mean | std | fraction negative | min | max | mean per tensor | paper mean | paper std |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         paper = PAPER_TABLE1.get(r["layer"])
         tensors = ", ".join(f"{n} {fmt(v, digits=4)}" for n, v in r["tensor_means"].items())
-        lines.append(f"| {r['layer']} | {fmt(r['mean'], digits=4)} | {fmt(r['std'], digits=4)} | "
-                     f"{fmt(r['frac_negative'], digits=3)} | {fmt(r['min'], digits=4)} | {fmt(r['max'], digits=4)} | "
-                     f"{tensors} | {paper[0] if paper else '—'} | {paper[1] if paper else '—'} |")
+        lines.append(
+            f"| {r['layer']} | {fmt(r['mean'], digits=4)} | {fmt(r['std'], digits=4)} | "
+            f"{fmt(r['frac_negative'], digits=3)} | {fmt(r['min'], digits=4)} | {fmt(r['max'], digits=4)} | "
+            f"{tensors} | {paper[0] if paper else '—'} | {paper[1] if paper else '—'} |"
+        )
     lines.append("")
-    lines.append("BatchNorm rows (bn1..bn4) are the rates of each conv block's BatchNorm scale and shift; the paper "
-                 "reports conv and logits layers only.")
+    lines.append(
+        "BatchNorm rows (bn1..bn4) are the rates of each conv block's BatchNorm scale and shift; the paper "
+        "reports conv and logits layers only."
+    )
     (out / "table1_learned_rates.md").write_text("\n".join(lines) + "\n")
     return rows
 
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     plt.rcParams.update({"font.size": 10, "figure.dpi": 120})
     return plt
 
@@ -261,7 +327,7 @@ def fig6(runs, out):
         ax.set_title(layer)
         ax.set_xlabel("learned inner rate")
         ax.set_ylabel("parameters")
-    for ax in axes.flat[len(layers):]:
+    for ax in axes.flat[len(layers) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("Figure 6: Meta-SGD's learned inner-loop rates per layer (final checkpoint)")
@@ -273,7 +339,9 @@ def fig6(runs, out):
     for run in sgd:
         rows = [r for r in run["lr_stats"] if r["kind"] == "layer"]
         for layer in layers:
-            pts = [(int(r["iteration"]), float(r["mean"]), float(r["frac_negative"])) for r in rows if r["name"] == layer]
+            pts = [
+                (int(r["iteration"]), float(r["mean"]), float(r["frac_negative"])) for r in rows if r["name"] == layer
+            ]
             if pts:
                 it, mean, neg = zip(*pts)
                 label = layer if len(sgd) == 1 else f"{layer} (seed {run['config']['seed']})"
@@ -307,14 +375,21 @@ def fig7(by_method, stats_out, out, stem="probe"):
         errs = [100 * s["regimes"][k]["ci95"] for k, _ in regimes]
         axes[0].bar(xs, means, width, yerr=errs, capsize=4, label=METHOD_NAMES[method])
         changes = [s["on_change"], s["off_change"]]
-        axes[1].bar(np.arange(2) + i * width, [100 * c["mean"] for c in changes], width,
-                    yerr=[100 * c["ci95"] for c in changes], capsize=4, label=METHOD_NAMES[method])
+        axes[1].bar(
+            np.arange(2) + i * width,
+            [100 * c["mean"] for c in changes],
+            width,
+            yerr=[100 * c["ci95"] for c in changes],
+            capsize=4,
+            label=METHOD_NAMES[method],
+        )
     axes[0].set_xticks(np.arange(3) + width * (len(have) - 1) / 2, [n for _, n in regimes])
     axes[0].set_ylabel("prototype accuracy (%), 95% CI")
     low = min(100 * s["regimes"][k]["mean"] for s in have.values() for k, _ in regimes)
     axes[0].set_ylim(max(0, low - 10), None)
-    axes[1].set_xticks(np.arange(2) + width * (len(have) - 1) / 2, ["on-task change (on_A - pre_A)",
-                                                                    "off-task change (off_B - pre_B)"])
+    axes[1].set_xticks(
+        np.arange(2) + width * (len(have) - 1) / 2, ["on-task change (on_A - pre_A)", "off-task change (off_B - pre_B)"]
+    )
     axes[1].axhline(0, color="k", lw=0.8)
     axes[1].set_ylabel("accuracy change (percentage points), 95% CI")
     for ax in axes:
@@ -338,25 +413,36 @@ def stats_markdown(stats_out):
                 test += f" (seeds: {fmt(s['test_acc']['mean_std'], 100, 2)}%)"
         val = fmt(s["best_val_acc"]["mean_std"], 100, 2) + "%" if "best_val_acc" in s else "not measured"
         lines.append(f"| {METHOD_NAMES[method]} | {test} | {val} |")
-    lines += ["", "Probe (per-iteration records pooled over seeds). Changes are in percentage points; "
-              "the paired t-test compares on-task change with off-task change iteration by iteration.", "",
-              "| method | probe | iterations | pre A | on A | off B | on-task change | off-task change | "
-              "paired t (on vs off) | p | on change vs 0: p | off change vs 0: p |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Probe (per-iteration records pooled over seeds). Changes are in percentage points; "
+        "the paired t-test compares on-task change with off-task change iteration by iteration.",
+        "",
+        "| method | probe | iterations | pre A | on A | off B | on-task change | off-task change | "
+        "paired t (on vs off) | p | on change vs 0: p | off change vs 0: p |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     pct = lambda d: f"{100 * d['mean']:.2f} ± {100 * d['ci95']:.2f}"
     for method, s in stats_out["methods"].items():
         for stem, p in s["probes"].items():
             r = p["regimes"]
-            lines.append(f"| {METHOD_NAMES[method]} | {stem} | {p['iterations']} | {pct(r['pre_A'])} | {pct(r['on_A'])} | "
-                         f"{pct(r['off_B'])} | {pct(p['on_change'])} | {pct(p['off_change'])} | "
-                         f"{p['paired_t_on_vs_off']['t']:.3f} | {p['paired_t_on_vs_off']['p']:.3g} | "
-                         f"{p['on_change_vs_zero']['p']:.3g} | {p['off_change_vs_zero']['p']:.3g} |")
+            lines.append(
+                f"| {METHOD_NAMES[method]} | {stem} | {p['iterations']} | {pct(r['pre_A'])} | {pct(r['on_A'])} | "
+                f"{pct(r['off_B'])} | {pct(p['on_change'])} | {pct(p['off_change'])} | "
+                f"{p['paired_t_on_vs_off']['t']:.3f} | {p['paired_t_on_vs_off']['p']:.3g} | "
+                f"{p['on_change_vs_zero']['p']:.3g} | {p['off_change_vs_zero']['p']:.3g} |"
+            )
     if stats_out["between_methods"]:
-        lines += ["", "| between methods | probe | t | df | p | off-change difference (Meta-SGD − MAML, pp) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| between methods | probe | t | df | p | off-change difference (Meta-SGD − MAML, pp) |",
+            "|---|---|---|---|---|---|",
+        ]
         for stem, b in stats_out["between_methods"].items():
-            lines.append(f"| Welch t-test of off-task change | {stem} | {b['t']:.3f} | {b['df']:.1f} | {b['p']:.3g} | "
-                         f"{100 * b['mean_difference']:.3f} |")
+            lines.append(
+                f"| Welch t-test of off-task change | {stem} | {b['t']:.3f} | {b['df']:.1f} | {b['p']:.3g} | "
+                f"{100 * b['mean_difference']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -373,33 +459,45 @@ def comparison_table(by_method, stats_out, table1_rows):
         p = stats_out["methods"].get(method, {}).get("probes", {}).get("probe")
         return f"{100 * p['off_change']['mean']:+.2f} pp" if p else "not measured"
 
-    lines = ["| quantity | paper | ours |", "|---|---|---|",
-             f"| MAML validation accuracy | ~46% | {ours_val('maml')} (best) |",
-             f"| Meta-SGD validation accuracy | ~47% | {ours_val('metasgd')} (best) |",
-             f"| MAML, original paper (test) | 48.7% | {ours_test('maml')} |",
-             f"| Meta-SGD, original paper (test) | 50.5% | {ours_test('metasgd')} |"]
+    lines = [
+        "| quantity | paper | ours |",
+        "|---|---|---|",
+        f"| MAML validation accuracy | ~46% | {ours_val('maml')} (best) |",
+        f"| Meta-SGD validation accuracy | ~47% | {ours_val('metasgd')} (best) |",
+        f"| MAML, original paper (test) | 48.7% | {ours_test('maml')} |",
+        f"| Meta-SGD, original paper (test) | 50.5% | {ours_test('metasgd')} |",
+    ]
     by_layer = {r["layer"]: r for r in (table1_rows or [])}
     for layer, (mean, std) in PAPER_TABLE1.items():
         r = by_layer.get(layer)
         ours = f"{fmt(r['mean'], digits=4)} / {fmt(r['std'], digits=4)}" if r else "not measured"
         lines.append(f"| Table 1 {layer} rate mean / std | {mean} / {std} | {ours} |")
-    lines += [f"| Meta-SGD off-task change | +0.2 pp | {ours_off('metasgd')} |",
-              f"| MAML off-task change | −0.3 pp | {ours_off('maml')} |"]
+    lines += [
+        f"| Meta-SGD off-task change | +0.2 pp | {ours_off('metasgd')} |",
+        f"| MAML off-task change | −0.3 pp | {ours_off('maml')} |",
+    ]
     for method in ("maml", "metasgd"):
         p = stats_out["methods"].get(method, {}).get("probes", {}).get("probe")
         ours = f"{p['paired_t_on_vs_off']['p']:.3g}" if p else "not measured"
-        lines.append(f"| {METHOD_NAMES[method]}: t-test p, on- vs off-task change (ours paired) | "
-                     f"0.00044 (one p for the study; test and pairing not stated) | {ours} |")
+        lines.append(
+            f"| {METHOD_NAMES[method]}: t-test p, on- vs off-task change (ours paired) | "
+            f"0.00044 (one p for the study; test and pairing not stated) | {ours} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def provenance(runs):
-    lines = ["| run | method | data | iterations | seed | image size | filters | probe files |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | method | data | iterations | seed | image size | filters | probe files |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         c = r["config"]
-        lines.append(f"| {r['folder']} | {METHOD_NAMES[r['method']]} | {c['data'] or 'synthetic glyphs'} | "
-                     f"{r['iteration']} of {c['iterations']} | {c['seed']} | {c['image_size']} | {c['hidden']} | "
-                     f"{', '.join(r['probes']) or 'none'} |")
+        lines.append(
+            f"| {r['folder']} | {METHOD_NAMES[r['method']]} | {c['data'] or 'synthetic glyphs'} | "
+            f"{r['iteration']} of {c['iterations']} | {c['seed']} | {c['image_size']} | {c['hidden']} | "
+            f"{', '.join(r['probes']) or 'none'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -434,11 +532,15 @@ def analyze(paths, out):
             missing.append(f"{run['folder']} has no test.json (training did not finish)")
     warnings = []
     if any(not r["config"]["data"] for r in runs):
-        warnings.append("**These numbers come from the built-in synthetic dataset, not Mini-ImageNet**: they show the "
-                        "pipeline works, and cannot confirm or refute the paper.")
+        warnings.append(
+            "**These numbers come from the built-in synthetic dataset, not Mini-ImageNet**: they show the "
+            "pipeline works, and cannot confirm or refute the paper."
+        )
     if any(r["iteration"] < 60000 for r in runs):
-        warnings.append(f"**Short runs**: {', '.join(str(r['iteration']) for r in runs)} meta-iterations, against the "
-                        f"paper's 60,000.")
+        warnings.append(
+            f"**Short runs**: {', '.join(str(r['iteration']) for r in runs)} meta-iterations, against the "
+            f"paper's 60,000."
+        )
     for run in runs:
         for stem, p in run["probes"].items():
             n = len(p["records"]["pre_A"])
@@ -449,14 +551,29 @@ def analyze(paths, out):
     parts += [f"> {w}" for w in warnings] + ([""] if warnings else [])
     if missing:
         parts += ["Missing:", ""] + [f"- {m}" for m in missing] + [""]
-    parts += ["## The paper's numbers beside ours", "", comparison_table(by_method, stats_out, table1),
-              "## Runs", "", provenance(runs),
-              "## Figure 5: training", "", "![Figure 5](fig5_training.png)", ""]
+    parts += [
+        "## The paper's numbers beside ours",
+        "",
+        comparison_table(by_method, stats_out, table1),
+        "## Runs",
+        "",
+        provenance(runs),
+        "## Figure 5: training",
+        "",
+        "![Figure 5](fig5_training.png)",
+        "",
+    ]
     if table1:
         parts += ["## Table 1: learned inner rates", "", (out / "table1_learned_rates.md").read_text(), ""]
     if have_fig6:
-        parts += ["## Figure 6: learned rates", "", "![Figure 6](fig6_learned_rates.png)", "",
-                  "![Figure 6b](fig6_rates_over_training.png)", ""]
+        parts += [
+            "## Figure 6: learned rates",
+            "",
+            "![Figure 6](fig6_learned_rates.png)",
+            "",
+            "![Figure 6b](fig6_rates_over_training.png)",
+            "",
+        ]
     if have_fig7:
         parts += ["## Figure 7: embedding probe", "", "![Figure 7](fig7_probe.png)", ""]
     parts += [stats_markdown(stats_out)]
@@ -465,9 +582,11 @@ def analyze(paths, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Write the paper's tables, figures and t-tests for finished runs, "
-                                "beside the paper's numbers, into one report.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="Write the paper's tables, figures and t-tests for finished runs, "
+        "beside the paper's numbers, into one report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("runs", nargs="+", help="run folders (or checkpoints) written by maml.py, probed by probe.py")
     p.add_argument("--out", default="report", help="folder for the report, tables and figures")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")

@@ -12,6 +12,7 @@ variant's meta-gradient from the loop's on the same episode (on a GPU it should 
     vmap     torch.func.vmap over tasks with torch.func.grad in the inner loop (defined below; it needs
              BatchNorm written out, as F.batch_norm under vmap is not correctly second order)
 """
+
 import argparse
 import resource
 import statistics
@@ -56,17 +57,21 @@ def meta_loss_vmap(params, inner_lrs, episode, steps, first_order=False, net=con
     def task_loss(params, support_x, support_y, query_x, query_y):
         def support_loss(p):
             return F.cross_entropy(net(p, support_x), support_y)
+
         for _ in range(steps):
             grads = grad(support_loss)(params)
             if first_order:
                 grads = {n: g.detach() for n, g in grads.items()}
-            params = {n: p - (inner_lrs[n] if isinstance(inner_lrs, dict) else inner_lrs) * grads[n]
-                      for n, p in params.items()}
+            params = {
+                n: p - (inner_lrs[n] if isinstance(inner_lrs, dict) else inner_lrs) * grads[n]
+                for n, p in params.items()
+            }
         logits = net(params, query_x)
         return F.cross_entropy(logits, query_y), (logits.argmax(-1) == query_y).float().mean()
 
     losses, accs = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(
-        params, episode["support_x"], episode["support_y"], episode["query_x"], episode["query_y"])
+        params, episode["support_x"], episode["support_y"], episode["query_x"], episode["query_y"]
+    )
     return losses.mean(), accs.mean()
 
 
@@ -97,7 +102,7 @@ def time_it(fn, device, warmup, repeats):
 
 def peak_memory_mb(device):
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+        return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
@@ -105,10 +110,12 @@ def setup(cfg, device, seed=0):
     split = data.split_to(data.synthetic_split("train", cfg["image_size"], per_class=30, seed=seed), device)
     norm = data.channel_stats(split)
     g = torch.Generator(device).manual_seed(seed)
-    episodes = [data.sample_episodes(split, cfg["tasks"], cfg["ways"], cfg["shots"], cfg["queries"], g, norm)
-                for _ in range(4)]
-    params = maml.init_params(cfg["ways"], cfg["hidden"], cfg["image_size"],
-                              generator=torch.Generator().manual_seed(seed))
+    episodes = [
+        data.sample_episodes(split, cfg["tasks"], cfg["ways"], cfg["shots"], cfg["queries"], g, norm) for _ in range(4)
+    ]
+    params = maml.init_params(
+        cfg["ways"], cfg["hidden"], cfg["image_size"], generator=torch.Generator().manual_seed(seed)
+    )
     params = {n: p.to(device).requires_grad_() for n, p in params.items()}
     return split, norm, g, episodes, params
 
@@ -127,8 +134,9 @@ def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats
             grads = {}
             for variant in variants:
                 loss, _ = VARIANTS[variant](params, rates, episodes[0], cfg["steps"], first_order)
-                grads[variant] = torch.cat([g.flatten() for g in
-                                            torch.autograd.grad(loss, list(params.values()) + learned)])
+                grads[variant] = torch.cat(
+                    [g.flatten() for g in torch.autograd.grad(loss, list(params.values()) + learned)]
+                )
             reference = None
             for variant in variants:
                 rel_diff = ((grads[variant] - grads[variants[0]]).norm() / grads[variants[0]].norm()).item()
@@ -145,16 +153,30 @@ def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats
                     torch.cuda.reset_peak_memory_stats(device)
                 seconds = time_it(iteration, device, warmup, repeats)
                 reference = reference or seconds
-                rows.append({"config": name, "what": f"{method} {'1st' if first_order else '2nd'}-order",
-                             "variant": variant, "ms": 1000 * seconds, "per_s": 1 / seconds,
-                             "memory_mb": peak_memory_mb(device), "vs_loop": reference / seconds,
-                             "grad_rel_diff": rel_diff})
+                rows.append(
+                    {
+                        "config": name,
+                        "what": f"{method} {'1st' if first_order else '2nd'}-order",
+                        "variant": variant,
+                        "ms": 1000 * seconds,
+                        "per_s": 1 / seconds,
+                        "memory_mb": peak_memory_mb(device),
+                        "vs_loop": reference / seconds,
+                        "grad_rel_diff": rel_diff,
+                    }
+                )
                 print_row(rows[-1])
-    sample_s = time_it(lambda: data.sample_episodes(split, cfg["tasks"], cfg["ways"], cfg["shots"], cfg["queries"],
-                                                    g, norm), device, 2, 20)
+    sample_s = time_it(
+        lambda: data.sample_episodes(split, cfg["tasks"], cfg["ways"], cfg["shots"], cfg["queries"], g, norm),
+        device,
+        2,
+        20,
+    )
     loop_ms = next(r["ms"] for r in rows if r["variant"] == "loop")
-    print(f"  sampling one meta-batch ({name}): {1000 * sample_s:.2f} ms = {100 * 1000 * sample_s / loop_ms:.2f}% "
-          f"of a loop iteration")
+    print(
+        f"  sampling one meta-batch ({name}): {1000 * sample_s:.2f} ms = {100 * 1000 * sample_s / loop_ms:.2f}% "
+        f"of a loop iteration"
+    )
     return rows
 
 
@@ -170,21 +192,32 @@ def bench_probe(name, cfg, device, batch, warmup, repeats):
         probe.probe_tasks(params, 0.01, a, b, cfg["steps"], ways)
 
     seconds = time_it(chunk, device, warmup, repeats)
-    row = {"config": name, "what": f"probe, {batch} pairs at once", "variant": "grouped",
-           "ms": 1000 * seconds / batch, "per_s": batch / seconds, "memory_mb": peak_memory_mb(device),
-           "vs_loop": float("nan"), "grad_rel_diff": float("nan")}
+    row = {
+        "config": name,
+        "what": f"probe, {batch} pairs at once",
+        "variant": "grouped",
+        "ms": 1000 * seconds / batch,
+        "per_s": batch / seconds,
+        "memory_mb": peak_memory_mb(device),
+        "vs_loop": float("nan"),
+        "grad_rel_diff": float("nan"),
+    }
     print_row(row)
     return row
 
 
 def print_row(r):
-    print(f"  {r['config']:6s} {r['what']:28s} {r['variant']:8s} {r['ms']:10.1f} ms/it {r['per_s']:9.2f} it/s "
-          f"{r['memory_mb']:9.0f} MB  x{r['vs_loop']:.2f} vs loop  meta-grad rel. diff {r['grad_rel_diff']:.1e}")
+    print(
+        f"  {r['config']:6s} {r['what']:28s} {r['variant']:8s} {r['ms']:10.1f} ms/it {r['per_s']:9.2f} it/s "
+        f"{r['memory_mb']:9.0f} MB  x{r['vs_loop']:.2f} vs loop  meta-grad rel. diff {r['grad_rel_diff']:.1e}"
+    )
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] + " Prints ms/iteration, iterations/s, peak "
-                                "memory and the speed-up over the per-task loop, measured in this run.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0] + " Prints ms/iteration, iterations/s, peak "
+        "memory and the speed-up over the per-task loop, measured in this run."
+    )
     p.add_argument("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda'")
     p.add_argument("--quick", action="store_true", help="fewer repeats and combinations (<3 min on a 2-core CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per row (median is reported)")
@@ -197,13 +230,22 @@ def main(argv=None):
     rows = []
     if args.quick:  # vmap is left out at the paper's size, where it is slowest and needs the most memory
         rows += bench_training("paper", CONFIGS["paper"], device, ["loop", "grouped"], ["maml"], [False], 1, repeats)
-        rows += bench_training("small", CONFIGS["small"], device, ["loop", "grouped", "vmap"], ["maml", "metasgd"],
-                               [False, True], 1, repeats)
+        rows += bench_training(
+            "small",
+            CONFIGS["small"],
+            device,
+            ["loop", "grouped", "vmap"],
+            ["maml", "metasgd"],
+            [False, True],
+            1,
+            repeats,
+        )
         rows.append(bench_probe("paper", CONFIGS["paper"], device, 4 if device.type == "cpu" else 64, 1, 1))
     else:
         for cfg in ("paper", "small"):
-            rows += bench_training(cfg, CONFIGS[cfg], device, ["loop", "grouped", "vmap"], ["maml", "metasgd"],
-                                   [False, True], 2, repeats)
+            rows += bench_training(
+                cfg, CONFIGS[cfg], device, ["loop", "grouped", "vmap"], ["maml", "metasgd"], [False, True], 2, repeats
+            )
             rows.append(bench_probe(cfg, CONFIGS[cfg], device, 8 if device.type == "cpu" else 64, 1, repeats))
     return rows
 

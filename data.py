@@ -12,6 +12,7 @@ goes back to the host for an episode.
     ep = sample_episodes(split, tasks=3, ways=5, shots=1, queries=10, generator=g, norm=norm)
     ep["support_x"].shape  # [3, 5, 3, 84, 84]  (tasks, ways*shots, channels, H, W)
 """
+
 import csv
 import hashlib
 import json
@@ -44,6 +45,7 @@ class DataError(Exception):
 # Layouts
 # ----------------------------------------------------------------------------------------------
 
+
 def _pickle_path(root, split):
     names = {"train": ["train"], "val": ["validation", "val"], "test": ["test"]}[split]
     for name in names:
@@ -72,11 +74,12 @@ def detect_layout(root, split="train"):
     """Which of the four supported layouts `root` is in, judged by the files for `split`."""
     root = Path(root)
     if not root.exists():
-        raise DataError(f"data folder {root} does not exist; expected a Mini-ImageNet folder in one of "
-                        f"these layouts: {'; '.join(LAYOUTS)}")
+        raise DataError(
+            f"data folder {root} does not exist; expected a Mini-ImageNet folder in one of "
+            f"these layouts: {'; '.join(LAYOUTS)}"
+        )
     if not root.is_dir():
-        raise DataError(f"--data {root} is a file; expected a folder in one of these layouts: "
-                        f"{'; '.join(LAYOUTS)}")
+        raise DataError(f"--data {root} is a file; expected a folder in one of these layouts: {'; '.join(LAYOUTS)}")
     if (root / "images").is_dir() and (root / f"{split}.csv").exists():
         return "ravi"
     if _pickle_path(root, split) is not None:
@@ -86,8 +89,10 @@ def detect_layout(root, split="train"):
     if _folders_split_dir(root, split) is not None:
         return "folders"
     found = sorted(p.name for p in root.iterdir())[:8]
-    raise DataError(f"{root} holds no '{split}' split in a supported layout (found: {', '.join(found) or 'nothing'}); "
-                    f"expected one of: {'; '.join(LAYOUTS)}")
+    raise DataError(
+        f"{root} holds no '{split}' split in a supported layout (found: {', '.join(found) or 'nothing'}); "
+        f"expected one of: {'; '.join(LAYOUTS)}"
+    )
 
 
 def _ravi_files(root, split):
@@ -106,8 +111,9 @@ def _ravi_files(root, split):
         labels.append(row[1].strip())
     missing = [f for f in files if not f.exists()]
     if missing:
-        raise DataError(f"{path} names {len(missing)} image(s) that are not in {root / 'images'}, "
-                        f"e.g. {missing[0].name}")
+        raise DataError(
+            f"{path} names {len(missing)} image(s) that are not in {root / 'images'}, e.g. {missing[0].name}"
+        )
     return files, labels
 
 
@@ -120,13 +126,13 @@ def _folder_files(root, split):
                 files.append(f)
                 labels.append(class_dir.name)
     if not files:
-        raise DataError(f"{split_dir} has no class folders with images in them; expected "
-                        f"{split_dir}/<class>/<image>")
+        raise DataError(f"{split_dir} has no class folders with images in them; expected {split_dir}/<class>/<image>")
     return files, labels
 
 
 def _decode(path, image_size):
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -142,6 +148,7 @@ def _resize_uint8(images, image_size):
     if images.shape[-1] == image_size and images.shape[-2] == image_size:
         return images
     from PIL import Image
+
     out = np.empty((len(images), 3, image_size, image_size), np.uint8)
     for i, im in enumerate(images):
         pil = Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0)))
@@ -153,8 +160,7 @@ def _check_not_html(path):
     with open(path, "rb") as f:
         head = f.read(64).lstrip()
     if head[:1] == b"<":
-        raise DataError(f"{path} is an HTML/XML page, not a data file (a failed download?); "
-                        f"download it again")
+        raise DataError(f"{path} is an HTML/XML page, not a data file (a failed download?); download it again")
 
 
 def _load_pickle(root, split, image_size):
@@ -165,8 +171,10 @@ def _load_pickle(root, split, image_size):
             data = pickle.load(f)
         image_data, class_dict = np.asarray(data["image_data"]), data["class_dict"]
     except Exception as e:
-        raise DataError(f"{path} is not a learn2learn Mini-ImageNet pickle (a dict with 'image_data' and "
-                        f"'class_dict'): {type(e).__name__}: {e}") from None
+        raise DataError(
+            f"{path} is not a learn2learn Mini-ImageNet pickle (a dict with 'image_data' and "
+            f"'class_dict'): {type(e).__name__}: {e}"
+        ) from None
     if image_data.ndim != 4 or image_data.shape[-1] != 3:
         raise DataError(f"{path}: image_data should be uint8 N x H x W x 3, got shape {image_data.shape}")
     names = sorted(class_dict)
@@ -180,8 +188,7 @@ def _load_hdf5(root, split, image_size):
     try:
         import h5py
     except ImportError:
-        raise DataError("this folder is in torchmeta's HDF5 layout, which needs h5py: "
-                        "pip install h5py") from None
+        raise DataError("this folder is in torchmeta's HDF5 layout, which needs h5py: pip install h5py") from None
     folder = _hdf5_root(root, split)
     data_path, labels_path = folder / f"{split}_data.hdf5", folder / f"{split}_labels.json"
     _check_not_html(data_path)
@@ -192,11 +199,14 @@ def _load_hdf5(root, split, image_size):
             group = f["datasets"]
             arrays = [np.asarray(group[n], dtype=np.uint8) for n in names]
     except FileNotFoundError:
-        raise DataError(f"{labels_path} is missing; torchmeta's layout has {split}_labels.json beside "
-                        f"{split}_data.hdf5") from None
+        raise DataError(
+            f"{labels_path} is missing; torchmeta's layout has {split}_labels.json beside {split}_data.hdf5"
+        ) from None
     except Exception as e:
-        raise DataError(f"{data_path} is not a torchmeta Mini-ImageNet HDF5 file (group 'datasets', one "
-                        f"uint8 array per class): {type(e).__name__}: {e}") from None
+        raise DataError(
+            f"{data_path} is not a torchmeta Mini-ImageNet HDF5 file (group 'datasets', one "
+            f"uint8 array per class): {type(e).__name__}: {e}"
+        ) from None
     images = np.concatenate(arrays).transpose(0, 3, 1, 2)
     labels = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
     return _resize_uint8(images, image_size), labels, names
@@ -244,18 +254,27 @@ def _load_image_files(root, split, image_size, layout, cache_dir, progress):
     labels = np.array([class_of[n] for n in names_per_image], dtype=np.int64)
     images = np.empty((len(files), 3, image_size, image_size), np.uint8)
     from tqdm import tqdm
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         decoded = pool.map(lambda f: _decode(f, image_size), files, chunksize=64)
-        for i, im in enumerate(tqdm(decoded, total=len(files), desc=f"decoding {split} images",
-                                    disable=not progress, unit="img")):
+        for i, im in enumerate(
+            tqdm(decoded, total=len(files), desc=f"decoding {split} images", disable=not progress, unit="img")
+        ):
             images[i] = im
     # Stable sort by class keeps each class's own file order (CSV order, or sorted file names).
     order = np.argsort(labels, kind="stable")
     images, labels = images[order], labels[order]
     if cache is not None:
         try:
-            atomic_save({"signature": signature, "images": torch.from_numpy(images),
-                                "labels": torch.from_numpy(labels), "classes": names}, cache)
+            atomic_save(
+                {
+                    "signature": signature,
+                    "images": torch.from_numpy(images),
+                    "labels": torch.from_numpy(labels),
+                    "classes": names,
+                },
+                cache,
+            )
         except OSError as e:
             print(f"note: could not write the image cache {cache} ({e}); the next run decodes again")
     return images, labels, names
@@ -272,8 +291,7 @@ def make_split(images, labels, classes):
     for c in range(len(classes)):
         idx = (labels == c).nonzero().flatten()
         by_class[c, : len(idx)] = idx
-    return {"images": images, "labels": labels, "classes": list(classes), "counts": counts,
-            "by_class": by_class}
+    return {"images": images, "labels": labels, "classes": list(classes), "counts": counts, "by_class": by_class}
 
 
 def split_to(split, device):
@@ -304,6 +322,7 @@ def load_split(root, split, image_size=84, cache_dir="default", progress=True):
 # Synthetic dataset: glyphs that a network has to learn to recognise
 # ----------------------------------------------------------------------------------------------
 
+
 def _glyph_templates(n, generator, size=48, strokes=4):
     """Each class is a random glyph: a few thick strokes (line segments) joined end to end, like a
     handwritten character. Returned as [n, 1, size, size] masks in [0, 1]."""
@@ -332,7 +351,7 @@ def synthetic_split(split, image_size=84, per_class=600, seed=0):
     labels = torch.arange(n_classes).repeat_interleave(per_class)
     images = torch.empty(len(labels), 3, image_size, image_size, dtype=torch.uint8)
     for start in range(0, len(labels), 2048):  # chunks keep memory flat at 84x84
-        y = labels[start:start + 2048]
+        y = labels[start : start + 2048]
         n = len(y)
         clutter = _glyph_templates(n, g, strokes=2)
         masks = []
@@ -340,8 +359,13 @@ def synthetic_split(split, image_size=84, per_class=600, seed=0):
             angle = (torch.rand(n, generator=g) - 0.5) * (math.pi / 3)
             scale = torch.empty(n).uniform_(*scale_range, generator=g)
             cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-            theta = torch.stack([torch.stack([cos, -sin, (torch.rand(n, generator=g) - 0.5) * 2 * shift], -1),
-                                 torch.stack([sin, cos, (torch.rand(n, generator=g) - 0.5) * 2 * shift], -1)], 1)
+            theta = torch.stack(
+                [
+                    torch.stack([cos, -sin, (torch.rand(n, generator=g) - 0.5) * 2 * shift], -1),
+                    torch.stack([sin, cos, (torch.rand(n, generator=g) - 0.5) * 2 * shift], -1),
+                ],
+                1,
+            )
             grid = F.affine_grid(theta, (n, 1, image_size, image_size), align_corners=False)
             masks.append(F.grid_sample(shapes, grid, align_corners=False, padding_mode="zeros"))
         background = torch.rand(n, 3, 1, 1, generator=g)
@@ -352,7 +376,7 @@ def synthetic_split(split, image_size=84, per_class=600, seed=0):
         x = background + masks[1] * 0.6 * (clutter_colour - background)
         x = x + masks[0] * (foreground - x)
         x = x + 0.06 * torch.randn(x.shape, generator=g)
-        images[start:start + n] = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        images[start : start + n] = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     return make_split(images, labels, [f"glyph{split}{i:03d}" for i in range(n_classes)])
 
 
@@ -360,18 +384,19 @@ def synthetic_split(split, image_size=84, per_class=600, seed=0):
 # Normalisation and episodes
 # ----------------------------------------------------------------------------------------------
 
+
 def channel_stats(split):
     """Per-channel mean and std of a split's pixels in [0, 1] (use the training split)."""
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
     images = split["images"]
     for start in range(0, len(images), 4096):
-        x = images[start:start + 4096].double() / 255
+        x = images[start : start + 4096].double() / 255
         total += x.sum((0, 2, 3)).cpu()
         total_sq += (x * x).sum((0, 2, 3)).cpu()
     n = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / n
-    std = (total_sq / n - mean ** 2).clamp_min(1e-12).sqrt()
+    std = (total_sq / n - mean**2).clamp_min(1e-12).sqrt()
     return {"mean": mean.float(), "std": std.float()}
 
 
@@ -390,8 +415,10 @@ def check_episode_shape(split, ways, shots, queries, name="split"):
     small = int(split["counts"].min())
     if small < need:
         c = int(split["counts"].argmin())
-        raise DataError(f"class {split['classes'][c]} of the {name} has {small} images, fewer than the "
-                        f"{need} needed for {shots} shots + {queries} queries")
+        raise DataError(
+            f"class {split['classes'][c]} of the {name} has {small} images, fewer than the "
+            f"{need} needed for {shots} shots + {queries} queries"
+        )
 
 
 def sample_classes(split, tasks, ways, generator):
@@ -401,8 +428,7 @@ def sample_classes(split, tasks, ways, generator):
     return keys.argsort(dim=1)[:, :ways].to(split["by_class"].device)
 
 
-def sample_episodes(split, tasks, ways, shots, queries, generator, norm=None, classes=None,
-                    dtype=torch.float32):
+def sample_episodes(split, tasks, ways, shots, queries, generator, norm=None, classes=None, dtype=torch.float32):
     """A meta-batch of N-way K-shot tasks, drawn on the device that `generator` and the split live on.
 
     Each task takes `ways` distinct classes (or the given `classes` [tasks, ways]), and per class
@@ -433,7 +459,12 @@ def sample_episodes(split, tasks, ways, shots, queries, generator, norm=None, cl
         return normalize(x, norm, dtype) if norm is not None else x
 
     support_idx, query_idx = picks[..., :shots], picks[..., shots:]
-    return {"support_x": take(support_idx), "support_y": labels[..., :shots].reshape(tasks, -1),
-            "query_x": take(query_idx), "query_y": labels[..., shots:].reshape(tasks, -1),
-            "classes": classes_by_label, "support_idx": support_idx.reshape(tasks, -1),
-            "query_idx": query_idx.reshape(tasks, -1)}
+    return {
+        "support_x": take(support_idx),
+        "support_y": labels[..., :shots].reshape(tasks, -1),
+        "query_x": take(query_idx),
+        "query_y": labels[..., shots:].reshape(tasks, -1),
+        "classes": classes_by_label,
+        "support_idx": support_idx.reshape(tasks, -1),
+        "query_idx": query_idx.reshape(tasks, -1),
+    }

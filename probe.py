@@ -13,12 +13,12 @@ the most cosine-similar prototype. One probe iteration:
     5. head: the adapted network's ordinary classification accuracy on A's query (sanity column)
 The design is paired: on-task change = on_A - pre_A and off-task change = off_B - pre_B, per iteration.
 """
+
 import argparse
 import csv
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -29,8 +29,7 @@ import data
 import maml
 
 RATE_MODES = ("learned", "negative", "positive", "abs", "flipped", "fixed")
-COLUMNS = ["iteration", "chunk", "chunk_seed", "pre_A", "on_A", "pre_B", "off_B", "head_A",
-           "classes_A", "classes_B"]
+COLUMNS = ["iteration", "chunk", "chunk_seed", "pre_A", "on_A", "pre_B", "off_B", "head_A", "classes_A", "classes_B"]
 
 
 def prototype_accuracy(support_f, support_y, query_f, query_y, ways):
@@ -56,14 +55,19 @@ def probe_tasks(params, rates, task_a, task_b, steps, ways):
     """One probe iteration for each of a batch of task pairs: dict of per-pair accuracies."""
     tasks = task_a["support_x"].shape[0]
     initial = maml.per_task(params, tasks)
-    adapted = maml.adapt(initial, rates, task_a["support_x"], task_a["support_y"], steps,
-                         create_graph=False, net=maml.conv4_tasks)
+    adapted = maml.adapt(
+        initial, rates, task_a["support_x"], task_a["support_y"], steps, create_graph=False, net=maml.conv4_tasks
+    )
     adapted = {n: p.detach() for n, p in adapted.items()}
     with torch.no_grad():
         head = (maml.conv4_tasks(adapted, task_a["query_x"]).argmax(-1) == task_a["query_y"]).float().mean(1)
-    return {"pre_A": encoder_accuracy(initial, task_a, ways), "on_A": encoder_accuracy(adapted, task_a, ways),
-            "pre_B": encoder_accuracy(initial, task_b, ways), "off_B": encoder_accuracy(adapted, task_b, ways),
-            "head_A": head}
+    return {
+        "pre_A": encoder_accuracy(initial, task_a, ways),
+        "on_A": encoder_accuracy(adapted, task_a, ways),
+        "pre_B": encoder_accuracy(initial, task_b, ways),
+        "off_B": encoder_accuracy(adapted, task_b, ways),
+        "head_A": head,
+    }
 
 
 def probe_rates(learned, mode, inner_lr=None):
@@ -75,10 +79,17 @@ def probe_rates(learned, mode, inner_lr=None):
             raise maml.ConfigError("--rates fixed needs --inner-lr")
         return float(inner_lr)
     if mode in ("negative", "positive") and not isinstance(learned, dict):
-        raise maml.ConfigError(f"--rates {mode} needs a Meta-SGD checkpoint (learned per-parameter rates); "
-                               f"this is a MAML checkpoint with one fixed rate {learned}")
-    transform = {"learned": lambda r: r, "negative": lambda r: r.clamp(max=0), "positive": lambda r: r.clamp(min=0),
-                 "abs": abs, "flipped": lambda r: -r}[mode]
+        raise maml.ConfigError(
+            f"--rates {mode} needs a Meta-SGD checkpoint (learned per-parameter rates); "
+            f"this is a MAML checkpoint with one fixed rate {learned}"
+        )
+    transform = {
+        "learned": lambda r: r,
+        "negative": lambda r: r.clamp(max=0),
+        "positive": lambda r: r.clamp(min=0),
+        "abs": abs,
+        "flipped": lambda r: -r,
+    }[mode]
     if isinstance(learned, dict):
         return {n: transform(r) for n, r in learned.items()}
     return float(transform(learned))
@@ -88,10 +99,12 @@ def probe_rates(learned, mode, inner_lr=None):
 # Statistics of the records
 # ----------------------------------------------------------------------------------------------
 
+
 def mean_ci(values):
     """Mean and half-width of the 95% confidence interval (Student t)."""
     import numpy as np
     from scipy import stats
+
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if n < 2:
@@ -106,6 +119,7 @@ def summarize(records):
     of each change against zero. `records` maps column name -> sequence of per-iteration values."""
     import numpy as np
     from scipy import stats
+
     cols = {k: np.asarray(records[k], dtype=np.float64) for k in ("pre_A", "on_A", "pre_B", "off_B", "head_A")}
     on_change, off_change = cols["on_A"] - cols["pre_A"], cols["off_B"] - cols["pre_B"]
 
@@ -126,15 +140,17 @@ def summarize(records):
 def format_summary(summary, title):
     r = summary["regimes"]
     pct = lambda d: f"{100 * d['mean']:6.2f} +- {100 * d['ci95']:.2f}%"
-    lines = [title,
-             f"  pre-adaptation  A: {pct(r['pre_A'])}   B: {pct(r['pre_B'])}",
-             f"  on-task (A)       {pct(r['on_A'])}   change {pct(summary['on_change'])}",
-             f"  off-task (B)      {pct(r['off_B'])}   change {pct(summary['off_change'])}",
-             f"  head on A (usual MAML metric) {pct(r['head_A'])}",
-             f"  paired t-test, on-task vs off-task change: t = {summary['paired_t_on_vs_off']['t']:.3f}, "
-             f"p = {summary['paired_t_on_vs_off']['p']:.3g}",
-             f"  on-task change vs 0: p = {summary['on_change_vs_zero']['p']:.3g};  "
-             f"off-task change vs 0: p = {summary['off_change_vs_zero']['p']:.3g}"]
+    lines = [
+        title,
+        f"  pre-adaptation  A: {pct(r['pre_A'])}   B: {pct(r['pre_B'])}",
+        f"  on-task (A)       {pct(r['on_A'])}   change {pct(summary['on_change'])}",
+        f"  off-task (B)      {pct(r['off_B'])}   change {pct(summary['off_change'])}",
+        f"  head on A (usual MAML metric) {pct(r['head_A'])}",
+        f"  paired t-test, on-task vs off-task change: t = {summary['paired_t_on_vs_off']['t']:.3f}, "
+        f"p = {summary['paired_t_on_vs_off']['p']:.3g}",
+        f"  on-task change vs 0: p = {summary['on_change_vs_zero']['p']:.3g};  "
+        f"off-task change vs 0: p = {summary['off_change_vs_zero']['p']:.3g}",
+    ]
     return "\n".join(lines)
 
 
@@ -148,27 +164,47 @@ def read_records(path):
 # Script
 # ----------------------------------------------------------------------------------------------
 
+
 def build_parser():
     p = argparse.ArgumentParser(
         description="Three-regime embedding probe of a trained checkpoint: prototype accuracy of the encoder "
-                    "before adaptation, after adapting on task A (on A), and after adapting on A (on another "
-                    "task B). Writes every iteration to a CSV and a summary with t-tests to a JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "before adaptation, after adapting on task A (on A), and after adapting on A (on another "
+        "task B). Writes every iteration to a CSV and a summary with t-tests to a JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     a = p.add_argument
     a("checkpoint", help="a checkpoint written by maml.py (best.pt or ckpt.pt)")
-    a("--data", default=None, help="dataset folder (default: the one the checkpoint was trained on, or the "
-      "synthetic dataset if it was trained on that)")
+    a(
+        "--data",
+        default=None,
+        help="dataset folder (default: the one the checkpoint was trained on, or the "
+        "synthetic dataset if it was trained on that)",
+    )
     a("--split", default="test", choices=data.SPLITS, help="split the probe tasks come from")
     a("--iterations", type=int, default=40000, help="probe iterations (task pairs); the paper used 40,000")
     a("--queries", type=int, default=15, help="query images per class in each task")
-    a("--off-task", choices=["disjoint", "any"], default="disjoint",
-      help="'disjoint': task B shares no class with task A; 'any': B is drawn independently")
-    a("--rates", choices=RATE_MODES, default="learned", help="which rates adapt: the checkpoint's own "
-      "('learned'), only its negative or positive entries, |alpha|, -alpha, or one fixed scalar --inner-lr")
+    a(
+        "--off-task",
+        choices=["disjoint", "any"],
+        default="disjoint",
+        help="'disjoint': task B shares no class with task A; 'any': B is drawn independently",
+    )
+    a(
+        "--rates",
+        choices=RATE_MODES,
+        default="learned",
+        help="which rates adapt: the checkpoint's own "
+        "('learned'), only its negative or positive entries, |alpha|, -alpha, or one fixed scalar --inner-lr",
+    )
     a("--inner-lr", type=float, default=None, help="the scalar rate of --rates fixed")
     a("--steps", type=int, default=None, help="adaptation steps (default: the checkpoint's --inner-steps)")
-    a("--batch", type=int, default=0, help="task pairs probed at once (0: 64 on a GPU, 8 on the CPU); "
-      "part of the seeding, so a resumed probe keeps its batch")
+    a(
+        "--batch",
+        type=int,
+        default=0,
+        help="task pairs probed at once (0: 64 on a GPU, 8 on the CPU); "
+        "part of the seeding, so a resumed probe keeps its batch",
+    )
     a("--seed", type=int, default=0, help="seeds the tasks")
     a("--out", default=None, help="folder for the records (default: beside the checkpoint)")
     a("--resume", action="store_true", help="continue an interrupted probe with the same settings")
@@ -214,18 +250,31 @@ def run(args):
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
     records_path, summary_path = out / f"{stem}.csv", out / f"{stem}.json"
-    settings = {"checkpoint": str(args.checkpoint), "method": "metasgd" if config["learn_lr"] else "maml",
-                "split": args.split, "iterations": args.iterations, "queries": args.queries,
-                "off_task": args.off_task, "rates": args.rates, "inner_lr": args.inner_lr, "steps": steps,
-                "batch": batch, "seed": args.seed, "ways": ways, "shots": shots,
-                "checkpoint_iteration": ckpt["iteration"], "data": args.data or config["data"] or "synthetic"}
+    settings = {
+        "checkpoint": str(args.checkpoint),
+        "method": "metasgd" if config["learn_lr"] else "maml",
+        "split": args.split,
+        "iterations": args.iterations,
+        "queries": args.queries,
+        "off_task": args.off_task,
+        "rates": args.rates,
+        "inner_lr": args.inner_lr,
+        "steps": steps,
+        "batch": batch,
+        "seed": args.seed,
+        "ways": ways,
+        "shots": shots,
+        "checkpoint_iteration": ckpt["iteration"],
+        "data": args.data or config["data"] or "synthetic",
+    }
     done_rows = []
     if records_path.exists():
         if not args.resume:
             raise maml.ConfigError(f"{records_path} already exists; pass --resume to continue it, or --out elsewhere")
         saved = json.loads(summary_path.read_text())["settings"] if summary_path.exists() else None
-        if saved is not None and {k: v for k, v in saved.items() if k != "iterations"} != \
-                {k: v for k, v in settings.items() if k != "iterations"}:
+        if saved is not None and {k: v for k, v in saved.items() if k != "iterations"} != {
+            k: v for k, v in settings.items() if k != "iterations"
+        }:
             raise maml.ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
         with open(records_path, newline="") as f:
             done_rows = list(csv.DictReader(f))
@@ -250,12 +299,15 @@ def run(args):
         print(f"probing on the built-in synthetic dataset ({args.split} split), as the checkpoint was trained on it")
     split = maml.load_data(cfg, [args.split], progress=not args.no_progress)[args.split]
     if split["images"].shape[-1] != config["image_size"]:
-        raise maml.ConfigError(f"the data is {split['images'].shape[-1]}px but the checkpoint expects "
-                               f"{config['image_size']}px")
+        raise maml.ConfigError(
+            f"the data is {split['images'].shape[-1]}px but the checkpoint expects {config['image_size']}px"
+        )
     need_ways = 2 * ways if args.off_task == "disjoint" else ways
     if len(split["classes"]) < need_ways:
-        raise data.DataError(f"the {split_name} has {len(split['classes'])} classes; disjoint {ways}-way tasks A "
-                             f"and B need at least {need_ways} (or pass --off-task any)")
+        raise data.DataError(
+            f"the {split_name} has {len(split['classes'])} classes; disjoint {ways}-way tasks A "
+            f"and B need at least {need_ways} (or pass --off-task any)"
+        )
     data.check_episode_shape(split, ways, shots, args.queries, split_name)
     split = data.split_to(split, device)
     dtype = getattr(torch, config.get("dtype", "float32"))
@@ -266,8 +318,14 @@ def run(args):
 
     start = len(done_rows)
     n_chunks = math.ceil(args.iterations / batch)
-    bar = tqdm(total=args.iterations, initial=start, desc=f"probe ({settings['method']}, rates {args.rates})",
-               unit="it", disable=args.no_progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=args.iterations,
+        initial=start,
+        desc=f"probe ({settings['method']}, rates {args.rates})",
+        unit="it",
+        disable=args.no_progress,
+        dynamic_ncols=True,
+    )
     tic = time.time()
     with open(records_path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -284,23 +342,38 @@ def run(args):
             task_b = data.sample_episodes(split, n, ways, shots, args.queries, g, norm, classes_b, dtype)
             result = {k: v.cpu().tolist() for k, v in probe_tasks(params, rates, task_a, task_b, steps, ways).items()}
             ca, cb = task_a["classes"].cpu().tolist(), task_b["classes"].cpu().tolist()
-            writer.writerows({"iteration": chunk * batch + i, "chunk": chunk, "chunk_seed": chunk_seed,
-                              **{k: repr(v[i]) for k, v in result.items()},
-                              "classes_A": " ".join(map(str, sorted(ca[i]))),
-                              "classes_B": " ".join(map(str, sorted(cb[i])))} for i in range(n))
+            writer.writerows(
+                {
+                    "iteration": chunk * batch + i,
+                    "chunk": chunk,
+                    "chunk_seed": chunk_seed,
+                    **{k: repr(v[i]) for k, v in result.items()},
+                    "classes_A": " ".join(map(str, sorted(ca[i]))),
+                    "classes_B": " ".join(map(str, sorted(cb[i]))),
+                }
+                for i in range(n)
+            )
             f.flush()
             os.fsync(f.fileno())
             bar.update(n)
     bar.close()
     seconds = time.time() - tic
-    summary = {"settings": settings, **summarize(read_records(records_path)),
-               "seconds_this_session": round(seconds, 2),
-               "iterations_per_second": round((args.iterations - start) / seconds, 2) if seconds > 0 else None}
+    summary = {
+        "settings": settings,
+        **summarize(read_records(records_path)),
+        "seconds_this_session": round(seconds, 2),
+        "iterations_per_second": round((args.iterations - start) / seconds, 2) if seconds > 0 else None,
+    }
     tmp = summary_path.with_name(summary_path.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, summary_path)
-    print(format_summary(summary, f"{settings['method']} probe of {args.checkpoint} ({args.iterations} iterations, "
-                                  f"{args.split} split, rates {args.rates}, {steps} steps)"))
+    print(
+        format_summary(
+            summary,
+            f"{settings['method']} probe of {args.checkpoint} ({args.iterations} iterations, "
+            f"{args.split} split, rates {args.rates}, {steps} steps)",
+        )
+    )
     print(f"records: {records_path}\nsummary: {summary_path}")
     return summary
 

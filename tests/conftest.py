@@ -18,7 +18,33 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 def tiny_flags(out, *extra):
     """CLI flags of a run small enough for a test: 2-way, 16x16 images, 8 filters."""
-    return ["--image-size", "16", "--hidden", "8", "--ways", "2", "--shots", "1", "--queries", "3",
-            "--meta-batch", "2", "--inner-steps", "1", "--synthetic-per-class", "12", "--val-tasks", "10",
-            "--test-tasks", "10", "--eval-steps", "1", "--eval-queries", "3", "--out", str(out),
-            "--no-progress", *extra]
+    return [
+        "--image-size",
+        "16",
+        "--hidden",
+        "8",
+        "--ways",
+        "2",
+        "--shots",
+        "1",
+        "--queries",
+        "3",
+        "--meta-batch",
+        "2",
+        "--inner-steps",
+        "1",
+        "--synthetic-per-class",
+        "12",
+        "--val-tasks",
+        "10",
+        "--test-tasks",
+        "10",
+        "--eval-steps",
+        "1",
+        "--eval-queries",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]

@@ -1,4 +1,5 @@
 """analyze.py against numbers worked out independently from the same hand-made run folders."""
+
 import csv
 import json
 
@@ -12,11 +13,26 @@ import analyze
 import maml
 import probe
 
-PARAM_SHAPES = {"conv1.weight": (4, 3, 3, 3), "conv1.bias": (4,), "bn1.weight": (4,), "bn1.bias": (4,),
-                "conv2.weight": (4, 4, 3, 3), "conv2.bias": (4,), "bn2.weight": (4,), "bn2.bias": (4,),
-                "conv3.weight": (4, 4, 3, 3), "conv3.bias": (4,), "bn3.weight": (4,), "bn3.bias": (4,),
-                "conv4.weight": (4, 4, 3, 3), "conv4.bias": (4,), "bn4.weight": (4,), "bn4.bias": (4,),
-                "head.weight": (5, 4), "head.bias": (5,)}
+PARAM_SHAPES = {
+    "conv1.weight": (4, 3, 3, 3),
+    "conv1.bias": (4,),
+    "bn1.weight": (4,),
+    "bn1.bias": (4,),
+    "conv2.weight": (4, 4, 3, 3),
+    "conv2.bias": (4,),
+    "bn2.weight": (4,),
+    "bn2.bias": (4,),
+    "conv3.weight": (4, 4, 3, 3),
+    "conv3.bias": (4,),
+    "bn3.weight": (4,),
+    "bn3.bias": (4,),
+    "conv4.weight": (4, 4, 3, 3),
+    "conv4.bias": (4,),
+    "bn4.weight": (4,),
+    "bn4.bias": (4,),
+    "head.weight": (5, 4),
+    "head.bias": (5,),
+}
 
 
 def make_run(folder, method, seed, ways=5, shots=1, probe_seed=0, with_probe=True, iterations=100):
@@ -26,10 +42,20 @@ def make_run(folder, method, seed, ways=5, shots=1, probe_seed=0, with_probe=Tru
     rates = 0.01
     if method == "metasgd":
         rates = {n: torch.tensor(rng.normal(-0.01, 0.03, s)) for n, s in PARAM_SHAPES.items()}
-    config = {"learn_lr": method == "metasgd", "ways": ways, "shots": shots, "seed": seed, "data": None,
-              "iterations": iterations, "image_size": 16, "hidden": 4}
-    torch.save({"program": maml.PROGRAM, "config": config, "params": params, "inner_lrs": rates,
-                "iteration": iterations}, folder / "ckpt.pt")
+    config = {
+        "learn_lr": method == "metasgd",
+        "ways": ways,
+        "shots": shots,
+        "seed": seed,
+        "data": None,
+        "iterations": iterations,
+        "image_size": 16,
+        "hidden": 4,
+    }
+    torch.save(
+        {"program": maml.PROGRAM, "config": config, "params": params, "inner_lrs": rates, "iteration": iterations},
+        folder / "ckpt.pt",
+    )
     with open(folder / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["iteration", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s"])
@@ -50,14 +76,27 @@ def make_run(folder, method, seed, ways=5, shots=1, probe_seed=0, with_probe=Tru
         n = 50
         pre_a, pre_b = prng.uniform(0.3, 0.7, n), prng.uniform(0.3, 0.7, n)
         shift = 0.01 if method == "metasgd" else -0.01
-        records = {"pre_A": pre_a, "on_A": pre_a + prng.normal(-0.01, 0.02, n),
-                   "pre_B": pre_b, "off_B": pre_b + prng.normal(shift, 0.02, n), "head_A": prng.uniform(0, 1, n)}
+        records = {
+            "pre_A": pre_a,
+            "on_A": pre_a + prng.normal(-0.01, 0.02, n),
+            "pre_B": pre_b,
+            "off_B": pre_b + prng.normal(shift, 0.02, n),
+            "head_A": prng.uniform(0, 1, n),
+        }
         with open(folder / "probe.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(probe.COLUMNS)
             for i in range(n):
-                w.writerow([i, 0, 0, *(repr(float(records[k][i])) for k in ("pre_A", "on_A", "pre_B", "off_B", "head_A")),
-                            "0 1 2 3 4", "5 6 7 8 9"])
+                w.writerow(
+                    [
+                        i,
+                        0,
+                        0,
+                        *(repr(float(records[k][i])) for k in ("pre_A", "on_A", "pre_B", "off_B", "head_A")),
+                        "0 1 2 3 4",
+                        "5 6 7 8 9",
+                    ]
+                )
     return {"rates": rates, "records": records}
 
 
@@ -108,7 +147,9 @@ def test_statistics_match_scipy(runs, tmp_path):
         assert p["on_change_vs_zero"]["t"] == pytest.approx(stats.ttest_1samp(on, 0).statistic)
         assert p["off_change"]["mean"] == pytest.approx(off.mean())
         tests = result["methods"][method]["test_acc"]
-        assert tests["mean_std"][0] == pytest.approx(0.405) and tests["mean_std"][1] == pytest.approx(np.std([0.40, 0.41], ddof=1))
+        assert tests["mean_std"][0] == pytest.approx(0.405) and tests["mean_std"][1] == pytest.approx(
+            np.std([0.40, 0.41], ddof=1)
+        )
         assert result["methods"][method]["best_val_acc"]["per_run"] == pytest.approx([0.45, 0.46])
     welch = stats.ttest_ind(*(pooled(m)["off_B"] - pooled(m)["pre_B"] for m in ("metasgd", "maml")), equal_var=False)
     between = result["between_methods"]["probe"]

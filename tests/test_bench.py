@@ -1,9 +1,10 @@
 """Every fast variant that bench.py times gives the loop reference's meta-gradient (float64, CPU)."""
+
 import pytest
 import torch
+from test_maml import flat, meta_sgd_rates, micro_problem
 
 import bench
-from test_maml import flat, meta_sgd_rates, micro_problem
 
 
 @pytest.mark.parametrize("variant", [v for v in bench.VARIANTS if v != "loop"])
@@ -28,6 +29,7 @@ def test_vmap_over_native_batch_norm_is_not_correctly_second_order_in_this_torch
     """Why bench.py's vmap variant writes BatchNorm out: with F.batch_norm under vmap, torch 2.14.1's
     second-order meta-gradient is off (first order is right). If this starts failing, torch fixed it."""
     import maml
+
     params, episode = micro_problem()
     wrt = list(params.values())
 
@@ -45,10 +47,12 @@ def test_vmap_over_native_batch_norm_is_not_correctly_second_order_in_this_torch
 
 def test_bench_reports_every_variant_with_its_speed_and_gradient_agreement(capsys):
     tiny = dict(image_size=16, hidden=4, ways=2, shots=1, queries=2, tasks=2, steps=1)
-    rows = bench.bench_training("tiny", tiny, torch.device("cpu"), list(bench.VARIANTS), ["maml", "metasgd"],
-                                [False], warmup=0, repeats=1)
+    rows = bench.bench_training(
+        "tiny", tiny, torch.device("cpu"), list(bench.VARIANTS), ["maml", "metasgd"], [False], warmup=0, repeats=1
+    )
     assert [(r["what"], r["variant"]) for r in rows] == [
-        (f"{m} 2nd-order", v) for m in ("maml", "metasgd") for v in bench.VARIANTS]
+        (f"{m} 2nd-order", v) for m in ("maml", "metasgd") for v in bench.VARIANTS
+    ]
     for r in rows:
         assert r["ms"] > 0 and r["grad_rel_diff"] < 1e-4, r  # float32: agreement to rounding
     assert all(r["vs_loop"] == 1.0 for r in rows if r["variant"] == "loop")

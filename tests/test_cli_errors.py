@@ -1,4 +1,5 @@
 """Bad input ends with one clear sentence on stderr and exit code 2, never a traceback."""
+
 import os
 import pickle
 import subprocess
@@ -6,11 +7,11 @@ import sys
 
 import pytest
 import torch
+from test_data import make_jpegs
 
 import maml
 import probe
 from conftest import ROOT, tiny_flags
-from test_data import make_jpegs
 
 
 def run_script(main_fn, argv, capsys, errors=()):
@@ -36,23 +37,41 @@ def train_args(tmp_path, *extra):
 BAD_TRAINING_INPUT = {
     "missing data folder": (lambda d: ["--data", str(d / "nope")], "does not exist"),
     "empty data folder": (lambda d: (os.makedirs(d / "empty"), ["--data", str(d / "empty")])[1], "found: nothing"),
-    "folder in no layout": (lambda d: ((d / "odd").mkdir(), (d / "odd" / "x.txt").write_text("x"),
-                                       ["--data", str(d / "odd")])[2], "learn2learn pickles"),
-    "csv naming absent images": (lambda d: (os.remove(d / "ravi" / "images" / "n01train0002.jpg"),
-                                            ["--data", str(d / "ravi")])[1], "n01train0002.jpg"),
-    "truncated image": (lambda d: ((d / "ravi" / "images" / "n02train0001.jpg").write_bytes(b"\xff\xd8\xff"),
-                                   ["--data", str(d / "ravi")])[1], "cannot read image .*n02train0001.jpg"),
-    "pickle that is an html page": (lambda d: ((d / "pk").mkdir(), (d / "pk" / "mini-imagenet-cache-train.pkl")
-                                               .write_text("<html>Sign in</html>"), ["--data", str(d / "pk")])[2],
-                                    "HTML"),
+    "folder in no layout": (
+        lambda d: ((d / "odd").mkdir(), (d / "odd" / "x.txt").write_text("x"), ["--data", str(d / "odd")])[2],
+        "learn2learn pickles",
+    ),
+    "csv naming absent images": (
+        lambda d: (os.remove(d / "ravi" / "images" / "n01train0002.jpg"), ["--data", str(d / "ravi")])[1],
+        "n01train0002.jpg",
+    ),
+    "truncated image": (
+        lambda d: (
+            (d / "ravi" / "images" / "n02train0001.jpg").write_bytes(b"\xff\xd8\xff"),
+            ["--data", str(d / "ravi")],
+        )[1],
+        "cannot read image .*n02train0001.jpg",
+    ),
+    "pickle that is an html page": (
+        lambda d: (
+            (d / "pk").mkdir(),
+            (d / "pk" / "mini-imagenet-cache-train.pkl").write_text("<html>Sign in</html>"),
+            ["--data", str(d / "pk")],
+        )[2],
+        "HTML",
+    ),
     "fewer classes than ways": (lambda d: ["--ways", "20"], "16 classes, fewer than the 20 ways"),
-    "fewer images than shots plus queries": (lambda d: ["--synthetic-per-class", "5", "--queries", "6"],
-                                             "5 images, fewer than the 7 needed"),
+    "fewer images than shots plus queries": (
+        lambda d: ["--synthetic-per-class", "5", "--queries", "6"],
+        "5 images, fewer than the 7 needed",
+    ),
     "zero ways": (lambda d: ["--ways", "0"], "--ways must be at least"),
     "negative inner steps": (lambda d: ["--inner-steps", "-1"], "--inner-steps cannot be negative"),
     "inner lr that is not finite": (lambda d: ["--inner-lr", "nan"], "--inner-lr must be a finite number"),
-    "gpu that is not there": (lambda d: ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--ways", "0"],
-                              "no CUDA GPU|--ways"),
+    "gpu that is not there": (
+        lambda d: ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--ways", "0"],
+        "no CUDA GPU|--ways",
+    ),
 }
 
 
@@ -65,8 +84,13 @@ def test_bad_training_input_ends_in_one_line(case, datasets, capsys):
 
 
 def test_inner_lr_that_is_not_a_number_is_refused_by_the_parser(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "maml.py"), "--inner-lr", "abc"], capture_output=True,
-                         text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "maml.py"), "--inner-lr", "abc"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "argument --inner-lr: invalid float value: 'abc'" in out.stderr
 
@@ -74,19 +98,24 @@ def test_inner_lr_that_is_not_a_number_is_refused_by_the_parser(tmp_path):
 def test_hdf5_without_h5py_says_to_install_it(tmp_path):
     (tmp_path / "train_data.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n")
     (tmp_path / "train_labels.json").write_text("[]")
-    code = ("import sys; sys.modules['h5py'] = None; sys.argv = ['maml.py', '--data', sys.argv[1]]; "
-            "import maml; maml.run_cli(maml.main)")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                         cwd=ROOT)
+    code = (
+        "import sys; sys.modules['h5py'] = None; sys.argv = ['maml.py', '--data', sys.argv[1]]; "
+        "import maml; maml.run_cli(maml.main)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "needs h5py: pip install h5py" in out.stderr
 
 
 def test_resume_with_other_shape_flags_is_refused(tmp_path, capsys):
     maml.main(train_args(tmp_path))
-    for flags, message in ((["--ways", "3"], "--ways 3 disagrees with the checkpoint's 2"),
-                           (["--image-size", "20"], "--image-size 20 disagrees"),
-                           (["--shots", "2"], "--shots 2 disagrees")):
+    for flags, message in (
+        (["--ways", "3"], "--ways 3 disagrees with the checkpoint's 2"),
+        (["--image-size", "20"], "--image-size 20 disagrees"),
+        (["--shots", "2"], "--shots 2 disagrees"),
+    ):
         code, line = run_script(maml.main, train_args(tmp_path, "--resume", *flags), capsys)
         assert code == 2 and message in line
 
@@ -102,8 +131,9 @@ def test_resume_without_a_checkpoint_is_explained(tmp_path, capsys):
     assert code == 2 and "no checkpoint" in line
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "other program", "pickle of something else", "directory",
-                                  "missing"])
+@pytest.mark.parametrize(
+    "kind", ["truncated", "empty", "other program", "pickle of something else", "directory", "missing"]
+)
 def test_bad_checkpoint_is_explained_by_the_probe(kind, tmp_path, capsys):
     maml.main(train_args(tmp_path))
     good = tmp_path / "run" / "best.pt"
@@ -125,20 +155,28 @@ def test_bad_checkpoint_is_explained_by_the_probe(kind, tmp_path, capsys):
 
 def test_probe_with_negative_rates_on_maml_checkpoint_is_explained(tmp_path, capsys):
     maml.main(train_args(tmp_path))
-    code, line = run_script(probe.main, [str(tmp_path / "run" / "best.pt"), "--rates", "negative",
-                                         "--iterations", "2"], capsys)
+    code, line = run_script(
+        probe.main, [str(tmp_path / "run" / "best.pt"), "--rates", "negative", "--iterations", "2"], capsys
+    )
     assert code == 2 and "needs a Meta-SGD checkpoint" in line
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "maml.py"), "--data", str(tmp_path / "nope"), "--debug"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "maml.py"), "--data", str(tmp_path / "nope"), "--debug"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode != 0 and "Traceback" in out.stderr and "DataError" in out.stderr
 
 
 def test_analyze_of_a_folder_without_a_run_is_explained(tmp_path, capsys):
     import analyze
+
     (tmp_path / "empty").mkdir()
-    code, line = run_script(analyze.main, [str(tmp_path / "empty"), "--out", str(tmp_path / "r")], capsys,
-                            errors=(analyze.AnalysisError,))
+    code, line = run_script(
+        analyze.main, [str(tmp_path / "empty"), "--out", str(tmp_path / "r")], capsys, errors=(analyze.AnalysisError,)
+    )
     assert code == 2 and "holds no checkpoint" in line

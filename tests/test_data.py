@@ -1,8 +1,8 @@
 """Every on-disk layout loads to the same images; the sampler draws what it promises."""
+
 import json
 import os
 import pickle
-import shutil
 
 import numpy as np
 import pytest
@@ -56,6 +56,7 @@ def make_pickle(folder, decoded, name="train"):
 
 def make_hdf5(folder, decoded):
     import h5py
+
     folder.mkdir(parents=True, exist_ok=True)
     with h5py.File(folder / "train_data.hdf5", "w") as f:
         group = f.create_group("datasets")
@@ -79,8 +80,7 @@ def test_all_four_layouts_load_to_the_same_images_and_labels(four_layouts):
     root, decoded = four_layouts
     expected = np.stack([im.transpose(2, 0, 1) for c in CLASSES for im in decoded[c]])
     expected_labels = np.repeat(np.arange(len(CLASSES)), PER_CLASS)
-    layouts = {"ravi": "ravi", "folders": "folders", "pickle": "pickle", "hdf5": "hdf5",
-               "hdf5_nested": "hdf5"}
+    layouts = {"ravi": "ravi", "folders": "folders", "pickle": "pickle", "hdf5": "hdf5", "hdf5_nested": "hdf5"}
     for folder, layout in layouts.items():
         assert data.detect_layout(root / folder) == layout
         split = data.load_split(root / folder, "train", image_size=20, progress=False)
@@ -92,8 +92,10 @@ def test_all_four_layouts_load_to_the_same_images_and_labels(four_layouts):
 
 def test_images_are_resized_the_same_way_in_every_layout(four_layouts):
     root, _ = four_layouts
-    loads = [data.load_split(root / f, "train", image_size=12, progress=False)["images"]
-             for f in ("ravi", "folders", "pickle", "hdf5")]
+    loads = [
+        data.load_split(root / f, "train", image_size=12, progress=False)["images"]
+        for f in ("ravi", "folders", "pickle", "hdf5")
+    ]
     assert loads[0].shape == (12, 3, 12, 12)
     for other in loads[1:]:
         assert torch.equal(loads[0], other)
@@ -183,6 +185,7 @@ def test_truncated_cache_is_rebuilt(four_layouts):
 
 # --------------------------------------------------------------------------- sampler
 
+
 def uneven_split():
     """5 classes with 6..10 images each; pixel value = image index, to trace every image."""
     counts = [6, 7, 8, 9, 10]
@@ -256,6 +259,7 @@ def test_too_few_classes_or_images_are_reported():
 
 # --------------------------------------------------------------------------- synthetic data
 
+
 def test_synthetic_dataset_has_mini_imagenet_shape_and_is_deterministic():
     sizes = {s: len(data.synthetic_split(s, 24, per_class=3, seed=0)["classes"]) for s in data.SPLITS}
     assert sizes == {"train": 64, "val": 16, "test": 20}
@@ -268,8 +272,10 @@ def test_synthetic_dataset_has_mini_imagenet_shape_and_is_deterministic():
 
 
 def test_random_conv4_with_cosine_prototypes_is_near_chance_on_synthetic_data():
-    import maml
     import torch.nn.functional as F
+
+    import maml
+
     split = data.synthetic_split("test", 84, per_class=20, seed=0)
     norm = data.channel_stats(split)
     g = torch.Generator().manual_seed(0)
@@ -288,6 +294,7 @@ def test_random_conv4_with_cosine_prototypes_is_near_chance_on_synthetic_data():
 
 
 # --------------------------------------------------------------------------- the real sample
+
 
 @pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data/mini-imagenet-sample is not here")
 def test_real_sample_loads_the_same_through_ravi_and_class_folders(tmp_path):

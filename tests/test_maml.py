@@ -1,4 +1,5 @@
 """Meta-gradients against independent computations, and the training script end to end."""
+
 import csv
 import json
 import os
@@ -10,7 +11,6 @@ import time
 import pytest
 import torch
 
-import data
 import maml
 from conftest import ROOT, tiny_flags
 
@@ -20,8 +20,7 @@ DT = torch.float64
 def micro_problem(tasks=3, ways=2, shots=2, queries=3, size=16, hidden=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     params = maml.init_params(ways, hidden, size, generator=g, dtype=DT)
-    params = {n: (p + 0.1 * torch.randn(p.shape, generator=g, dtype=DT)).requires_grad_()
-              for n, p in params.items()}
+    params = {n: (p + 0.1 * torch.randn(p.shape, generator=g, dtype=DT)).requires_grad_() for n, p in params.items()}
     episode = {
         "support_x": torch.randn(tasks, ways * shots, 3, size, size, generator=g, dtype=DT),
         "support_y": torch.arange(ways).repeat_interleave(shots).repeat(tasks, 1),
@@ -59,14 +58,16 @@ def test_grouped_tasks_meta_gradient_equals_per_task_loop(method, first_order):
 
 def directional_fd(params, lrs, episode, direction, steps=2, eps=1e-5):
     """Central finite difference of the meta-loss along `direction` (a list over params [+ lrs])."""
+
     def loss_at(sign):
         with torch.no_grad():
             names = list(params)
             moved = {n: params[n] + sign * eps * d for n, d in zip(names, direction)}
             moved_lrs = lrs
             if isinstance(lrs, dict):
-                moved_lrs = {n: lrs[n] + sign * eps * d for n, d in zip(names, direction[len(names):])}
+                moved_lrs = {n: lrs[n] + sign * eps * d for n, d in zip(names, direction[len(names) :])}
         return maml.meta_loss(moved, moved_lrs, episode, steps, tasks_together=False)[0].item()
+
     return (loss_at(1) - loss_at(-1)) / (2 * eps)
 
 
@@ -106,7 +107,7 @@ def test_second_order_gradient_differs_from_first_order():
 def test_meta_sgd_rates_receive_gradients():
     params, episode = micro_problem()
     lrs = meta_sgd_rates(params)
-    grads = meta_grad(params, lrs, episode)[len(params):]
+    grads = meta_grad(params, lrs, episode)[len(params) :]
     for name, grad in zip(lrs, grads):
         assert torch.isfinite(grad).all() and grad.abs().max() > 0, name
 
@@ -150,10 +151,35 @@ def read_csv(path):
 
 def test_training_raises_validation_accuracy(tmp_path):
     out = tmp_path / "run"
-    maml.main(tiny_flags(out, "--iterations", "150", "--eval-every", "150", "--hidden", "16",
-                         "--inner-steps", "3", "--eval-steps", "3", "--inner-lr", "0.1", "--queries", "5",
-                         "--eval-queries", "5", "--meta-batch", "4", "--synthetic-per-class", "30",
-                         "--val-tasks", "200", "--meta-lr", "3e-3"))
+    maml.main(
+        tiny_flags(
+            out,
+            "--iterations",
+            "150",
+            "--eval-every",
+            "150",
+            "--hidden",
+            "16",
+            "--inner-steps",
+            "3",
+            "--eval-steps",
+            "3",
+            "--inner-lr",
+            "0.1",
+            "--queries",
+            "5",
+            "--eval-queries",
+            "5",
+            "--meta-batch",
+            "4",
+            "--synthetic-per-class",
+            "30",
+            "--val-tasks",
+            "200",
+            "--meta-lr",
+            "3e-3",
+        )
+    )
     rows = read_csv(out / "metrics.csv")
     assert [int(r["iteration"]) for r in rows] == [0, 150]
     first, last = float(rows[0]["val_acc"]), float(rows[-1]["val_acc"])
@@ -294,8 +320,12 @@ def test_sigkill_at_any_point_then_resume_ends_identical(point, tmp_path, uninte
     flags = tiny_flags(out, *KILL_FLAGS)
     marker = tmp_path / "in-save"
     if point == "after the first saves":
-        proc = subprocess.Popen([sys.executable, str(ROOT / "maml.py"), *flags], cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "maml.py"), *flags],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         first_save = []
 
         def second_save_done():  # the checkpoint of iteration 0 was replaced by a later one
@@ -303,11 +333,16 @@ def test_sigkill_at_any_point_then_resume_ends_identical(point, tmp_path, uninte
                 return False
             first_save.append((out / "ckpt.pt").stat().st_mtime_ns)
             return first_save[-1] != first_save[0]
+
         kill_when(proc, second_save_done)
     else:
         which, nth = ("ckpt.pt.tmp", 3) if "checkpoint" in point else ("best.pt.tmp", 1)
-        proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(marker), which, str(nth), *flags],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_SAVE, str(marker), which, str(nth), *flags],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         kill_when(proc, marker.exists)
         assert any(p.name.startswith(which) for p in out.iterdir())  # the half-written file is there
     maml.load_checkpoint(out / "ckpt.pt")  # what is on disk is still a whole checkpoint
@@ -320,26 +355,54 @@ def test_sigkill_at_any_point_then_resume_ends_identical(point, tmp_path, uninte
 
 def test_sigkill_while_writing_the_image_cache_then_rerun_rebuilds_it(tmp_path):
     from test_data import make_jpegs
+
     make_jpegs(tmp_path / "data")
     env = {**os.environ, "MAML_CACHE_DIR": str(tmp_path / "cache")}
-    flags = tiny_flags(tmp_path / "run", "--data", str(tmp_path / "data"), "--ways", "2", "--iterations", "2",
-                       "--eval-every", "2", "--queries", "1", "--eval-queries", "1")
+    flags = tiny_flags(
+        tmp_path / "run",
+        "--data",
+        str(tmp_path / "data"),
+        "--ways",
+        "2",
+        "--iterations",
+        "2",
+        "--eval-every",
+        "2",
+        "--queries",
+        "1",
+        "--eval-queries",
+        "1",
+    )
     marker = tmp_path / "in-save"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(marker), "train-", "1", *flags], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAVE, str(marker), "train-", "1", *flags],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     kill_when(proc, marker.exists)
     assert not list((tmp_path / "cache").glob("*.pt"))  # only the half-written temporary file
-    subprocess.run([sys.executable, str(ROOT / "maml.py"), *flags], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(ROOT / "maml.py"), *flags], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300
+    )
     assert len(list((tmp_path / "cache").glob("ravi-train-*.pt"))) == 1
     maml.load_checkpoint(tmp_path / "run" / "ckpt.pt")
 
 
 def test_absurd_inner_lr_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(ROOT / "maml.py"), *tiny_flags(out, "--iterations", "20",
-                          "--inner-lr", "1e30", "--log-every", "1")], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "maml.py"),
+            *tiny_flags(out, "--iterations", "20", "--inner-lr", "1e30", "--log-every", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "diverged" in proc.stderr and "iteration 1" in proc.stderr and "--inner-lr" in proc.stderr
     ckpt = maml.load_checkpoint(out / "ckpt.pt")
@@ -351,4 +414,5 @@ def test_same_seed_and_flags_give_the_same_metrics(tmp_path):
     def metrics(name):
         maml.main(tiny_flags(tmp_path / name, "--iterations", "6", "--eval-every", "3", "--learn-lr"))
         return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_csv(tmp_path / name / "metrics.csv")]
+
     assert metrics("a") == metrics("b")

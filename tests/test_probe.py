@@ -1,4 +1,5 @@
 """The probe's bookkeeping, its statistics and its interruption behaviour."""
+
 import csv
 import json
 
@@ -17,8 +18,11 @@ from conftest import tiny_flags
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     maml.main(tiny_flags(root / "maml", "--iterations", "2", "--eval-every", "2"))
-    maml.main(tiny_flags(root / "metasgd", "--iterations", "2", "--eval-every", "2", "--learn-lr",
-                         "--lr-init-range", "-0.05", "0.05"))
+    maml.main(
+        tiny_flags(
+            root / "metasgd", "--iterations", "2", "--eval-every", "2", "--learn-lr", "--lr-init-range", "-0.05", "0.05"
+        )
+    )
     return {"maml": root / "maml" / "best.pt", "metasgd": root / "metasgd" / "best.pt"}
 
 
@@ -70,8 +74,15 @@ def test_off_task_measures_task_b_with_weights_adapted_on_task_a():
     result = probe.probe_tasks(params, 0.5, a, b, steps=3, ways=3)
 
     def adapted_on(task):
-        return maml.adapt(maml.per_task(params, 16), 0.5, task["support_x"], task["support_y"], 3,
-                          create_graph=False, net=maml.conv4_tasks)
+        return maml.adapt(
+            maml.per_task(params, 16),
+            0.5,
+            task["support_x"],
+            task["support_y"],
+            3,
+            create_graph=False,
+            net=maml.conv4_tasks,
+        )
 
     on_a, on_b = adapted_on(a), adapted_on(b)
     assert torch.equal(result["off_B"], probe.encoder_accuracy(on_a, b, 3))
@@ -83,9 +94,13 @@ def test_off_task_measures_task_b_with_weights_adapted_on_task_a():
 
 def test_rate_variants_build_the_rates_they_claim():
     learned = {"w": torch.tensor([-0.2, 0.0, 0.3]), "b": torch.tensor([0.5, -0.1])}
-    expect = {"learned": ([-0.2, 0.0, 0.3], [0.5, -0.1]), "negative": ([-0.2, 0.0, 0.0], [0.0, -0.1]),
-              "positive": ([0.0, 0.0, 0.3], [0.5, 0.0]), "abs": ([0.2, 0.0, 0.3], [0.5, 0.1]),
-              "flipped": ([0.2, 0.0, -0.3], [-0.5, 0.1])}
+    expect = {
+        "learned": ([-0.2, 0.0, 0.3], [0.5, -0.1]),
+        "negative": ([-0.2, 0.0, 0.0], [0.0, -0.1]),
+        "positive": ([0.0, 0.0, 0.3], [0.5, 0.0]),
+        "abs": ([0.2, 0.0, 0.3], [0.5, 0.1]),
+        "flipped": ([0.2, 0.0, -0.3], [-0.5, 0.1]),
+    }
     for mode, (w, b) in expect.items():
         rates = probe.probe_rates(learned, mode)
         assert rates["w"].tolist() == pytest.approx(w) and rates["b"].tolist() == pytest.approx(b), mode
@@ -105,8 +120,13 @@ def test_statistics_match_scipy_and_the_paired_test_is_paired():
     pre_a, pre_b = rng.uniform(0.3, 0.6, n), rng.uniform(0.3, 0.6, n)
     on_change = shared + rng.normal(0, 0.002, n)
     off_change = shared + 0.003 + rng.normal(0, 0.002, n)
-    records = {"pre_A": pre_a, "on_A": pre_a + on_change, "pre_B": pre_b, "off_B": pre_b + off_change,
-               "head_A": rng.uniform(0, 1, n)}
+    records = {
+        "pre_A": pre_a,
+        "on_A": pre_a + on_change,
+        "pre_B": pre_b,
+        "off_B": pre_b + off_change,
+        "head_A": rng.uniform(0, 1, n),
+    }
     s = probe.summarize(records)
     paired = stats.ttest_rel(on_change, off_change)
     assert s["paired_t_on_vs_off"]["p"] == pytest.approx(paired.pvalue, rel=1e-6)
