@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import stats
 
 import maml
@@ -72,11 +73,7 @@ def load_run(path):
         "config": config,
         "iteration": ckpt["iteration"],
         "method": "metasgd" if config["learn_lr"] else "maml",
-        "rates": (
-            {n: r.double().numpy() for n, r in ckpt["inner_lrs"].items()}
-            if isinstance(ckpt["inner_lrs"], dict)
-            else None
-        ),
+        "rates": {n: r.double().numpy() for n, r in ckpt["inner_lrs"].items()} if config["learn_lr"] else None,
         "metrics": read_csv(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
         "lr_stats": read_csv(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
         "test": json.loads((folder / "test.json").read_text()) if (folder / "test.json").exists() else None,
@@ -105,35 +102,21 @@ def check_compatible(runs):
 
 
 def rate_table(rates):
-    """Per layer: mean, std, fraction negative, min, max of the learned rates, and each parameter
-    tensor's mean. `rates` maps parameter name -> array."""
-    table = {}
-    for layer in LAYERS:
-        names = [n for n in rates if maml.layer_of(n) == layer]
-        if not names:
-            continue
-        r = np.concatenate([rates[n].ravel() for n in names])
-        table[layer] = {
-            "mean": r.mean(),
-            "std": r.std(ddof=1),
-            "frac_negative": (r < 0).mean(),
-            "min": r.min(),
-            "max": r.max(),
-            "tensor_means": {n.split(".", 1)[1]: rates[n].mean() for n in names},
-        }
-    return table
+    """Table 1's numbers per layer (mean, std, fraction negative, min, max, and each parameter
+    tensor's mean), as maml.rate_statistics computes them for lr_stats.csv. `rates` maps parameter
+    name -> array."""
+    rows = maml.rate_statistics({n: torch.from_numpy(np.asarray(r)) for n, r in rates.items()})
+    table = {row["name"]: {**row, "tensor_means": {}} for row in rows if row["kind"] == "layer"}
+    for row in rows:
+        if row["kind"] == "tensor":
+            table[maml.layer_of(row["name"])]["tensor_means"][row["name"].split(".", 1)[1]] = row["mean"]
+    return {layer: table[layer] for layer in LAYERS if layer in table}
 
 
 def across_seeds(values):
     """Mean and std (ddof=1; 0 for one run) of a list of numbers."""
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def probe_changes(records):
-    on = np.asarray(records["on_A"]) - np.asarray(records["pre_A"])
-    off = np.asarray(records["off_B"]) - np.asarray(records["pre_B"])
-    return on, off
 
 
 def pooled_records(runs, stem):
@@ -166,7 +149,7 @@ def compute_stats(by_method):
             if records:
                 s = probe.summarize(records)
                 s["per_run_off_change"] = [
-                    float(probe_changes(r["probes"][stem]["records"])[1].mean()) for r in runs if stem in r["probes"]
+                    float(probe.changes(r["probes"][stem]["records"])[1].mean()) for r in runs if stem in r["probes"]
                 ]
                 m["probes"][stem] = s
     if len(by_method) == 2:
@@ -175,7 +158,7 @@ def compute_stats(by_method):
             for method, runs in by_method.items():
                 records = pooled_records(runs, stem)
                 if records:
-                    offs[method] = probe_changes(records)[1]
+                    offs[method] = probe.changes(records)[1]
             if len(offs) == 2:
                 welch = stats.ttest_ind(offs["metasgd"], offs["maml"], equal_var=False)
                 out["between_methods"][stem] = {
@@ -317,7 +300,7 @@ def fig6(runs, out):
     if not sgd:
         return False
     plt = _plt()
-    layers = [l for l in LAYERS if any(maml.layer_of(n) == l for n in sgd[0]["rates"])]
+    layers = [layer for layer in LAYERS if any(maml.layer_of(n) == layer for n in sgd[0]["rates"])]
     fig, axes = plt.subplots(3, 3, figsize=(12, 9))
     for ax, layer in zip(axes.flat, layers):
         for run in sgd:

@@ -62,10 +62,7 @@ def meta_loss_vmap(params, inner_lrs, episode, steps, first_order=False, net=con
             grads = grad(support_loss)(params)
             if first_order:
                 grads = {n: g.detach() for n, g in grads.items()}
-            params = {
-                n: p - (inner_lrs[n] if isinstance(inner_lrs, dict) else inner_lrs) * grads[n]
-                for n, p in params.items()
-            }
+            params = {n: p - inner_lrs[n] * grads[n] for n, p in params.items()}
         logits = net(params, query_x)
         return F.cross_entropy(logits, query_y), (logits.argmax(-1) == query_y).float().mean()
 
@@ -106,13 +103,15 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
+def episode_shape(cfg):
+    return {k: cfg[k] for k in ("tasks", "ways", "shots", "queries")}
+
+
 def setup(cfg, device, seed=0):
     split = data.split_to(data.synthetic_split("train", cfg["image_size"], per_class=30, seed=seed), device)
     norm = data.channel_stats(split)
     g = torch.Generator(device).manual_seed(seed)
-    episodes = [
-        data.sample_episodes(split, cfg["tasks"], cfg["ways"], cfg["shots"], cfg["queries"], g, norm) for _ in range(4)
-    ]
+    episodes = [data.sample_episodes(split, **episode_shape(cfg), generator=g, norm=norm) for _ in range(4)]
     params = maml.init_params(
         cfg["ways"], cfg["hidden"], cfg["image_size"], generator=torch.Generator().manual_seed(seed)
     )
@@ -120,58 +119,54 @@ def setup(cfg, device, seed=0):
     return split, norm, g, episodes, params
 
 
+def meta_iteration(variant, params, inner_lrs, optimizer, episodes, steps, first_order):
+    """A function that runs one timed meta-iteration of `variant` per call, cycling through `episodes`."""
+    calls = iter(range(10**9))
+
+    def iteration():
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = VARIANTS[variant](params, inner_lrs, episodes[next(calls) % len(episodes)], steps, first_order)
+        loss.backward()
+        optimizer.step()
+
+    return iteration
+
+
+def meta_gradients(variants, params, inner_lrs, episode, steps, first_order):
+    """Each variant's flat meta-gradient (theta, and alpha for Meta-SGD) at the same point and episode."""
+    wrt = list(params.values()) + [r for r in inner_lrs.values() if r.requires_grad]
+    grads = {}
+    for variant in variants:
+        loss, _ = VARIANTS[variant](params, inner_lrs, episode, steps, first_order)
+        grads[variant] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, wrt)])
+    return grads
+
+
 def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats):
     assert variants[0] == "loop", "the loop is the reference every other variant is compared with"
     split, norm, g, episodes, params = setup(cfg, device)
     rows = []
     for method in methods:
-        rates = 0.01 if method == "maml" else {n: torch.full_like(p, 0.01).requires_grad_() for n, p in params.items()}
-        learned = list(rates.values()) if isinstance(rates, dict) else []
+        inner_lrs = maml.init_inner_lrs(params, 0.01, learn=method == "metasgd")
+        learned = [r for r in inner_lrs.values() if r.requires_grad]
         optimizer = torch.optim.Adam(list(params.values()) + learned, lr=1e-3)
         for first_order in orders:
-            # Agreement first, before any timed step moves the parameters: each variant's meta-gradient
-            # against the loop's, at the same parameters and on the same episode.
-            grads = {}
-            for variant in variants:
-                loss, _ = VARIANTS[variant](params, rates, episodes[0], cfg["steps"], first_order)
-                grads[variant] = torch.cat(
-                    [g.flatten() for g in torch.autograd.grad(loss, list(params.values()) + learned)]
-                )
+            # Agreement first, before any timed step moves the parameters.
+            grads = meta_gradients(variants, params, inner_lrs, episodes[0], cfg["steps"], first_order)
             reference = None
             for variant in variants:
-                rel_diff = ((grads[variant] - grads[variants[0]]).norm() / grads[variants[0]].norm()).item()
-                step = [0]
-
-                def iteration():
-                    optimizer.zero_grad(set_to_none=True)
-                    loss, _ = VARIANTS[variant](params, rates, episodes[step[0] % 4], cfg["steps"], first_order)
-                    loss.backward()
-                    optimizer.step()
-                    step[0] += 1
-
+                rel_diff = ((grads[variant] - grads["loop"]).norm() / grads["loop"].norm()).item()
+                iteration = meta_iteration(variant, params, inner_lrs, optimizer, episodes, cfg["steps"], first_order)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 seconds = time_it(iteration, device, warmup, repeats)
                 reference = reference or seconds
-                rows.append(
-                    {
-                        "config": name,
-                        "what": f"{method} {'1st' if first_order else '2nd'}-order",
-                        "variant": variant,
-                        "ms": 1000 * seconds,
-                        "per_s": 1 / seconds,
-                        "memory_mb": peak_memory_mb(device),
-                        "vs_loop": reference / seconds,
-                        "grad_rel_diff": rel_diff,
-                    }
-                )
+                rows.append({"config": name, "what": f"{method} {'1st' if first_order else '2nd'}-order",
+                             "variant": variant, "ms": 1000 * seconds, "per_s": 1 / seconds,
+                             "memory_mb": peak_memory_mb(device), "vs_loop": reference / seconds,
+                             "grad_rel_diff": rel_diff})  # fmt: skip
                 print_row(rows[-1])
-    sample_s = time_it(
-        lambda: data.sample_episodes(split, cfg["tasks"], cfg["ways"], cfg["shots"], cfg["queries"], g, norm),
-        device,
-        2,
-        20,
-    )
+    sample_s = time_it(lambda: data.sample_episodes(split, **episode_shape(cfg), generator=g, norm=norm), device, 2, 20)
     loop_ms = next(r["ms"] for r in rows if r["variant"] == "loop")
     print(
         f"  sampling one meta-batch ({name}): {1000 * sample_s:.2f} ms = {100 * 1000 * sample_s / loop_ms:.2f}% "
@@ -183,13 +178,15 @@ def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats
 def bench_probe(name, cfg, device, batch, warmup, repeats):
     split, norm, g, _, params = setup(cfg, device)
     params = {n: p.detach() for n, p in params.items()}
+    inner_lrs = maml.init_inner_lrs(params, 0.01)
     ways = cfg["ways"]
 
     def chunk():
         classes = data.sample_classes(split, batch, 2 * ways, g)
-        a = data.sample_episodes(split, batch, ways, cfg["shots"], 15, g, norm, classes[:, :ways])
-        b = data.sample_episodes(split, batch, ways, cfg["shots"], 15, g, norm, classes[:, ways:])
-        probe.probe_tasks(params, 0.01, a, b, cfg["steps"], ways)
+        shape = {"tasks": batch, "ways": ways, "shots": cfg["shots"], "queries": 15, "generator": g, "norm": norm}
+        a = data.sample_episodes(split, **shape, classes=classes[:, :ways])
+        b = data.sample_episodes(split, **shape, classes=classes[:, ways:])
+        probe.probe_tasks(params, inner_lrs, a, b, cfg["steps"], ways)
 
     seconds = time_it(chunk, device, warmup, repeats)
     row = {

@@ -224,11 +224,14 @@ def default_cache_dir():
     return Path(os.environ.get("MAML_CACHE_DIR", Path.home() / ".cache" / "negative-lr-maml"))
 
 
-def atomic_save(obj, path):
+def atomic_write(path, write):
+    """The project's one way of writing a file: `write(tmp)` writes a temporary file beside `path`,
+    which is flushed to disk and renamed over `path`, so a kill at any moment leaves either the old
+    or the new file whole, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    write(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -266,15 +269,8 @@ def _load_image_files(root, split, image_size, layout, cache_dir, progress):
     images, labels = images[order], labels[order]
     if cache is not None:
         try:
-            atomic_save(
-                {
-                    "signature": signature,
-                    "images": torch.from_numpy(images),
-                    "labels": torch.from_numpy(labels),
-                    "classes": names,
-                },
-                cache,
-            )
+            entry = {"signature": signature, "images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}
+            atomic_write(cache, lambda tmp: torch.save({**entry, "classes": names}, tmp))
         except OSError as e:
             print(f"note: could not write the image cache {cache} ({e}); the next run decodes again")
     return images, labels, names
@@ -307,6 +303,8 @@ def load_split(root, split, image_size=84, cache_dir="default", progress=True):
     layout = detect_layout(root, split)
     if cache_dir == "default":
         cache_dir = default_cache_dir()
+    elif cache_dir == "none":
+        cache_dir = None
     if layout in ("ravi", "folders"):
         images, labels, names = _load_image_files(root, split, image_size, layout, cache_dir, progress)
     elif layout == "pickle":
@@ -316,6 +314,14 @@ def load_split(root, split, image_size=84, cache_dir="default", progress=True):
     if len(names) == 0 or len(images) == 0:
         raise DataError(f"the {split} split of {root} is empty")
     return make_split(images, labels, names)
+
+
+def load_splits(root, splits, image_size=84, cache_dir="default", synthetic_per_class=600, seed=0, progress=True):
+    """{split: split} for each name in `splits`: from the dataset folder `root`, or from the built-in
+    synthetic dataset (`synthetic_split`, below) when `root` is None."""
+    if root is None:
+        return {split: synthetic_split(split, image_size, synthetic_per_class, seed) for split in splits}
+    return {split: load_split(root, split, image_size, cache_dir, progress) for split in splits}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,7 +434,7 @@ def sample_classes(split, tasks, ways, generator):
     return keys.argsort(dim=1)[:, :ways].to(split["by_class"].device)
 
 
-def sample_episodes(split, tasks, ways, shots, queries, generator, norm=None, classes=None, dtype=torch.float32):
+def sample_episodes(split, *, tasks, ways, shots, queries, generator, norm=None, classes=None, dtype=torch.float32):
     """A meta-batch of N-way K-shot tasks, drawn on the device that `generator` and the split live on.
 
     Each task takes `ways` distinct classes (or the given `classes` [tasks, ways]), and per class

@@ -18,21 +18,26 @@ Importing this file has no side effects: `from maml import conv4, adapt, meta_lo
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import math
-import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
 
 PROGRAM = "negative-lr-maml"  # written into every checkpoint, to recognise ours
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: inner_lrs is always a dict of tensors (1 stored MAML's alpha as a float)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,18 +108,31 @@ def per_task(params, tasks):
     return {name: p.expand(tasks, *p.shape) for name, p in params.items()}
 
 
-def init_inner_lrs(params, inner_lr, init_range=None, generator=None):
-    """Meta-SGD's alpha: one learnable rate per parameter entry, at `inner_lr` or uniform in a range.
-    Nothing constrains its sign: the paper's point is that many entries turn negative."""
-    lrs = {}
+def as_inner_lrs(rates, params):
+    """The one place inner rates change type: every other function takes and returns a dict
+    {parameter name: tensor}. A number (MAML's alpha, and how checkpoints of format 1 stored it)
+    becomes a 0-d constant per parameter, which broadcasts like the scalar; a dict is kept. Either way
+    the tensors take their parameter's dtype and device."""
+    if not isinstance(rates, dict):  # built in the parameter's dtype: float32(0.01) != float64(0.01)
+        rates = {name: torch.tensor(float(rates), dtype=p.dtype) for name, p in params.items()}
+    return {name: rates[name].to(p.device, p.dtype) for name, p in params.items()}
+
+
+def init_inner_lrs(params, inner_lr, learn=False, init_range=None, generator=None):
+    """alpha for every parameter. MAML (learn=False): the fixed `inner_lr`, as 0-d constants.
+    Meta-SGD (learn=True): one learnable rate per parameter entry, at `inner_lr` or uniform in
+    `init_range`. Nothing constrains the sign: the paper's point is that many entries turn negative."""
+    if not learn:
+        return as_inner_lrs(inner_lr, params)
+    inner_lrs = {}
     for name, p in params.items():
         if init_range is None:
-            lr = torch.full_like(p, inner_lr)
+            rate = torch.full_like(p, inner_lr)
         else:
             low, high = init_range
-            lr = torch.rand(p.shape, generator=generator, dtype=p.dtype) * (high - low) + low
-        lrs[name] = lr.requires_grad_()
-    return lrs
+            rate = torch.rand(p.shape, generator=generator, dtype=p.dtype) * (high - low) + low
+        inner_lrs[name] = rate.to(p.device).requires_grad_()
+    return inner_lrs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,52 +143,38 @@ def init_inner_lrs(params, inner_lr, init_range=None, generator=None):
 def adapt(params, inner_lrs, x, y, steps, create_graph=True, net=conv4):
     """The inner loop: `steps` times theta <- theta - alpha * grad L_support(theta).
 
-    `inner_lrs` is MAML's scalar alpha or Meta-SGD's dict of per-entry rates. With create_graph the
-    result stays differentiable through the gradients themselves (second-order MAML); without it
-    the gradients are constants (first order), but the result still depends on theta and alpha.
-    The loss is the sum over tasks of each task's mean loss, so with `net=conv4_tasks` every task
-    gets exactly its own gradient."""
+    `inner_lrs` holds alpha per parameter: MAML's 0-d constants or Meta-SGD's per-entry rates. With
+    create_graph the result stays differentiable through the gradients themselves (second-order
+    MAML); without it the gradients are constants (first order), but the result still depends on
+    theta and alpha. The loss is the sum over tasks of each task's mean loss, so with
+    `net=conv4_tasks` every task gets exactly its own gradient."""
     with torch.enable_grad():
         params = {n: (p if p.requires_grad else p.detach().requires_grad_()) for n, p in params.items()}
         for _ in range(steps):
             logits = net(params, x)
             loss = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="sum") / y.shape[-1]
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-            params = {
-                name: p - (inner_lrs[name] if isinstance(inner_lrs, dict) else inner_lrs) * g
-                for (name, p), g in zip(params.items(), grads)
-            }
+            params = {name: p - inner_lrs[name] * g for (name, p), g in zip(params.items(), grads)}
     return params
 
 
 def meta_loss(params, inner_lrs, episode, steps, first_order=False, tasks_together=True):
     """Mean query loss (and accuracy) of the adapted parameters over a meta-batch of tasks.
 
-    tasks_together=False is the plain per-task loop, kept as the reference; True runs all tasks in
-    one grouped network and gives the same numbers (tests/test_maml.py)."""
+    tasks_together=False is Algorithm 1 as written, task after task: the reference. True runs all
+    tasks in one grouped network and gives the same numbers (tests/test_maml.py)."""
     support_x, support_y = episode["support_x"], episode["support_y"]
     query_x, query_y = episode["query_x"], episode["query_y"]
-    if tasks_together:
-        adapted = adapt(
-            per_task(params, support_x.shape[0]),
-            inner_lrs,
-            support_x,
-            support_y,
-            steps,
-            create_graph=not first_order,
-            net=conv4_tasks,
-        )
-        logits = conv4_tasks(adapted, query_x)
+    if not tasks_together:
+        logits = []
+        for t in range(support_x.shape[0]):
+            adapted = adapt(params, inner_lrs, support_x[t], support_y[t], steps, create_graph=not first_order)
+            logits.append(conv4(adapted, query_x[t]))
+        logits = torch.stack(logits)
     else:
-        logits = torch.stack(
-            [
-                conv4(
-                    adapt(params, inner_lrs, support_x[t], support_y[t], steps, create_graph=not first_order),
-                    query_x[t],
-                )
-                for t in range(support_x.shape[0])
-            ]
-        )
+        tasks = per_task(params, support_x.shape[0])
+        adapted = adapt(tasks, inner_lrs, support_x, support_y, steps, create_graph=not first_order, net=conv4_tasks)
+        logits = conv4_tasks(adapted, query_x)
     loss = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())  # tasks have equal query counts
     accuracy = (logits.argmax(-1) == query_y).float().mean()
     return loss, accuracy
@@ -190,28 +194,22 @@ def meta_step(params, inner_lrs, optimizer, episode, steps, first_order=False, t
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate(params, inner_lrs, split, norm, tasks, ways, shots, queries, steps, seed, chunk=25):
+def evaluate(params, inner_lrs, split, *, norm, tasks, ways, shots, queries, steps, seed, chunk=25):
     """Query accuracy of each of `tasks` fixed, seeded tasks after `steps` adaptation steps.
     Returns a tensor of per-task accuracies (on the split's device)."""
-    import data
-
     device = split["images"].device
     generator = torch.Generator(device).manual_seed(seed)
     dtype = next(iter(params.values())).dtype
     params = {n: p.detach() for n, p in params.items()}
-    rates = {n: r.detach() for n, r in inner_lrs.items()} if isinstance(inner_lrs, dict) else inner_lrs
+    inner_lrs = {n: r.detach() for n, r in inner_lrs.items()}
     accuracies = []
     for start in range(0, tasks, chunk):
         n = min(chunk, tasks - start)
-        episode = data.sample_episodes(split, n, ways, shots, queries, generator, norm, dtype=dtype)
+        episode = data.sample_episodes(
+            split, tasks=n, ways=ways, shots=shots, queries=queries, generator=generator, norm=norm, dtype=dtype
+        )
         adapted = adapt(
-            per_task(params, n),
-            rates,
-            episode["support_x"],
-            episode["support_y"],
-            steps,
-            create_graph=False,
-            net=conv4_tasks,
+            per_task(params, n), inner_lrs, episode["support_x"], episode["support_y"], steps, False, conv4_tasks
         )
         with torch.no_grad():
             logits = conv4_tasks(adapted, episode["query_x"])
@@ -219,8 +217,9 @@ def evaluate(params, inner_lrs, split, norm, tasks, ways, shots, queries, steps,
     return torch.cat(accuracies)
 
 
-def mean_ci95(values):
-    """Mean and half-width of the normal-approximation 95% confidence interval, as MAML reports."""
+def mean_normal_ci95(values):
+    """Mean and half-width of the normal-approximation 95% confidence interval (1.96 sd / sqrt(n)),
+    as MAML reports test accuracy. probe.mean_t_ci95 is the Student-t interval."""
     values = torch.as_tensor(values, dtype=torch.float64).flatten()
     if values.numel() < 2:
         return float(values.mean()), float("nan")
@@ -234,7 +233,8 @@ def layer_of(name):
 
 
 def rate_statistics(inner_lrs):
-    """Rows of statistics of Meta-SGD's learned rates, per layer and per parameter tensor."""
+    """Rows of statistics of the inner rates, per layer and per parameter tensor: count, mean,
+    std (n - 1), fraction negative, min, max. The one implementation behind lr_stats.csv and Table 1."""
     groups = {}
     for name, rate in inner_lrs.items():
         groups.setdefault(("layer", layer_of(name)), []).append(rate.detach().flatten())
@@ -242,23 +242,15 @@ def rate_statistics(inner_lrs):
     rows = []
     for (kind, name), parts in groups.items():
         r = torch.cat(parts).double()
-        rows.append(
-            {
-                "name": name,
-                "kind": kind,
-                "count": r.numel(),
-                "mean": r.mean().item(),
-                "std": r.std().item() if r.numel() > 1 else 0.0,
-                "frac_negative": (r < 0).double().mean().item(),
-                "min": r.min().item(),
-                "max": r.max().item(),
-            }
-        )
+        std = r.std().item() if r.numel() > 1 else 0.0
+        negative = (r < 0).double().mean().item()
+        rows.append({"name": name, "kind": kind, "count": r.numel(), "mean": r.mean().item(), "std": std,
+                     "frac_negative": negative, "min": r.min().item(), "max": r.max().item()})  # fmt: skip
     return rows
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints and run folders
 # ----------------------------------------------------------------------------------------------
 
 
@@ -271,7 +263,8 @@ class ConfigError(Exception):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Load and sanity-check a checkpoint written by this program."""
+    """Load and sanity-check a checkpoint written by this program. Its "inner_lrs" is always the
+    dict type (`as_inner_lrs`), also for checkpoints of format 1, which stored MAML's alpha as a float."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is not a checkpoint file (expected e.g. runs/<run>/best.pt)")
@@ -287,17 +280,103 @@ def load_checkpoint(path, map_location="cpu"):
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("program") != PROGRAM:
         raise CheckpointError(f"{path} is a torch file but not a checkpoint of this project's maml.py")
+    ckpt["inner_lrs"] = as_inner_lrs(ckpt["inner_lrs"], ckpt["params"])
     return ckpt
 
 
-def checkpoint_lrs(ckpt):
-    """The inner rates a checkpoint adapts with: a float (MAML) or a dict of tensors (Meta-SGD)."""
-    return ckpt["inner_lrs"] if isinstance(ckpt["inner_lrs"], dict) else float(ckpt["inner_lrs"])
+def save_checkpoint(ckpt, path):
+    data.atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def refuse_to_overwrite(path, holds_results, resume, what):
+    """The one rule for outputs, in maml.py and probe.py: results already on disk are continued with
+    --resume, never silently written over."""
+    if holds_results and not resume:
+        raise ConfigError(f"{path} already holds {what}; pass --resume to continue it, or choose another --out")
+
+
+def append_rows(path, rows):
+    """Append dict rows to a CSV, with a header when the file is new."""
+    if not rows:
+        return
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def drop_rows_after(path, iteration):
+    """Keep a CSV's rows up to `iteration`. A killed run may have logged past its last checkpoint;
+    on --resume those iterations run again and log again."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        kept = [row for row in csv.DictReader(f) if int(row["iteration"]) <= iteration]
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            if kept:
+                writer = csv.DictWriter(f, fieldnames=list(kept[0]))
+                writer.writeheader()
+                writer.writerows(kept)
+
+    data.atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------------------------
-# Training script
+# Training script: flags
 # ----------------------------------------------------------------------------------------------
+
+
+# The integer flags, as (group, flag, default, help); the other flags are declared below.
+ALGORITHM, RUN = "task shape and algorithm (the paper's values by default)", "data, evaluation and the run"
+INT_FLAGS = [
+    (ALGORITHM, "--ways", 5, "classes per task (N)"),
+    (ALGORITHM, "--shots", 1, "support images per class (K)"),
+    (ALGORITHM, "--queries", 10, "query images per class during meta-training"),
+    (ALGORITHM, "--meta-batch", 3, "tasks per meta-update"),
+    (ALGORITHM, "--inner-steps", 5, "inner-loop gradient steps during meta-training"),
+    (ALGORITHM, "--iterations", 60000, "meta-updates in total (on --resume: the new total)"),
+    (ALGORITHM, "--hidden", 64, "filters per conv layer"),
+    (ALGORITHM, "--image-size", 84, "images are resized to this many pixels square"),
+    (RUN, "--synthetic-per-class", 600, "images per class of the synthetic dataset"),
+    (RUN, "--eval-every", 1000, "validate every this many iterations"),
+    (RUN, "--val-tasks", 200, "fixed, seeded validation tasks"),
+    (RUN, "--test-tasks", 600, "fixed, seeded test tasks evaluated at the end"),
+    (RUN, "--eval-steps", 10, "inner steps when evaluating (MAML's evaluation uses 10)"),
+    (RUN, "--eval-queries", 15, "query images per class when evaluating"),
+    (RUN, "--save-every", 500, "write the latest checkpoint every this many iterations"),
+    (RUN, "--log-every", 100, "update the progress bar's loss/accuracy (a device sync) every this many iterations"),
+    (RUN, "--seed", 0, "seeds initialisation, episodes and the synthetic data"),
+]
+
+
+def add_algorithm_flags(g):
+    g("--inner-lr", type=float, default=0.01, help="MAML's inner rate alpha; Meta-SGD's initial value")
+    g("--learn-lr", action="store_true", help="Meta-SGD: learn one inner rate per parameter entry")
+    g("--lr-init-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+      help="Meta-SGD: initialise the rates uniformly in [LOW, HIGH] instead of at --inner-lr")  # fmt: skip
+    g("--first-order", action="store_true", help="drop the second-order terms (FOMAML / first-order Meta-SGD)")
+    g("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the outer loop (theta and alpha)")
+    g("--task-batching", choices=["auto", "loop", "grouped"], default="auto",
+      help="how the tasks of a meta-batch run: 'loop' one after another (the plain reference), 'grouped' "
+      "together as one grouped network; 'auto' picks grouped on a GPU and loop on the CPU, where the loop "
+      "measured faster (RESULTS.md)")  # fmt: skip
+
+
+def add_run_flags(g):
+    g("--data", default=None, help="dataset folder in any supported Mini-ImageNet layout (Ravi CSVs, "
+      "split/class folders, learn2learn pickles, torchmeta HDF5); omitted: the built-in synthetic dataset")  # fmt: skip
+    g("--cache-dir", default="default", help="where decoded images are cached ('none' disables; default "
+      "$MAML_CACHE_DIR or ~/.cache/negative-lr-maml)")  # fmt: skip
+    g("--out", default=None, help="run folder (default runs/<maml|metasgd>-<N>w<K>s-seed<seed>)")
+    g("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    g("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1', ...")
+    g("--dtype", choices=["float32", "float64"], default="float32", help="parameter and image precision")
+    g("--no-progress", action="store_true", help="no progress bars (for logs)")
+    g("--debug", action="store_true", help="show full tracebacks on errors")
 
 
 def build_parser():
@@ -307,113 +386,30 @@ def build_parser():
         "inner lr 0.01, Adam 1e-3, 60,000 iterations.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    a = p.add_argument
-    a(
-        "--data",
-        default=None,
-        help="dataset folder in any supported Mini-ImageNet layout (Ravi CSVs, "
-        "split/class folders, learn2learn pickles, torchmeta HDF5); omitted: the built-in synthetic dataset",
-    )
-    a("--image-size", type=int, default=84, help="images are resized to this many pixels square")
-    a("--synthetic-per-class", type=int, default=600, help="images per class of the synthetic dataset")
-    a(
-        "--cache-dir",
-        default="default",
-        help="where decoded images are cached ('none' disables; default $MAML_CACHE_DIR or ~/.cache/negative-lr-maml)",
-    )
-    a("--ways", type=int, default=5, help="classes per task (N)")
-    a("--shots", type=int, default=1, help="support images per class (K)")
-    a("--queries", type=int, default=10, help="query images per class during meta-training")
-    a("--meta-batch", type=int, default=3, help="tasks per meta-update")
-    a("--inner-steps", type=int, default=5, help="inner-loop gradient steps during meta-training")
-    a("--inner-lr", type=float, default=0.01, help="MAML's inner rate alpha; Meta-SGD's initial value")
-    a("--learn-lr", action="store_true", help="Meta-SGD: learn one inner rate per parameter entry")
-    a(
-        "--lr-init-range",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        default=None,
-        help="Meta-SGD: initialise the rates uniformly in [LOW, HIGH] instead of at --inner-lr",
-    )
-    a("--first-order", action="store_true", help="drop the second-order terms (FOMAML / first-order Meta-SGD)")
-    a("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the outer loop (theta and alpha)")
-    a("--iterations", type=int, default=60000, help="meta-updates in total (on --resume: the new total)")
-    a("--hidden", type=int, default=64, help="filters per conv layer")
-    a(
-        "--task-batching",
-        choices=["auto", "loop", "grouped"],
-        default="auto",
-        help="how the tasks of a meta-batch run: 'loop' one after another (the plain reference), 'grouped' "
-        "together as one grouped network; 'auto' picks grouped on a GPU and loop on the CPU, where the loop "
-        "measured faster (README, Performance)",
-    )
-    a("--eval-every", type=int, default=1000, help="validate every this many iterations")
-    a("--val-tasks", type=int, default=200, help="fixed, seeded validation tasks")
-    a("--test-tasks", type=int, default=600, help="fixed, seeded test tasks evaluated at the end")
-    a("--eval-steps", type=int, default=10, help="inner steps when evaluating (MAML's evaluation uses 10)")
-    a("--eval-queries", type=int, default=15, help="query images per class when evaluating")
-    a("--save-every", type=int, default=500, help="write the latest checkpoint every this many iterations")
-    a(
-        "--log-every",
-        type=int,
-        default=100,
-        help="update the progress bar's loss/accuracy (a device sync) every this many iterations",
-    )
-    a("--out", default=None, help="run folder (default runs/<maml|metasgd>-<N>w<K>s-seed<seed>)")
-    a("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    a("--seed", type=int, default=0, help="seeds initialisation, episodes and the synthetic data")
-    a("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1', ...")
-    a("--dtype", choices=["float32", "float64"], default="float32", help="parameter and image precision")
-    a("--no-progress", action="store_true", help="no progress bars (for logs)")
-    a("--debug", action="store_true", help="show full tracebacks on errors")
+    groups = {name: p.add_argument_group(name).add_argument for name in (ALGORITHM, RUN)}
+    for group, flag, default, text in INT_FLAGS:
+        groups[group](flag, type=int, default=default, help=text)
+    add_algorithm_flags(groups[ALGORITHM])
+    add_run_flags(groups[RUN])
     return p
 
 
 # Flags that may change when a run is resumed; every other flag must match the checkpoint.
-RESUME_MAY_CHANGE = {
-    "iterations",
-    "device",
-    "eval_every",
-    "save_every",
-    "log_every",
-    "no_progress",
-    "debug",
-    "resume",
-    "out",
-    "cache_dir",
-    "data",
-    "task_batching",
-}
+RESUME_MAY_CHANGE = {"iterations", "device", "eval_every", "save_every", "log_every", "no_progress",
+                     "debug", "resume", "out", "cache_dir", "data", "task_batching"}  # fmt: skip
+AT_LEAST_ONE = ("ways", "shots", "queries", "meta_batch", "iterations", "hidden", "image_size", "val_tasks",
+                "test_tasks", "eval_every", "save_every", "log_every", "synthetic_per_class")  # fmt: skip
 
 
 def check_config(args):
-    bad = []
-    for name in (
-        "ways",
-        "shots",
-        "queries",
-        "meta_batch",
-        "iterations",
-        "hidden",
-        "image_size",
-        "val_tasks",
-        "test_tasks",
-        "eval_every",
-        "save_every",
-        "log_every",
-        "synthetic_per_class",
-    ):
-        if getattr(args, name) < 1:
-            bad.append(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
-    for name in ("inner_steps", "eval_steps"):
-        if getattr(args, name) < 0:
-            bad.append(f"--{name.replace('_', '-')} cannot be negative (got {getattr(args, name)})")
+    bad = [f"--{n.replace('_', '-')} must be at least 1 (got {getattr(args, n)})"
+           for n in AT_LEAST_ONE if getattr(args, n) < 1]  # fmt: skip
+    bad += [f"--{n.replace('_', '-')} cannot be negative (got {getattr(args, n)})"
+            for n in ("inner_steps", "eval_steps") if getattr(args, n) < 0]  # fmt: skip
     if args.ways < 2:
         bad.append(f"--ways must be at least 2 (got {args.ways})")
-    for name in ("inner_lr", "meta_lr"):
-        if not math.isfinite(getattr(args, name)):
-            bad.append(f"--{name.replace('_', '-')} must be a finite number (got {getattr(args, name)})")
+    bad += [f"--{n.replace('_', '-')} must be a finite number (got {getattr(args, n)})"
+            for n in ("inner_lr", "meta_lr") if not math.isfinite(getattr(args, n))]  # fmt: skip
     if args.image_size < 16:
         bad.append(f"--image-size must be at least 16 for four 2x2 poolings (got {args.image_size})")
     if bad:
@@ -432,345 +428,278 @@ def resolve_device(name):
     return device
 
 
-def load_data(config, splits, progress=True):
-    """{split: data split} for the run's dataset, plus where it came from (for logs)."""
-    import data
-
-    out = {}
-    for split in splits:
-        if config["data"]:
-            out[split] = data.load_split(
-                config["data"],
-                split,
-                config["image_size"],
-                None if config["cache_dir"] == "none" else config["cache_dir"],
-                progress=progress,
-            )
-        else:
-            out[split] = data.synthetic_split(
-                split, config["image_size"], config["synthetic_per_class"], config["seed"]
-            )
-    return out
-
-
-def _write_rows(path, rows, keep_upto=None):
-    """Append dict rows to a CSV (header on creation). keep_upto: first drop rows past an iteration
-    (rows written after the checkpoint a resumed run starts from)."""
-    path = Path(path)
-    if keep_upto is not None and path.exists():
-        with open(path, newline="") as f:
-            kept = [r for r in csv.DictReader(f) if int(r["iteration"]) <= keep_upto]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            if kept:
-                w = csv.DictWriter(f, fieldnames=list(kept[0]))
-                w.writeheader()
-                w.writerows(kept)
-        os.replace(tmp, path)
-    if not rows:
-        return
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-
-
 def default_out(config):
     method = "metasgd" if config["learn_lr"] else "maml"
     return str(Path("runs") / f"{method}-{config['ways']}w{config['shots']}s-seed{config['seed']}")
 
 
-def train(args):
-    """Meta-train as configured by `args` (see build_parser). Returns the run folder."""
-    from tqdm import tqdm
+# ----------------------------------------------------------------------------------------------
+# Training script: starting, checkpointing and finishing a run (the plumbing around Algorithm 1)
+# ----------------------------------------------------------------------------------------------
 
-    import data
 
+def start_run(args):
+    """The run's config and, on --resume, the checkpoint it continues from. A resumed run keeps the
+    checkpoint's config; only the flags in RESUME_MAY_CHANGE may differ from it."""
     check_config(args)
-    config = {k: v for k, v in vars(args).items()}
+    config = dict(vars(args))
     out = Path(args.out or default_out(config))
     ckpt_path = out / "ckpt.pt"
-    resumed = None
-    if args.resume:
-        if not ckpt_path.exists():
-            raise CheckpointError(f"--resume: there is no checkpoint {ckpt_path} to resume from")
-        resumed = load_checkpoint(ckpt_path)
-        saved = resumed["config"]
-        defaults = vars(build_parser().parse_args([]))
-        for key, value in config.items():
-            if key not in RESUME_MAY_CHANGE and value != defaults.get(key) and value != saved.get(key):
-                raise CheckpointError(
-                    f"--{key.replace('_', '-')} {value} disagrees with the checkpoint's "
-                    f"{saved.get(key)}; drop the flag to resume, or start a new --out"
-                )
-        config = {**saved, **{k: config[k] for k in RESUME_MAY_CHANGE if k in config and config[k] != defaults.get(k)}}
-    elif out.exists() and any(out.glob("*.pt")):
-        raise CheckpointError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    config["out"] = str(out)
-    progress = not config["no_progress"]
-    device = resolve_device(config["device"])
-    dtype = getattr(torch, config["dtype"])
-    tasks_together = config["task_batching"] == "grouped" or (
-        config["task_batching"] == "auto" and device.type == "cuda"
-    )
+    refuse_to_overwrite(out, out.exists() and any(out.glob("*.pt")), args.resume, "a run")
+    if not args.resume:
+        return {**config, "out": str(out)}, None
+    if not ckpt_path.exists():
+        raise CheckpointError(f"--resume: there is no checkpoint {ckpt_path} to resume from")
+    resumed = load_checkpoint(ckpt_path)
+    saved, defaults = resumed["config"], vars(build_parser().parse_args([]))
+    for key, value in config.items():
+        if key not in RESUME_MAY_CHANGE and value != defaults.get(key) and value != saved.get(key):
+            raise CheckpointError(
+                f"--{key.replace('_', '-')} {value} disagrees with the checkpoint's "
+                f"{saved.get(key)}; drop the flag to resume, or start a new --out"
+            )
+    changed = {k: config[k] for k in RESUME_MAY_CHANGE if k in config and config[k] != defaults.get(k)}
+    return {**saved, **changed, "out": str(out)}, resumed
 
+
+def run_splits(config, names, progress):
+    return data.load_splits(
+        config["data"], names, image_size=config["image_size"], cache_dir=config["cache_dir"],
+        synthetic_per_class=config["synthetic_per_class"], seed=config["seed"], progress=progress,
+    )  # fmt: skip
+
+
+def load_train_val(config, progress):
+    """The training and validation splits, checked against the task shape before any work starts."""
     if not config["data"]:
-        print(
-            f"no --data given: using the built-in synthetic dataset ({config['image_size']}px glyphs, "
-            f"64/16/20 classes, seed {config['seed']})"
-        )
-    splits = load_data(config, ["train", "val"], progress)
+        print(f"no --data given: using the built-in synthetic dataset ({config['image_size']}px glyphs, "
+              f"64/16/20 classes, seed {config['seed']})")  # fmt: skip
+    splits = run_splits(config, ["train", "val"], progress)
     data.check_episode_shape(splits["train"], config["ways"], config["shots"], config["queries"], "train split")
     data.check_episode_shape(splits["val"], config["ways"], config["shots"], config["eval_queries"], "val split")
-    norm = resumed["norm"] if resumed else data.channel_stats(splits["train"])
-    train_split, val_split = (data.split_to(s, device) for s in (splits["train"], splits["val"]))
-    norm_on_device = data.split_to(norm, device)  # a host-to-device copy per episode would sync
+    return splits
 
-    ways = config["ways"]
-    if resumed:
-        params = {n: p.to(device, dtype).requires_grad_() for n, p in resumed["params"].items()}
-        lrs = resumed["inner_lrs"]
-        inner_lrs = (
-            {n: r.to(device, dtype).requires_grad_() for n, r in lrs.items()} if isinstance(lrs, dict) else float(lrs)
+
+def new_state(config, device, dtype, norm, classes):
+    """Everything a run changes as it trains, seeded by --seed: theta, alpha, Adam, the episode
+    generator, the iteration, elapsed seconds, the best validation accuracy and running sums."""
+    init_gen = torch.Generator().manual_seed(config["seed"])
+    params = init_params(config["ways"], config["hidden"], config["image_size"], generator=init_gen, dtype=dtype)
+    init_range = tuple(config["lr_init_range"]) if config["lr_init_range"] else None
+    inner_lrs = init_inner_lrs(params, config["inner_lr"], config["learn_lr"], init_range, init_gen)
+    params = {n: p.to(device).requires_grad_() for n, p in params.items()}
+    inner_lrs = {n: r.to(device).detach().requires_grad_(config["learn_lr"]) for n, r in inner_lrs.items()}
+    learned = [r for r in inner_lrs.values() if r.requires_grad]
+    return SimpleNamespace(
+        params=params, inner_lrs=inner_lrs, norm=norm, classes=classes,
+        optimizer=torch.optim.Adam(list(params.values()) + learned, lr=config["meta_lr"]),
+        episodes=torch.Generator(device).manual_seed(config["seed"] + 12345),
+        iteration=0, elapsed=0.0, best=(-1.0, -1), tic=time.time(),
+        loss_sum=torch.zeros((), device=device), acc_sum=torch.zeros((), device=device), since_eval=0,
+        bad_iteration=torch.full((), -1, device=device, dtype=torch.long),
+    )  # fmt: skip
+
+
+def restore_state(resumed, config, device, dtype):
+    """`new_state`, then everything the checkpoint holds put back."""
+    saved_on = resumed.get("generator_device", "cpu")
+    if saved_on != device.type:
+        raise ConfigError(
+            f"this run drew its episodes from a {saved_on} random generator; resume it with --device "
+            f"{saved_on} (or start a new run)"
         )
-    else:
-        init_gen = torch.Generator().manual_seed(config["seed"])
-        params = init_params(ways, config["hidden"], config["image_size"], generator=init_gen, dtype=dtype)
-        params = {n: p.to(device).requires_grad_() for n, p in params.items()}
-        inner_lrs = config["inner_lr"]
-        if config["learn_lr"]:
-            rng = tuple(config["lr_init_range"]) if config["lr_init_range"] else None
-            inner_lrs = {
-                n: r.to(device).detach().requires_grad_()
-                for n, r in init_inner_lrs(params, config["inner_lr"], rng, init_gen).items()
-            }
-    learned = list(inner_lrs.values()) if isinstance(inner_lrs, dict) else []
-    optimizer = torch.optim.Adam(list(params.values()) + learned, lr=config["meta_lr"])
-    episodes = torch.Generator(device).manual_seed(config["seed"] + 12345)
-    start, elapsed, best = 0, 0.0, (-1.0, -1)
-    if resumed:
-        if resumed.get("generator_device", "cpu") != device.type:
-            raise ConfigError(
-                f"this run drew its episodes from a {resumed.get('generator_device', 'cpu')} random "
-                f"generator; resume it with --device {resumed.get('generator_device', 'cpu')} "
-                f"(or start a new run)"
-            )
-        optimizer.load_state_dict(resumed["optimizer"])
-        episodes.set_state(resumed["generator"])
-        start, elapsed, best = resumed["iteration"], resumed["elapsed"], tuple(resumed["best_val"])
-    out.mkdir(parents=True, exist_ok=True)
-    # Rows written after the checkpoint we resume from would be written again: drop them.
-    _write_rows(out / "metrics.csv", [], keep_upto=start if resumed else -1)
-    _write_rows(out / "lr_stats.csv", [], keep_upto=start if resumed else -1)
+    run = new_state(config, device, dtype, resumed["norm"], resumed["classes"])
+    with torch.no_grad():
+        for name, p in run.params.items():
+            p.copy_(resumed["params"][name])
+        for name, r in run.inner_lrs.items():
+            r.copy_(resumed["inner_lrs"][name])
+    run.optimizer.load_state_dict(resumed["optimizer"])
+    run.episodes.set_state(resumed["generator"])
+    run.iteration, run.elapsed, run.best = resumed["iteration"], resumed["elapsed"], tuple(resumed["best_val"])
+    return run
 
-    def checkpoint(iteration):
-        return {
-            "program": PROGRAM,
-            "format": CHECKPOINT_FORMAT,
-            "config": config,
-            "iteration": iteration,
-            "params": {n: p.detach().cpu() for n, p in params.items()},
-            "inner_lrs": (
-                {n: r.detach().cpu() for n, r in inner_lrs.items()} if isinstance(inner_lrs, dict) else inner_lrs
-            ),
-            "optimizer": optimizer.state_dict(),
-            "generator": episodes.get_state(),
-            "generator_device": device.type,
-            "norm": norm,
-            "elapsed": elapsed,
-            "best_val": list(best),
-            "classes": splits["train"]["classes"],
-        }
 
-    def finite_state():
-        return all(bool(torch.isfinite(t).all()) for t in list(params.values()) + learned)
+def checkpoint(run, config):
+    return {
+        "program": PROGRAM, "format": CHECKPOINT_FORMAT, "config": config, "iteration": run.iteration,
+        "params": {n: p.detach().cpu() for n, p in run.params.items()},
+        "inner_lrs": {n: r.detach().cpu() for n, r in run.inner_lrs.items()},
+        "optimizer": run.optimizer.state_dict(), "generator": run.episodes.get_state(),
+        "generator_device": run.episodes.device.type, "norm": run.norm, "elapsed": run.elapsed,
+        "best_val": list(run.best), "classes": run.classes,
+    }  # fmt: skip
 
-    def validate(iteration):
-        accs = evaluate(
-            params,
-            inner_lrs,
-            val_split,
-            norm_on_device,
-            config["val_tasks"],
-            ways,
-            config["shots"],
-            config["eval_queries"],
-            config["eval_steps"],
-            seed=config["seed"] + 777,
+
+def clock(run):
+    """Add the seconds since the last call to the run's elapsed time (kept across --resume)."""
+    now = time.time()
+    run.elapsed += now - run.tic
+    run.tic = now
+
+
+def check_finite(run, config, ckpt_path):
+    """Stop a diverged run. The first non-finite loss is remembered on the device, so the hot loop
+    never waits for it; this reads it (a host sync) only every --log-every iterations and before saves."""
+    bad = int(run.bad_iteration)
+    finite = all(bool(torch.isfinite(t).all()) for t in [*run.params.values(), *run.inner_lrs.values()])
+    if bad >= 0 or not finite:
+        raise FloatingPointError(
+            f"training diverged: the meta-loss or parameters became non-finite at iteration "
+            f"{bad if bad >= 0 else run.iteration}; the last good checkpoint {ckpt_path} was left untouched. "
+            f"Try a smaller --inner-lr or --meta-lr (now {config['inner_lr']} and {config['meta_lr']})"
         )
-        return mean_ci95(accs)
 
-    stop = {"signal": None}
 
-    def on_signal(signum, frame):
-        if stop["signal"] is not None:  # a second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        stop["signal"] = signum
+def validate_and_log(run, config, out, val_split, norm, train_means=None):
+    """Validation accuracy on the fixed validation tasks, a metrics.csv row (and lr_stats.csv rows for
+    Meta-SGD), and best.pt when it is the best so far. Returns the accuracy and its CI."""
+    accuracies = evaluate(
+        run.params, run.inner_lrs, val_split, norm=norm, tasks=config["val_tasks"], ways=config["ways"],
+        shots=config["shots"], queries=config["eval_queries"], steps=config["eval_steps"], seed=config["seed"] + 777,
+    )  # fmt: skip
+    val_acc, val_ci = mean_normal_ci95(accuracies)
+    clock(run)
+    loss, acc = train_means if train_means else ("", "")
+    row = {"iteration": run.iteration, "train_loss": loss, "train_acc": acc, "val_acc": val_acc, "val_ci95": val_ci}
+    append_rows(out / "metrics.csv", [{**row, "elapsed_s": round(run.elapsed, 3) if train_means else 0.0}])
+    if config["learn_lr"]:
+        append_rows(out / "lr_stats.csv", [{"iteration": run.iteration, **r} for r in rate_statistics(run.inner_lrs)])
+    if run.iteration > 0 and val_acc > run.best[0]:
+        run.best = (val_acc, run.iteration)
+        save_checkpoint(checkpoint(run, config), out / "best.pt")
+    return val_acc, val_ci
 
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    total = config["iterations"]
-    loss_sum = torch.zeros((), device=device)
-    acc_sum = torch.zeros((), device=device)
-    bad_iteration = torch.full((), -1, device=device, dtype=torch.long)
-    since_eval, tic = 0, time.time()
-    bar = tqdm(
-        total=total,
-        initial=start,
-        desc="meta-SGD" if learned else "MAML",
-        disable=not progress,
-        unit="it",
-        dynamic_ncols=True,
-    )
-    try:
-        if start == 0:
-            val_acc, val_ci = validate(0)
-            _write_rows(
-                out / "metrics.csv",
-                [
-                    {
-                        "iteration": 0,
-                        "train_loss": "",
-                        "train_acc": "",
-                        "val_acc": val_acc,
-                        "val_ci95": val_ci,
-                        "elapsed_s": 0.0,
-                    }
-                ],
-            )
-            if learned:
-                _write_rows(out / "lr_stats.csv", [{"iteration": 0, **r} for r in rate_statistics(inner_lrs)])
-            data.atomic_save(checkpoint(0), ckpt_path)  # so even a run that fails at once can be resumed
-        iteration = start
-        while iteration < total and stop["signal"] is None:
-            episode = data.sample_episodes(
-                train_split,
-                config["meta_batch"],
-                ways,
-                config["shots"],
-                config["queries"],
-                episodes,
-                norm_on_device,
-                dtype=dtype,
-            )
-            loss, acc = meta_step(
-                params, inner_lrs, optimizer, episode, config["inner_steps"], config["first_order"], tasks_together
-            )
-            iteration += 1
-            since_eval += 1
-            loss_sum += loss
-            acc_sum += acc
-            # Remember the first non-finite iteration without a host sync; it is read at log points.
-            bad_iteration = torch.where(
-                (bad_iteration < 0) & ~torch.isfinite(loss), torch.full_like(bad_iteration, iteration), bad_iteration
-            )
-            bar.update(1)
-            at_eval = iteration % config["eval_every"] == 0 or iteration == total
-            at_save = at_eval or iteration % config["save_every"] == 0 or stop["signal"] is not None
-            if iteration % config["log_every"] == 0 or at_save:
-                if int(bad_iteration) >= 0 or not finite_state():
-                    first = int(bad_iteration) if int(bad_iteration) >= 0 else iteration
-                    raise FloatingPointError(
-                        f"training diverged: the meta-loss or parameters became non-finite at iteration "
-                        f"{first}; the last good checkpoint {ckpt_path} was left untouched. Try a smaller "
-                        f"--inner-lr or --meta-lr (now {config['inner_lr']} and {config['meta_lr']})"
-                    )
-                bar.set_postfix(
-                    loss=f"{loss.item():.3f}",
-                    acc=f"{acc.item():.3f}",
-                    best_val=f"{best[0]:.3f}" if best[1] >= 0 else "-",
-                )
-            if at_eval:
-                val_acc, val_ci = validate(iteration)
-                now = time.time()
-                elapsed += now - tic
-                tic = now
-                _write_rows(
-                    out / "metrics.csv",
-                    [
-                        {
-                            "iteration": iteration,
-                            "train_loss": (loss_sum / since_eval).item(),
-                            "train_acc": (acc_sum / since_eval).item(),
-                            "val_acc": val_acc,
-                            "val_ci95": val_ci,
-                            "elapsed_s": round(elapsed, 3),
-                        }
-                    ],
-                )
-                if learned:
-                    _write_rows(
-                        out / "lr_stats.csv", [{"iteration": iteration, **r} for r in rate_statistics(inner_lrs)]
-                    )
-                loss_sum.zero_()
-                acc_sum.zero_()
-                since_eval = 0
-                if val_acc > best[0]:
-                    best = (val_acc, iteration)
-                    data.atomic_save(checkpoint(iteration), out / "best.pt")
-                bar.write(
-                    f"iteration {iteration}: val accuracy {100 * val_acc:.2f} +- {100 * val_ci:.2f}% "
-                    f"(best {100 * best[0]:.2f}% at {best[1]})"
-                )
-            if at_save:
-                now = time.time()
-                elapsed += now - tic
-                tic = now
-                data.atomic_save(checkpoint(iteration), ckpt_path)
-    finally:
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-    if stop["signal"] is not None:
-        print(
-            f"interrupted: saved iteration {iteration} to {ckpt_path}; continue with "
-            f"python maml.py --resume --out {out}"
+
+def record_step(run, loss, accuracy):
+    """Running sums for the training means, and the first non-finite iteration, kept on the device so
+    the hot loop never waits for it."""
+    run.iteration += 1
+    run.since_eval += 1
+    run.loss_sum += loss
+    run.acc_sum += accuracy
+    run.last = (loss, accuracy)
+    first_bad = (run.bad_iteration < 0) & ~torch.isfinite(loss)
+    run.bad_iteration = torch.where(first_bad, run.iteration, run.bad_iteration)
+
+
+def end_of_step(run, config, out, val_split, norm, bar, stopping):
+    """The plumbing after each meta-step: every --log-every the divergence check and progress bar,
+    every --eval-every validation and logs, every --save-every (and when stopping) ckpt.pt."""
+    i = run.iteration
+    at_eval = i % config["eval_every"] == 0 or i == config["iterations"]
+    at_save = at_eval or i % config["save_every"] == 0 or stopping
+    if i % config["log_every"] == 0 or at_save:
+        check_finite(run, config, out / "ckpt.pt")
+        best = f"{run.best[0]:.3f}" if run.best[1] >= 0 else "-"
+        bar.set_postfix(loss=f"{run.last[0].item():.3f}", acc=f"{run.last[1].item():.3f}", best_val=best)
+    if at_eval:
+        means = ((run.loss_sum / run.since_eval).item(), (run.acc_sum / run.since_eval).item())
+        val_acc, val_ci = validate_and_log(run, config, out, val_split, norm, means)
+        run.loss_sum.zero_()
+        run.acc_sum.zero_()
+        run.since_eval = 0
+        bar.write(
+            f"iteration {i}: val accuracy {100 * val_acc:.2f} +- {100 * val_ci:.2f}% "
+            f"(best {100 * run.best[0]:.2f}% at {run.best[1]})"
         )
-        return out
+    if at_save:
+        clock(run)
+        save_checkpoint(checkpoint(run, config), out / "ckpt.pt")
 
-    # Test accuracy of the best checkpoint on fixed test tasks, as MAML reports it.
-    test_split = load_data(config, ["test"], progress)["test"]
-    data.check_episode_shape(test_split, ways, config["shots"], config["eval_queries"], "test split")
-    best_ckpt = load_checkpoint(out / "best.pt")
-    best_params = {n: p.to(device, dtype) for n, p in best_ckpt["params"].items()}
-    best_lrs = checkpoint_lrs(best_ckpt)
-    if isinstance(best_lrs, dict):
-        best_lrs = {n: r.to(device, dtype) for n, r in best_lrs.items()}
-    accs = evaluate(
-        best_params,
-        best_lrs,
-        data.split_to(test_split, device),
-        norm_on_device,
-        config["test_tasks"],
-        ways,
-        config["shots"],
-        config["eval_queries"],
-        config["eval_steps"],
-        seed=config["seed"] + 999,
-    )
-    test_acc, test_ci = mean_ci95(accs)
-    result = {
-        "test_acc": test_acc,
-        "test_ci95": test_ci,
-        "tasks": config["test_tasks"],
-        "checkpoint": "best.pt",
-        "iteration": best_ckpt["iteration"],
-        "val_acc": best[0],
-    }
-    (out / "test.json").write_text(json.dumps(result, indent=2) + "\n")
+
+def test_best(config, out, device, dtype, norm, progress):
+    """Test accuracy of best.pt on fixed test tasks, as MAML reports it; written to test.json."""
+    test_split = run_splits(config, ["test"], progress)["test"]
+    data.check_episode_shape(test_split, config["ways"], config["shots"], config["eval_queries"], "test split")
+    best = load_checkpoint(out / "best.pt")
+    accuracies = evaluate(
+        {n: p.to(device, dtype) for n, p in best["params"].items()},
+        {n: r.to(device, dtype) for n, r in best["inner_lrs"].items()},
+        data.split_to(test_split, device), norm=norm, tasks=config["test_tasks"], ways=config["ways"],
+        shots=config["shots"], queries=config["eval_queries"], steps=config["eval_steps"], seed=config["seed"] + 999,
+    )  # fmt: skip
+    test_acc, test_ci = mean_normal_ci95(accuracies)
+    result = {"test_acc": test_acc, "test_ci95": test_ci, "tasks": config["test_tasks"], "checkpoint": "best.pt",
+              "iteration": best["iteration"], "val_acc": best["best_val"][0]}  # fmt: skip
+    data.atomic_write(out / "test.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     print(
-        f"test accuracy ({config['test_tasks']} tasks, best.pt from iteration {best_ckpt['iteration']}): "
+        f"test accuracy ({config['test_tasks']} tasks, best.pt from iteration {best['iteration']}): "
         f"{100 * test_acc:.2f} +- {100 * test_ci:.2f}%  ->  {out}"
     )
+
+
+@contextlib.contextmanager
+def stop_on_signal():
+    """Ctrl-C or SIGTERM asks the loop to stop after the current iteration and save; a second one
+    stops at once."""
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training script: the loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train(args):
+    """Meta-train as configured by `args` (see build_parser). Returns the run folder."""
+    config, resumed = start_run(args)
+    out, progress = Path(config["out"]), not config["no_progress"]
+    device, dtype = resolve_device(config["device"]), getattr(torch, config["dtype"])
+    together = config["task_batching"] == "grouped" or (config["task_batching"] == "auto" and device.type == "cuda")
+    splits = load_train_val(config, progress)
+    if resumed:
+        run = restore_state(resumed, config, device, dtype)
+    else:
+        run = new_state(config, device, dtype, data.channel_stats(splits["train"]), splits["train"]["classes"])
+    train_split, val_split = (data.split_to(s, device) for s in (splits["train"], splits["val"]))
+    norm = data.split_to(run.norm, device)  # on the device: a host-to-device copy per episode would sync
+    out.mkdir(parents=True, exist_ok=True)
+    for log in ("metrics.csv", "lr_stats.csv"):
+        drop_rows_after(out / log, run.iteration if resumed else -1)
+    if not resumed:
+        validate_and_log(run, config, out, val_split, norm)
+        save_checkpoint(checkpoint(run, config), out / "ckpt.pt")  # even a run that fails at once can resume
+
+    method = "meta-SGD" if config["learn_lr"] else "MAML"
+    steps, first_order = config["inner_steps"], config["first_order"]
+    bar = tqdm(total=config["iterations"], initial=run.iteration, desc=method, disable=not progress, unit="it",
+               dynamic_ncols=True)  # fmt: skip
+    with bar, stop_on_signal() as stop:
+        while run.iteration < config["iterations"] and not stop.is_set():
+            # ---- Algorithm 1: sample a meta-batch of tasks; adapt to each; one meta-update ----
+            episode = data.sample_episodes(
+                train_split, tasks=config["meta_batch"], ways=config["ways"], shots=config["shots"],
+                queries=config["queries"], generator=run.episodes, norm=norm, dtype=dtype,
+            )  # fmt: skip
+            loss, accuracy = meta_step(run.params, run.inner_lrs, run.optimizer, episode, steps, first_order, together)
+            # ---- plumbing: running means, progress, periodic evaluation, logs and checkpoints ----
+            record_step(run, loss, accuracy)
+            bar.update(1)
+            end_of_step(run, config, out, val_split, norm, bar, stopping=stop.is_set())
+    if stop.is_set():
+        print(f"interrupted: saved iteration {run.iteration} to {out / 'ckpt.pt'}; continue with "
+              f"python maml.py --resume --out {out}")  # fmt: skip
+        return out
+    test_best(config, out, device, dtype, norm, progress)
     return out
 
 
 def run_cli(main_fn, argv=None, errors=()):
     """Run a script's main: known errors (and `errors`) end as one line on stderr with exit code 2
     (1 for divergence), no traceback unless --debug."""
-    import data
-
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         return main_fn(argv)

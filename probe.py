@@ -22,13 +22,17 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
+from tqdm import tqdm
 
 import data
 import maml
 
 RATE_MODES = ("learned", "negative", "positive", "abs", "flipped", "fixed")
+REGIMES = ("pre_A", "on_A", "pre_B", "off_B", "head_A")
 COLUMNS = ["iteration", "chunk", "chunk_seed", "pre_A", "on_A", "pre_B", "off_B", "head_A", "classes_A", "classes_B"]
 
 
@@ -70,18 +74,19 @@ def probe_tasks(params, rates, task_a, task_b, steps, ways):
     }
 
 
-def probe_rates(learned, mode, inner_lr=None):
-    """The inner rates a probe adapts with. `learned` is the checkpoint's: MAML's float or Meta-SGD's
-    dict of tensors. negative/positive keep only entries of that sign (the rest zero), abs and flipped
-    take |alpha| and -alpha, fixed is one scalar (`inner_lr`) for every parameter."""
+def probe_rates(inner_lrs, mode, fixed_lr=None, meta_sgd=True):
+    """The inner rates a probe adapts with, derived from the checkpoint's `inner_lrs`.
+    negative/positive keep only entries of that sign (the rest zero), abs and flipped take |alpha|
+    and -alpha, fixed is one scalar (`fixed_lr`) for every parameter."""
     if mode == "fixed":
-        if inner_lr is None:
+        if fixed_lr is None:
             raise maml.ConfigError("--rates fixed needs --inner-lr")
-        return float(inner_lr)
-    if mode in ("negative", "positive") and not isinstance(learned, dict):
+        return maml.as_inner_lrs(fixed_lr, inner_lrs)
+    if mode in ("negative", "positive") and not meta_sgd:
+        alpha = f"{next(iter(inner_lrs.values())).item():g}"
         raise maml.ConfigError(
             f"--rates {mode} needs a Meta-SGD checkpoint (learned per-parameter rates); "
-            f"this is a MAML checkpoint with one fixed rate {learned}"
+            f"this is a MAML checkpoint with one fixed rate {alpha}"
         )
     transform = {
         "learned": lambda r: r,
@@ -90,9 +95,7 @@ def probe_rates(learned, mode, inner_lr=None):
         "abs": abs,
         "flipped": lambda r: -r,
     }[mode]
-    if isinstance(learned, dict):
-        return {n: transform(r) for n, r in learned.items()}
-    return float(transform(learned))
+    return {n: transform(r) for n, r in inner_lrs.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,11 +103,9 @@ def probe_rates(learned, mode, inner_lr=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def mean_ci(values):
-    """Mean and half-width of the 95% confidence interval (Student t)."""
-    import numpy as np
-    from scipy import stats
-
+def mean_t_ci95(values):
+    """Mean and half-width of the Student-t 95% confidence interval (maml.mean_normal_ci95 is the
+    normal-approximation one that MAML reports for test accuracy)."""
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if n < 2:
@@ -113,24 +114,27 @@ def mean_ci(values):
     return {"mean": float(values.mean()), "ci95": float(half), "n": n}
 
 
+def changes(records):
+    """Per-iteration on-task change (on_A - pre_A) and off-task change (off_B - pre_B)."""
+    on = np.asarray(records["on_A"], dtype=np.float64) - np.asarray(records["pre_A"], dtype=np.float64)
+    off = np.asarray(records["off_B"], dtype=np.float64) - np.asarray(records["pre_B"], dtype=np.float64)
+    return on, off
+
+
 def summarize(records):
     """The probe's summary: every regime's mean and 95% CI, both changes, the paired t-test of
     on-task change against off-task change (the paper's p = 0.00044 test) and one-sample t-tests
     of each change against zero. `records` maps column name -> sequence of per-iteration values."""
-    import numpy as np
-    from scipy import stats
-
-    cols = {k: np.asarray(records[k], dtype=np.float64) for k in ("pre_A", "on_A", "pre_B", "off_B", "head_A")}
-    on_change, off_change = cols["on_A"] - cols["pre_A"], cols["off_B"] - cols["pre_B"]
+    on_change, off_change = changes(records)
 
     def test(result):
         return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(result.df)}
 
     return {
         "iterations": len(on_change),
-        "regimes": {k: mean_ci(v) for k, v in cols.items()},
-        "on_change": mean_ci(on_change),
-        "off_change": mean_ci(off_change),
+        "regimes": {k: mean_t_ci95(records[k]) for k in REGIMES},
+        "on_change": mean_t_ci95(on_change),
+        "off_change": mean_t_ci95(off_change),
         "paired_t_on_vs_off": test(stats.ttest_rel(on_change, off_change)),
         "on_change_vs_zero": test(stats.ttest_1samp(on_change, 0.0)),
         "off_change_vs_zero": test(stats.ttest_1samp(off_change, 0.0)),
@@ -157,7 +161,7 @@ def format_summary(summary, title):
 def read_records(path):
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in ("pre_A", "on_A", "pre_B", "off_B", "head_A")}
+    return {k: [float(r[k]) for r in rows] for k in REGIMES}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,148 +236,138 @@ def output_stem(args, steps_default):
     return "-".join(parts)
 
 
-def run(args):
-    from tqdm import tqdm
-
+def check_flags(args):
     if args.iterations < 1 or args.queries < 1 or args.batch < 0 or (args.steps is not None and args.steps < 0):
         raise maml.ConfigError("--iterations and --queries must be at least 1, --batch and --steps not negative")
     if args.inner_lr is not None and not math.isfinite(args.inner_lr):
         raise maml.ConfigError(f"--inner-lr must be a finite number (got {args.inner_lr})")
+
+
+def finished_rows(records_path, summary_path, settings, resume):
+    """On --resume, the rows of the whole chunks an interrupted probe wrote (a kill can leave the last
+    chunk half-written); with no earlier records, none."""
+    maml.refuse_to_overwrite(records_path, records_path.exists(), resume, "probe records")
+    if not records_path.exists():
+        return []
+    saved = json.loads(summary_path.read_text())["settings"] if summary_path.exists() else None
+
+    def comparable(s):
+        return {k: v for k, v in s.items() if k != "iterations"}
+
+    if saved is not None and comparable(saved) != comparable(settings):
+        raise maml.ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
+    with open(records_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    batch, iterations = settings["batch"], settings["iterations"]
+    rows_in = {}
+    for row in rows:
+        rows_in[int(row["chunk"])] = rows_in.get(int(row["chunk"]), 0) + 1
+    n_chunks = math.ceil(iterations / batch)
+    whole = [c for c in range(n_chunks) if rows_in.get(c, 0) == min(batch, iterations - c * batch)]
+    first_missing = next((c for c in range(n_chunks) if c not in whole), n_chunks)
+    return [row for row in rows if int(row["chunk"]) < first_missing]
+
+
+def load_probe_split(args, config):
+    """The split the probe tasks come from, checked against the checkpoint and the task shape."""
+    root = args.data or config["data"]
+    if not root:
+        print(f"probing on the built-in synthetic dataset ({args.split} split), as the checkpoint was trained on it")
+    split = data.load_splits(
+        root, [args.split], image_size=config["image_size"], cache_dir=args.cache_dir,
+        synthetic_per_class=config["synthetic_per_class"], seed=config["seed"], progress=not args.no_progress,
+    )[args.split]  # fmt: skip
+    if split["images"].shape[-1] != config["image_size"]:
+        raise maml.ConfigError(
+            f"the data is {split['images'].shape[-1]}px but the checkpoint expects {config['image_size']}px"
+        )
+    ways = config["ways"]
+    need_ways = 2 * ways if args.off_task == "disjoint" else ways
+    if len(split["classes"]) < need_ways:
+        raise data.DataError(
+            f"the {args.split} split has {len(split['classes'])} classes; disjoint {ways}-way tasks A "
+            f"and B need at least {need_ways} (or pass --off-task any)"
+        )
+    data.check_episode_shape(split, ways, config["shots"], args.queries, f"{args.split} split")
+    return split
+
+
+def probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype):
+    """Records of `n` probe iterations (task pairs) drawn from the chunk's own seed, so a resumed
+    probe reproduces them."""
+    ways, shots, queries = settings["ways"], settings["shots"], settings["queries"]
+    chunk_seed = settings["seed"] * 1_000_003 + chunk
+    g = torch.Generator(split["images"].device).manual_seed(chunk_seed)
+    if settings["off_task"] == "disjoint":
+        classes = data.sample_classes(split, n, 2 * ways, g)
+        classes_a, classes_b = classes[:, :ways], classes[:, ways:]
+    else:
+        classes_a, classes_b = data.sample_classes(split, n, ways, g), data.sample_classes(split, n, ways, g)
+    task_a, task_b = (
+        data.sample_episodes(split, tasks=n, ways=ways, shots=shots, queries=queries, generator=g, norm=norm,
+                             classes=classes, dtype=dtype)
+        for classes in (classes_a, classes_b)
+    )  # fmt: skip
+    result = probe_tasks(params, inner_lrs, task_a, task_b, settings["steps"], ways)
+    result = {k: v.cpu().tolist() for k, v in result.items()}
+    ca, cb = task_a["classes"].cpu().tolist(), task_b["classes"].cpu().tolist()
+    return [
+        {"iteration": chunk * settings["batch"] + i, "chunk": chunk, "chunk_seed": chunk_seed,
+         **{k: repr(v[i]) for k, v in result.items()},
+         "classes_A": " ".join(map(str, sorted(ca[i]))), "classes_B": " ".join(map(str, sorted(cb[i])))}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def run(args):
+    check_flags(args)
     ckpt = maml.load_checkpoint(args.checkpoint)
     config = ckpt["config"]
     device = maml.resolve_device(args.device)
-    ways, shots = config["ways"], config["shots"]
     steps = config["inner_steps"] if args.steps is None else args.steps
-    rates = probe_rates(maml.checkpoint_lrs(ckpt), args.rates, args.inner_lr)
+    inner_lrs = probe_rates(ckpt["inner_lrs"], args.rates, args.inner_lr, meta_sgd=config["learn_lr"])
     batch = args.batch or (64 if device.type == "cuda" else 8)
-
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
     records_path, summary_path = out / f"{stem}.csv", out / f"{stem}.json"
-    settings = {
-        "checkpoint": str(args.checkpoint),
-        "method": "metasgd" if config["learn_lr"] else "maml",
-        "split": args.split,
-        "iterations": args.iterations,
-        "queries": args.queries,
-        "off_task": args.off_task,
-        "rates": args.rates,
-        "inner_lr": args.inner_lr,
-        "steps": steps,
-        "batch": batch,
-        "seed": args.seed,
-        "ways": ways,
-        "shots": shots,
-        "checkpoint_iteration": ckpt["iteration"],
-        "data": args.data or config["data"] or "synthetic",
-    }
-    done_rows = []
-    if records_path.exists():
-        if not args.resume:
-            raise maml.ConfigError(f"{records_path} already exists; pass --resume to continue it, or --out elsewhere")
-        saved = json.loads(summary_path.read_text())["settings"] if summary_path.exists() else None
-        if saved is not None and {k: v for k, v in saved.items() if k != "iterations"} != {
-            k: v for k, v in settings.items() if k != "iterations"
-        }:
-            raise maml.ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
-        with open(records_path, newline="") as f:
-            done_rows = list(csv.DictReader(f))
-        # Keep whole chunks only: a kill can leave the last one half-written.
-        complete = {}
-        for row in done_rows:
-            complete[int(row["chunk"])] = complete.get(int(row["chunk"]), 0) + 1
-        n_chunks = math.ceil(args.iterations / batch)
-        full = [c for c in range(n_chunks) if complete.get(c, 0) == min(batch, args.iterations - c * batch)]
-        first_missing = next((c for c in range(n_chunks) if c not in full), n_chunks)
-        done_rows = [r for r in done_rows if int(r["chunk"]) < first_missing]
+    settings = {"checkpoint": str(args.checkpoint), "method": "metasgd" if config["learn_lr"] else "maml",
+                "split": args.split, "iterations": args.iterations, "queries": args.queries,
+                "off_task": args.off_task, "rates": args.rates, "inner_lr": args.inner_lr, "steps": steps,
+                "batch": batch, "seed": args.seed, "ways": config["ways"], "shots": config["shots"],
+                "checkpoint_iteration": ckpt["iteration"],
+                "data": args.data or config["data"] or "synthetic"}  # fmt: skip
+    done_rows = finished_rows(records_path, summary_path, settings, args.resume)
+    split = data.split_to(load_probe_split(args, config), device)
+    # Every input is checked: only now is anything written.
     out.mkdir(parents=True, exist_ok=True)
-    summary_path.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
+    data.atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps({"settings": settings}, indent=2) + "\n"))
     with open(records_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(done_rows)
 
-    split_name = f"{args.split} split"
-    cfg = {**config, "data": args.data or config["data"], "cache_dir": args.cache_dir}
-    if not cfg["data"]:
-        print(f"probing on the built-in synthetic dataset ({args.split} split), as the checkpoint was trained on it")
-    split = maml.load_data(cfg, [args.split], progress=not args.no_progress)[args.split]
-    if split["images"].shape[-1] != config["image_size"]:
-        raise maml.ConfigError(
-            f"the data is {split['images'].shape[-1]}px but the checkpoint expects {config['image_size']}px"
-        )
-    need_ways = 2 * ways if args.off_task == "disjoint" else ways
-    if len(split["classes"]) < need_ways:
-        raise data.DataError(
-            f"the {split_name} has {len(split['classes'])} classes; disjoint {ways}-way tasks A "
-            f"and B need at least {need_ways} (or pass --off-task any)"
-        )
-    data.check_episode_shape(split, ways, shots, args.queries, split_name)
-    split = data.split_to(split, device)
     dtype = getattr(torch, config.get("dtype", "float32"))
     params = {n: p.to(device, dtype) for n, p in ckpt["params"].items()}
-    if isinstance(rates, dict):
-        rates = {n: r.to(device, dtype) for n, r in rates.items()}
+    inner_lrs = {n: r.to(device, dtype) for n, r in inner_lrs.items()}
     norm = data.split_to(ckpt["norm"], device)
-
-    start = len(done_rows)
-    n_chunks = math.ceil(args.iterations / batch)
-    bar = tqdm(
-        total=args.iterations,
-        initial=start,
-        desc=f"probe ({settings['method']}, rates {args.rates})",
-        unit="it",
-        disable=args.no_progress,
-        dynamic_ncols=True,
-    )
-    tic = time.time()
-    with open(records_path, "a", newline="") as f:
+    start, tic = len(done_rows), time.time()
+    desc = f"probe ({settings['method']}, rates {args.rates})"
+    bar = tqdm(total=args.iterations, initial=start, desc=desc, unit="it", disable=args.no_progress, dynamic_ncols=True)
+    with bar, open(records_path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        for chunk in range(start // batch, n_chunks):
+        for chunk in range(start // batch, math.ceil(args.iterations / batch)):
             n = min(batch, args.iterations - chunk * batch)
-            chunk_seed = args.seed * 1_000_003 + chunk
-            g = torch.Generator(device).manual_seed(chunk_seed)
-            if args.off_task == "disjoint":
-                classes = data.sample_classes(split, n, 2 * ways, g)
-                classes_a, classes_b = classes[:, :ways], classes[:, ways:]
-            else:
-                classes_a, classes_b = data.sample_classes(split, n, ways, g), data.sample_classes(split, n, ways, g)
-            task_a = data.sample_episodes(split, n, ways, shots, args.queries, g, norm, classes_a, dtype)
-            task_b = data.sample_episodes(split, n, ways, shots, args.queries, g, norm, classes_b, dtype)
-            result = {k: v.cpu().tolist() for k, v in probe_tasks(params, rates, task_a, task_b, steps, ways).items()}
-            ca, cb = task_a["classes"].cpu().tolist(), task_b["classes"].cpu().tolist()
-            writer.writerows(
-                {
-                    "iteration": chunk * batch + i,
-                    "chunk": chunk,
-                    "chunk_seed": chunk_seed,
-                    **{k: repr(v[i]) for k, v in result.items()},
-                    "classes_A": " ".join(map(str, sorted(ca[i]))),
-                    "classes_B": " ".join(map(str, sorted(cb[i]))),
-                }
-                for i in range(n)
-            )
+            writer.writerows(probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype))
             f.flush()
             os.fsync(f.fileno())
             bar.update(n)
-    bar.close()
     seconds = time.time() - tic
-    summary = {
-        "settings": settings,
-        **summarize(read_records(records_path)),
-        "seconds_this_session": round(seconds, 2),
-        "iterations_per_second": round((args.iterations - start) / seconds, 2) if seconds > 0 else None,
-    }
-    tmp = summary_path.with_name(summary_path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, summary_path)
-    print(
-        format_summary(
-            summary,
-            f"{settings['method']} probe of {args.checkpoint} ({args.iterations} iterations, "
-            f"{args.split} split, rates {args.rates}, {steps} steps)",
-        )
-    )
+    speed = round((args.iterations - start) / seconds, 2) if seconds > 0 else None
+    summary = {"settings": settings, **summarize(read_records(records_path)),
+               "seconds_this_session": round(seconds, 2), "iterations_per_second": speed}  # fmt: skip
+    data.atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    title = f"{settings['method']} probe of {args.checkpoint} ({args.iterations} iterations, {args.split} split, "
+    print(format_summary(summary, title + f"rates {args.rates}, {steps} steps)"))
     print(f"records: {records_path}\nsummary: {summary_path}")
     return summary
 
