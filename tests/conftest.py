@@ -1,12 +1,27 @@
+"""Fixtures and helpers shared by the test files (they import them with `from conftest import ...`)."""
+
+import csv
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SAMPLE = ROOT.parent / "shared" / "data" / "mini-imagenet-sample"
+# Optional real-data tests: a Mini-ImageNet folder (Ravi layout, a few images per class is enough) named
+# by MAML_TEST_DATA. Without it they skip.
+SAMPLE = Path(os.environ["MAML_TEST_DATA"]) if os.environ.get("MAML_TEST_DATA") else None
+
+import data  # noqa: E402  (after ROOT is on the path)
+import maml  # noqa: E402
+
+DT = torch.float64  # the meta-gradient checks run in double precision
+CLASSES = ["n01", "n02", "n03"]  # the classes of `make_jpegs`
+PER_CLASS = 4  # images per class and split of `make_jpegs`
 
 
 @pytest.fixture(autouse=True)
@@ -14,6 +29,9 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own image cache and a quiet, 2-thread torch."""
     monkeypatch.setenv("MAML_CACHE_DIR", str(tmp_path / "cache"))
     torch.set_num_threads(2)
+
+
+# --------------------------------------------------------------------------- the training script
 
 
 def tiny_flags(out, *extra):
@@ -48,3 +66,67 @@ def tiny_flags(out, *extra):
         "--no-progress",
         *extra,
     ]
+
+
+def read_csv(path):
+    """The rows of a CSV file as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- a small meta-learning problem
+
+
+def micro_problem(tasks=3, ways=2, shots=2, queries=3, size=16, hidden=3, seed=0, dtype=DT):
+    """Perturbed Conv-4 parameters (requiring grad) and one meta-batch of random images."""
+    g = torch.Generator().manual_seed(seed)
+    params = maml.init_params(ways, hidden, size, generator=g, dtype=dtype)
+    params = {n: (p + 0.1 * torch.randn(p.shape, generator=g, dtype=dtype)).requires_grad_() for n, p in params.items()}
+    episode = {
+        "support_x": torch.randn(tasks, ways * shots, 3, size, size, generator=g, dtype=dtype),
+        "support_y": torch.arange(ways).repeat_interleave(shots).repeat(tasks, 1),
+        "query_x": torch.randn(tasks, ways * queries, 3, size, size, generator=g, dtype=dtype),
+        "query_y": torch.arange(ways).repeat_interleave(queries).repeat(tasks, 1),
+    }
+    return params, episode
+
+
+def meta_sgd_rates(params, seed=1):
+    """Learnable per-entry rates of both signs, as Meta-SGD's become."""
+    g = torch.Generator().manual_seed(seed)
+    return {n: (0.05 * torch.randn(p.shape, generator=g, dtype=DT)).requires_grad_() for n, p in params.items()}
+
+
+def method_rates(method, params):
+    """The inner rates of `method`: MAML's fixed alpha = 0.1, or Meta-SGD's learnable `meta_sgd_rates`."""
+    return meta_sgd_rates(params) if method == "metasgd" else maml.init_inner_lrs(params, 0.1)
+
+
+def learnable(rates):
+    """The rates the meta-gradient is taken with respect to (Meta-SGD's; none of MAML's)."""
+    return [r for r in rates.values() if r.requires_grad]
+
+
+def flat(grads):
+    return torch.cat([g.flatten() for g in grads])
+
+
+# --------------------------------------------------------------------------- datasets on disk
+
+
+def make_jpegs(folder, size=20, seed=0):
+    """Ravi layout with real JPEGs; returns {class: [decoded HxWx3 arrays, in file order]}."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    decoded = {c: [] for c in CLASSES}
+    for split in data.SPLITS:
+        rows = ["filename,label"]
+        for c in CLASSES:
+            for i in range(PER_CLASS):
+                name = f"{c}{split}{i:04d}.jpg"
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "images" / name)
+                rows.append(f"{name},{c}")
+                if split == "train":
+                    decoded[c].append(np.asarray(Image.open(folder / "images" / name).convert("RGB")))
+        (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return decoded

@@ -12,6 +12,7 @@ from scipy import stats
 import analyze
 import maml
 import probe
+from conftest import read_csv
 
 PARAM_SHAPES = {
     "conv1.weight": (4, 3, 3, 3),
@@ -112,7 +113,7 @@ def runs(tmp_path):
 def test_table1_numbers_match_numpy(runs, tmp_path):
     root, made = runs
     analyze.analyze([root / "maml0", root / "metasgd0", root / "metasgd1"], tmp_path / "report")
-    rows = {r["layer"]: r for r in csv.DictReader(open(tmp_path / "report" / "table1_learned_rates.csv"))}
+    rows = {r["layer"]: r for r in read_csv(tmp_path / "report" / "table1_learned_rates.csv")}
     assert list(rows) == analyze.LAYERS
     for layer in analyze.LAYERS:
         per_seed = []

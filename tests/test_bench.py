@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from test_maml import flat, meta_sgd_rates, micro_problem
 
 import bench
+import maml
+from conftest import flat, learnable, method_rates, micro_problem
 
 
 @pytest.mark.parametrize("variant", [v for v in bench.VARIANTS if v != "loop"])
@@ -12,8 +13,8 @@ import bench
 @pytest.mark.parametrize("first_order", [False, True])
 def test_fast_variant_meta_gradient_equals_the_loop_reference(variant, method, first_order):
     params, episode = micro_problem()
-    rates = meta_sgd_rates(params) if method == "metasgd" else 0.1
-    wrt = list(params.values()) + (list(rates.values()) if isinstance(rates, dict) else [])
+    rates = method_rates(method, params)
+    wrt = list(params.values()) + learnable(rates)
 
     def grad(name):
         loss, accuracy = bench.VARIANTS[name](params, rates, episode, 2, first_order)
@@ -28,17 +29,16 @@ def test_fast_variant_meta_gradient_equals_the_loop_reference(variant, method, f
 def test_vmap_over_native_batch_norm_is_not_correctly_second_order_in_this_torch():
     """Why bench.py's vmap variant writes BatchNorm out: with F.batch_norm under vmap, torch 2.14.1's
     second-order meta-gradient is off (first order is right). If this starts failing, torch fixed it."""
-    import maml
-
     params, episode = micro_problem()
+    rates = maml.init_inner_lrs(params, 0.1)
     wrt = list(params.values())
 
     def grad(first_order, net):
-        loss, _ = bench.meta_loss_vmap(params, 0.1, episode, 2, first_order, net=net)
+        loss, _ = bench.meta_loss_vmap(params, rates, episode, 2, first_order, net=net)
         return flat(torch.autograd.grad(loss, wrt))
 
     def loop(first_order):
-        return flat(torch.autograd.grad(bench.VARIANTS["loop"](params, 0.1, episode, 2, first_order)[0], wrt))
+        return flat(torch.autograd.grad(bench.VARIANTS["loop"](params, rates, episode, 2, first_order)[0], wrt))
 
     assert (grad(True, maml.conv4) - loop(True)).abs().max() < 1e-10
     assert (grad(False, maml.conv4) - loop(False)).abs().max() > 1e-5

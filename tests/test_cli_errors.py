@@ -2,16 +2,16 @@
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
-from test_data import make_jpegs
 
 import maml
 import probe
-from conftest import ROOT, tiny_flags
+from conftest import ROOT, make_jpegs, tiny_flags
 
 
 def run_script(main_fn, argv, capsys, errors=()):
@@ -34,53 +34,66 @@ def train_args(tmp_path, *extra):
     return tiny_flags(tmp_path / "run", "--iterations", "2", "--eval-every", "2", *extra)
 
 
-BAD_TRAINING_INPUT = {
-    "missing data folder": (lambda d: ["--data", str(d / "nope")], "does not exist"),
-    "empty data folder": (lambda d: (os.makedirs(d / "empty"), ["--data", str(d / "empty")])[1], "found: nothing"),
-    "folder in no layout": (
-        lambda d: ((d / "odd").mkdir(), (d / "odd" / "x.txt").write_text("x"), ["--data", str(d / "odd")])[2],
-        "learn2learn pickles",
-    ),
-    "csv naming absent images": (
-        lambda d: (os.remove(d / "ravi" / "images" / "n01train0002.jpg"), ["--data", str(d / "ravi")])[1],
-        "n01train0002.jpg",
-    ),
-    "truncated image": (
-        lambda d: (
-            (d / "ravi" / "images" / "n02train0001.jpg").write_bytes(b"\xff\xd8\xff"),
-            ["--data", str(d / "ravi")],
-        )[1],
-        "cannot read image .*n02train0001.jpg",
-    ),
-    "pickle that is an html page": (
-        lambda d: (
-            (d / "pk").mkdir(),
-            (d / "pk" / "mini-imagenet-cache-train.pkl").write_text("<html>Sign in</html>"),
-            ["--data", str(d / "pk")],
-        )[2],
-        "HTML",
-    ),
-    "fewer classes than ways": (lambda d: ["--ways", "20"], "16 classes, fewer than the 20 ways"),
-    "fewer images than shots plus queries": (
-        lambda d: ["--synthetic-per-class", "5", "--queries", "6"],
-        "5 images, fewer than the 7 needed",
-    ),
-    "zero ways": (lambda d: ["--ways", "0"], "--ways must be at least"),
-    "negative inner steps": (lambda d: ["--inner-steps", "-1"], "--inner-steps cannot be negative"),
-    "inner lr that is not finite": (lambda d: ["--inner-lr", "nan"], "--inner-lr must be a finite number"),
-    "gpu that is not there": (
-        lambda d: ["--device", "cuda:0"] if not torch.cuda.is_available() else ["--ways", "0"],
-        "no CUDA GPU|--ways",
-    ),
-}
+# Setups that make a broken dataset next to the good one in `datasets` and return the flags that use it.
 
 
-@pytest.mark.parametrize("case", list(BAD_TRAINING_INPUT))
-def test_bad_training_input_ends_in_one_line(case, datasets, capsys):
-    make_flags, message = BAD_TRAINING_INPUT[case]
-    code, line = run_script(maml.main, train_args(datasets, *make_flags(datasets)), capsys)
+def missing_folder(d):
+    return ["--data", str(d / "nope")]
+
+
+def empty_folder(d):
+    (d / "empty").mkdir()
+    return ["--data", str(d / "empty")]
+
+
+def folder_in_no_layout(d):
+    (d / "odd").mkdir()
+    (d / "odd" / "x.txt").write_text("x")
+    return ["--data", str(d / "odd")]
+
+
+def csv_naming_an_absent_image(d):
+    os.remove(d / "ravi" / "images" / "n01train0002.jpg")
+    return ["--data", str(d / "ravi")]
+
+
+def truncated_image(d):
+    (d / "ravi" / "images" / "n02train0001.jpg").write_bytes(b"\xff\xd8\xff")
+    return ["--data", str(d / "ravi")]
+
+
+def pickle_that_is_an_html_page(d):
+    (d / "pk").mkdir()
+    (d / "pk" / "mini-imagenet-cache-train.pkl").write_text("<html>Sign in</html>")
+    return ["--data", str(d / "pk")]
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        pytest.param(missing_folder, "does not exist", id="missing data folder"),
+        pytest.param(empty_folder, "found: nothing", id="empty data folder"),
+        pytest.param(folder_in_no_layout, "learn2learn pickles", id="folder in no layout"),
+        pytest.param(csv_naming_an_absent_image, "n01train0002.jpg", id="csv naming absent images"),
+        pytest.param(truncated_image, "cannot read image .*n02train0001.jpg", id="truncated image"),
+        pytest.param(pickle_that_is_an_html_page, "HTML", id="pickle that is an html page"),
+        pytest.param(["--ways", "20"], "16 classes, fewer than the 20 ways", id="fewer classes than ways"),
+        pytest.param(["--queries", "12"], "12 images, fewer than the 13", id="fewer images than shots plus queries"),
+        pytest.param(["--ways", "0"], "--ways must be at least", id="zero ways"),
+        pytest.param(["--inner-steps", "-1"], "--inner-steps cannot be negative", id="negative inner steps"),
+        pytest.param(["--inner-lr", "nan"], "--inner-lr must be a finite number", id="inner lr that is not finite"),
+        pytest.param(["--device", "cuda:0"], "no CUDA GPU", id="gpu that is not there", marks=NO_GPU),
+    ],
+)
+def test_bad_training_input_ends_in_one_line(flags, message, datasets, capsys):
+    if callable(flags):
+        flags = flags(datasets)
+    code, line = run_script(maml.main, train_args(datasets, *flags), capsys)
     assert code == 2
-    assert pytest.importorskip("re").search(message, line), line
+    assert re.search(message, line), line
 
 
 def test_inner_lr_that_is_not_a_number_is_refused_by_the_parser(tmp_path):

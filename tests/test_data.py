@@ -10,28 +10,7 @@ import torch
 from PIL import Image
 
 import data
-from conftest import SAMPLE
-
-CLASSES = ["n01", "n02", "n03"]
-PER_CLASS = 4
-
-
-def make_jpegs(folder, size=20, seed=0):
-    """Ravi layout with real JPEGs; returns {class: [decoded HxWx3 arrays, in file order]}."""
-    rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True)
-    decoded = {c: [] for c in CLASSES}
-    for split in data.SPLITS:
-        rows = ["filename,label"]
-        for c in CLASSES:
-            for i in range(PER_CLASS):
-                name = f"{c}{split}{i:04d}.jpg"
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "images" / name)
-                rows.append(f"{name},{c}")
-                if split == "train":
-                    decoded[c].append(np.asarray(Image.open(folder / "images" / name).convert("RGB")))
-        (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    return decoded
+from conftest import CLASSES, PER_CLASS, SAMPLE, make_jpegs
 
 
 def ravi_to_folders(ravi, folders, splits=data.SPLITS):
@@ -174,6 +153,23 @@ def test_second_load_reads_the_cache_and_notices_a_changed_source(four_layouts, 
     assert len(calls) == 12 and changed["images"][0].max() < 10
 
 
+def test_cache_dir_none_decodes_without_writing_a_cache(four_layouts, monkeypatch):
+    root, _ = four_layouts
+    monkeypatch.chdir(root)  # a cache_dir taken for a folder name would appear here as ./none
+    cached = data.load_split(root / "ravi", "train", image_size=20, progress=False)
+    assert len(list(data.default_cache_dir().glob("ravi-train-*.pt"))) == 1
+    for f in data.default_cache_dir().glob("*.pt"):
+        f.unlink()
+    uncached = data.load_split(root / "ravi", "train", image_size=20, cache_dir="none", progress=False)
+    assert torch.equal(cached["images"], uncached["images"])
+    assert not list(data.default_cache_dir().glob("*.pt")) and not (root / "none").exists()
+    calls = []
+    real_decode = data._decode
+    monkeypatch.setattr(data, "_decode", lambda *a: calls.append(a) or real_decode(*a))
+    data.load_split(root / "ravi", "train", image_size=20, cache_dir="none", progress=False)
+    assert len(calls) == 12  # nothing cached: every image decoded again
+
+
 def test_truncated_cache_is_rebuilt(four_layouts):
     root, _ = four_layouts
     first = data.load_split(root / "ravi", "train", image_size=20, progress=False)
@@ -226,7 +222,12 @@ def test_sampler_permutes_labels_and_uses_every_image():
 
 def test_same_seed_same_episodes_other_seed_other_episodes():
     split = uneven_split()
-    draw = lambda seed: data.sample_episodes(split, 4, 3, 1, 2, torch.Generator().manual_seed(seed))
+
+    def draw(seed):
+        return data.sample_episodes(
+            split, tasks=4, ways=3, shots=1, queries=2, generator=torch.Generator().manual_seed(seed)
+        )
+
     a, b, c = draw(7), draw(7), draw(8)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["query_idx"], c["query_idx"])
@@ -235,8 +236,9 @@ def test_same_seed_same_episodes_other_seed_other_episodes():
 def test_episodes_are_normalised_with_the_given_statistics():
     split = uneven_split()
     norm = {"mean": torch.tensor([0.1, 0.2, 0.3]), "std": torch.tensor([0.5, 0.5, 2.0])}
-    ep = data.sample_episodes(split, 2, 3, 1, 2, torch.Generator().manual_seed(0), norm)
-    raw = data.sample_episodes(split, 2, 3, 1, 2, torch.Generator().manual_seed(0))
+    shape = {"tasks": 2, "ways": 3, "shots": 1, "queries": 2}
+    ep = data.sample_episodes(split, **shape, generator=torch.Generator().manual_seed(0), norm=norm)
+    raw = data.sample_episodes(split, **shape, generator=torch.Generator().manual_seed(0))
     expected = (raw["support_x"].float() / 255 - norm["mean"].view(3, 1, 1)) / norm["std"].view(3, 1, 1)
     torch.testing.assert_close(ep["support_x"], expected)
 
@@ -282,7 +284,7 @@ def test_random_conv4_with_cosine_prototypes_is_near_chance_on_synthetic_data():
     accs = []
     for seed in range(2):
         params = maml.init_params(5, 64, 84, generator=torch.Generator().manual_seed(seed))
-        ep = data.sample_episodes(split, 8, 5, 1, 10, g, norm)
+        ep = data.sample_episodes(split, tasks=8, ways=5, shots=1, queries=10, generator=g, norm=norm)
         for t in range(8):
             with torch.no_grad():
                 support, query = maml.features(params, ep["support_x"][t]), maml.features(params, ep["query_x"][t])
@@ -296,7 +298,7 @@ def test_random_conv4_with_cosine_prototypes_is_near_chance_on_synthetic_data():
 # --------------------------------------------------------------------------- the real sample
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/data/mini-imagenet-sample is not here")
+@pytest.mark.skipif(SAMPLE is None, reason="set MAML_TEST_DATA to a Mini-ImageNet folder (Ravi layout) to run it")
 def test_real_sample_loads_the_same_through_ravi_and_class_folders(tmp_path):
     ravi = data.load_split(SAMPLE, "val", image_size=84, progress=False)
     ravi_to_folders(SAMPLE, tmp_path / "folders", splits=["val"])

@@ -1,6 +1,5 @@
 """The probe's bookkeeping, its statistics and its interruption behaviour."""
 
-import csv
 import json
 
 import numpy as np
@@ -11,7 +10,7 @@ from scipy import stats
 import data
 import maml
 import probe
-from conftest import tiny_flags
+from conftest import read_csv, tiny_flags
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +30,16 @@ def tiny_tasks(tasks=12, ways=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     classes = data.sample_classes(split, tasks, 2 * ways, g)
     norm = data.channel_stats(split)
-    a = data.sample_episodes(split, tasks, ways, 1, 4, g, norm, classes[:, :ways])
-    b = data.sample_episodes(split, tasks, ways, 1, 4, g, norm, classes[:, ways:])
+    shape = {"tasks": tasks, "ways": ways, "shots": 1, "queries": 4}
+    a = data.sample_episodes(split, **shape, generator=g, norm=norm, classes=classes[:, :ways])
+    b = data.sample_episodes(split, **shape, generator=g, norm=norm, classes=classes[:, ways:])
     return a, b
 
 
 def test_zero_rates_leave_every_accuracy_exactly_unchanged():
     params = maml.init_params(3, 8, 16, generator=torch.Generator().manual_seed(0))
     a, b = tiny_tasks()
-    result = probe.probe_tasks(params, 0.0, a, b, steps=3, ways=3)
+    result = probe.probe_tasks(params, maml.init_inner_lrs(params, 0.0), a, b, steps=3, ways=3)
     assert torch.equal(result["on_A"], result["pre_A"])
     assert torch.equal(result["off_B"], result["pre_B"])
 
@@ -71,12 +71,13 @@ def test_prototypes_average_the_shots():
 def test_off_task_measures_task_b_with_weights_adapted_on_task_a():
     params = maml.init_params(3, 8, 16, generator=torch.Generator().manual_seed(1))
     a, b = tiny_tasks(tasks=16)
-    result = probe.probe_tasks(params, 0.5, a, b, steps=3, ways=3)
+    rates = maml.init_inner_lrs(params, 0.5)
+    result = probe.probe_tasks(params, rates, a, b, steps=3, ways=3)
 
     def adapted_on(task):
         return maml.adapt(
             maml.per_task(params, 16),
-            0.5,
+            rates,
             task["support_x"],
             task["support_y"],
             3,
@@ -104,13 +105,21 @@ def test_rate_variants_build_the_rates_they_claim():
     for mode, (w, b) in expect.items():
         rates = probe.probe_rates(learned, mode)
         assert rates["w"].tolist() == pytest.approx(w) and rates["b"].tolist() == pytest.approx(b), mode
-    assert probe.probe_rates(learned, "fixed", 0.01) == 0.01
-    assert probe.probe_rates(0.01, "flipped") == -0.01 and probe.probe_rates(0.01, "learned") == 0.01
+    fixed = probe.probe_rates(learned, "fixed", 0.01)
+    assert list(fixed) == ["w", "b"]
+    assert all(r.shape == () and torch.equal(r, torch.tensor(0.01)) for r in fixed.values())
+    maml_rates = maml.as_inner_lrs(0.01, learned)
+    for mode, alpha in (("flipped", -0.01), ("learned", 0.01), ("abs", 0.01)):
+        rates = probe.probe_rates(maml_rates, mode, meta_sgd=False)
+        assert list(rates) == ["w", "b"], mode
+        assert all(r.shape == () and torch.equal(r, torch.tensor(alpha)) for r in rates.values()), mode
 
 
 def test_negative_rates_of_a_maml_checkpoint_are_refused():
-    with pytest.raises(maml.ConfigError, match="Meta-SGD checkpoint"):
-        probe.probe_rates(0.01, "negative")
+    maml_rates = maml.as_inner_lrs(0.01, {"w": torch.zeros(3), "b": torch.zeros(2)})
+    for mode in ("negative", "positive"):
+        with pytest.raises(maml.ConfigError, match="Meta-SGD checkpoint"):
+            probe.probe_rates(maml_rates, mode, meta_sgd=False)
 
 
 def test_statistics_match_scipy_and_the_paired_test_is_paired():
@@ -128,6 +137,9 @@ def test_statistics_match_scipy_and_the_paired_test_is_paired():
         "head_A": rng.uniform(0, 1, n),
     }
     s = probe.summarize(records)
+    on, off = probe.changes(records)
+    np.testing.assert_allclose(on, on_change, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(off, off_change, rtol=0, atol=1e-12)
     paired = stats.ttest_rel(on_change, off_change)
     assert s["paired_t_on_vs_off"]["p"] == pytest.approx(paired.pvalue, rel=1e-6)
     assert s["paired_t_on_vs_off"]["t"] == pytest.approx(paired.statistic, rel=1e-6)
@@ -140,17 +152,12 @@ def test_statistics_match_scipy_and_the_paired_test_is_paired():
     assert s["off_change"]["mean"] == pytest.approx(off_change.mean())
 
 
-def read_rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.mark.parametrize("method", ["maml", "metasgd"])
 def test_probe_runs_on_either_method_and_same_seed_gives_same_records(checkpoints, tmp_path, method):
     flags = [str(checkpoints[method]), "--iterations", "20", "--batch", "8", "--queries", "3", "--no-progress"]
     s1 = probe.main(flags + ["--out", str(tmp_path / "one")])
     probe.main(flags + ["--out", str(tmp_path / "two")])
-    one, two = read_rows(tmp_path / "one" / "probe.csv"), read_rows(tmp_path / "two" / "probe.csv")
+    one, two = read_csv(tmp_path / "one" / "probe.csv"), read_csv(tmp_path / "two" / "probe.csv")
     assert len(one) == 20 and one == two
     assert s1["settings"]["method"] == method and s1["iterations"] == 20
     for row in one:  # disjoint tasks by default
@@ -180,7 +187,7 @@ def test_interrupt_and_resume_gives_records_identical_to_an_uninterrupted_run(ch
     with pytest.raises(maml.ConfigError, match="--resume"):
         probe.main(flags + ["--out", str(tmp_path / "cut")])
     probe.main(flags + ["--out", str(tmp_path / "cut"), "--resume"])
-    assert read_rows(tmp_path / "cut" / "probe.csv") == read_rows(tmp_path / "whole" / "probe.csv")
+    assert read_csv(tmp_path / "cut" / "probe.csv") == read_csv(tmp_path / "whole" / "probe.csv")
 
 
 def test_ablation_records_get_their_own_files(checkpoints, tmp_path):
@@ -190,7 +197,7 @@ def test_ablation_records_get_their_own_files(checkpoints, tmp_path):
     probe.main(base + ["--rates", "fixed", "--inner-lr", "0"])
     names = sorted(p.name for p in tmp_path.glob("*.csv"))
     assert names == ["probe-rates-fixed0.csv", "probe-rates-negative.csv", "probe-steps2.csv"]
-    zero = read_rows(tmp_path / "probe-rates-fixed0.csv")
+    zero = read_csv(tmp_path / "probe-rates-fixed0.csv")
     assert all(r["on_A"] == r["pre_A"] and r["off_B"] == r["pre_B"] for r in zero)
 
 

@@ -1,0 +1,279 @@
+"""The training script end to end: runs, their metrics files, resume, kills, divergence, determinism
+and refusal to write over an existing run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import maml
+from conftest import ROOT, make_jpegs, read_csv, tiny_flags
+
+
+def final_params(out):
+    return maml.load_checkpoint(out / "ckpt.pt")["params"]
+
+
+def test_training_raises_validation_accuracy(tmp_path):
+    out = tmp_path / "run"
+    maml.main(
+        tiny_flags(
+            out,
+            "--iterations",
+            "150",
+            "--eval-every",
+            "150",
+            "--hidden",
+            "16",
+            "--inner-steps",
+            "3",
+            "--eval-steps",
+            "3",
+            "--inner-lr",
+            "0.1",
+            "--queries",
+            "5",
+            "--eval-queries",
+            "5",
+            "--meta-batch",
+            "4",
+            "--synthetic-per-class",
+            "30",
+            "--val-tasks",
+            "200",
+            "--meta-lr",
+            "3e-3",
+        )
+    )
+    rows = read_csv(out / "metrics.csv")
+    assert [int(r["iteration"]) for r in rows] == [0, 150]
+    first, last = float(rows[0]["val_acc"]), float(rows[-1]["val_acc"])
+    assert abs(first - 0.5) < 0.05  # 2-way chance before training
+    assert last > first + 0.08, (first, last)
+    result = json.loads((out / "test.json").read_text())
+    assert result["tasks"] == 10 and 0 <= result["test_acc"] <= 1
+
+
+def test_maml_run_saves_its_fixed_rate_as_0d_constants(tmp_path):
+    out = tmp_path / "run"
+    maml.main(tiny_flags(out, "--iterations", "2", "--eval-every", "2", "--inner-lr", "0.02"))
+    ckpt = maml.load_checkpoint(out / "ckpt.pt")
+    assert ckpt["format"] == maml.CHECKPOINT_FORMAT == 2
+    assert list(ckpt["inner_lrs"]) == list(ckpt["params"])
+    for n, r in ckpt["inner_lrs"].items():
+        assert r.shape == () and not r.requires_grad and torch.equal(r, torch.tensor(0.02)), n
+    assert not (out / "lr_stats.csv").exists()
+
+
+def test_meta_sgd_run_saves_rates_and_their_statistics(tmp_path):
+    out = tmp_path / "run"
+    maml.main(tiny_flags(out, "--learn-lr", "--iterations", "4", "--eval-every", "2"))
+    ckpt = maml.load_checkpoint(out / "ckpt.pt")
+    assert set(ckpt["inner_lrs"]) == set(ckpt["params"])
+    for n, p in ckpt["params"].items():
+        assert ckpt["inner_lrs"][n].shape == p.shape
+    for key in ("config", "params", "optimizer", "iteration", "generator", "norm", "best_val"):
+        assert key in ckpt
+    rows = read_csv(out / "lr_stats.csv")
+    assert {int(r["iteration"]) for r in rows} == {0, 2, 4}
+    layers = {r["name"] for r in rows if r["kind"] == "layer"}
+    assert layers == {"conv1", "conv2", "conv3", "conv4", "bn1", "bn2", "bn3", "bn4", "logits"}
+    # At iteration 0 every rate is the initial --inner-lr.
+    first = [r for r in rows if r["iteration"] == "0"]
+    assert all(abs(float(r["mean"]) - 0.01) < 1e-9 and float(r["frac_negative"]) == 0 for r in first)
+
+
+def test_existing_run_is_refused_without_resume(tmp_path):
+    out = tmp_path / "run"
+    maml.main(tiny_flags(out, "--iterations", "2", "--eval-every", "2"))
+    with pytest.raises(maml.ConfigError, match="already holds a run; pass --resume"):
+        maml.main(tiny_flags(out, "--iterations", "2", "--eval-every", "2"))
+
+
+def test_resume_after_a_finished_run_continues_exactly(tmp_path):
+    flags = ["--learn-lr", "--eval-every", "4", "--save-every", "2"]
+    maml.main(tiny_flags(tmp_path / "whole", "--iterations", "8", *flags))
+    maml.main(tiny_flags(tmp_path / "split", "--iterations", "4", *flags))
+    maml.main(tiny_flags(tmp_path / "split", "--iterations", "8", "--resume", *flags))
+    a, b = final_params(tmp_path / "whole"), final_params(tmp_path / "split")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    va = [r["val_acc"] for r in read_csv(tmp_path / "whole" / "metrics.csv")]
+    vb = [r["val_acc"] for r in read_csv(tmp_path / "split" / "metrics.csv")]
+    assert va == vb
+
+
+def test_ctrl_c_saves_and_resume_ends_identical_to_uninterrupted(tmp_path):
+    flags = ["--iterations", "300", "--eval-every", "300", "--save-every", "10"]
+    maml.main(tiny_flags(tmp_path / "whole", *flags))
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, str(ROOT / "maml.py"), *tiny_flags(out, *flags)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "interrupted: saved iteration" in stdout
+    stopped_at = maml.load_checkpoint(out / "ckpt.pt")["iteration"]
+    assert 0 < stopped_at < 300
+    maml.main(tiny_flags(out, *flags, "--resume"))
+    a, b = final_params(tmp_path / "whole"), final_params(out)
+    assert maml.load_checkpoint(out / "ckpt.pt")["iteration"] == 300
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_help_explains_every_flag():
+    text = maml.build_parser().format_help()
+    for action in maml.build_parser()._actions:
+        assert action.help, action.dest
+    assert "--learn-lr" in text and "--first-order" in text
+
+
+# --------------------------------------------------------------------------- kills, divergence, determinism
+
+KILL_FLAGS = ["--iterations", "60", "--eval-every", "20", "--save-every", "5", "--learn-lr"]
+
+# Runs maml.py's main with torch.save slowed down: after the Nth save whose target name contains
+# WHICH, the file is cut to half its size, a marker file appears, and the process sleeps, so the test
+# can SIGKILL it in the middle of writing that file.
+SLOW_SAVE = """
+import os, sys, time, torch
+marker, which, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real_save, seen = torch.save, [0]
+def slow_save(obj, f, *a, **k):
+    real_save(obj, f, *a, **k)
+    if which in str(f):
+        seen[0] += 1
+        if seen[0] == nth:
+            os.truncate(f, os.path.getsize(f) // 2)
+            open(marker, "w").close()
+            time.sleep(600)
+torch.save = slow_save
+import maml
+maml.run_cli(maml.main, sys.argv[4:])
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    maml.main(tiny_flags(out, *KILL_FLAGS))
+    return final_params(out)
+
+
+def kill_when(proc, condition, timeout=120):
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("point", ["after the first saves", "writing the 3rd checkpoint", "writing best.pt"])
+def test_sigkill_at_any_point_then_resume_ends_identical(point, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    flags = tiny_flags(out, *KILL_FLAGS)
+    marker = tmp_path / "in-save"
+    if point == "after the first saves":
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "maml.py"), *flags],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        first_save = []
+
+        def second_save_done():  # the checkpoint of iteration 0 was replaced by a later one
+            if not (out / "ckpt.pt").exists():
+                return False
+            first_save.append((out / "ckpt.pt").stat().st_mtime_ns)
+            return first_save[-1] != first_save[0]
+
+        kill_when(proc, second_save_done)
+    else:
+        which, nth = ("ckpt.pt.tmp", 3) if "checkpoint" in point else ("best.pt.tmp", 1)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_SAVE, str(marker), which, str(nth), *flags],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        kill_when(proc, marker.exists)
+        assert any(p.name.startswith(which) for p in out.iterdir())  # the half-written file is there
+    maml.load_checkpoint(out / "ckpt.pt")  # what is on disk is still a whole checkpoint
+    maml.main(tiny_flags(out, *KILL_FLAGS, "--resume"))
+    resumed = final_params(out)
+    assert all(torch.equal(uninterrupted[n], resumed[n]) for n in resumed)
+    iterations = [int(r["iteration"]) for r in read_csv(out / "metrics.csv")]
+    assert iterations == [0, 20, 40, 60]  # rows written after the checkpoint were not duplicated
+
+
+def test_sigkill_while_writing_the_image_cache_then_rerun_rebuilds_it(tmp_path):
+    make_jpegs(tmp_path / "data")
+    env = {**os.environ, "MAML_CACHE_DIR": str(tmp_path / "cache")}
+    flags = tiny_flags(
+        tmp_path / "run",
+        "--data",
+        str(tmp_path / "data"),
+        "--ways",
+        "2",
+        "--iterations",
+        "2",
+        "--eval-every",
+        "2",
+        "--queries",
+        "1",
+        "--eval-queries",
+        "1",
+    )
+    marker = tmp_path / "in-save"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAVE, str(marker), "train-", "1", *flags],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    kill_when(proc, marker.exists)
+    assert not list((tmp_path / "cache").glob("*.pt"))  # only the half-written temporary file
+    subprocess.run(
+        [sys.executable, str(ROOT / "maml.py"), *flags], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300
+    )
+    assert len(list((tmp_path / "cache").glob("ravi-train-*.pt"))) == 1
+    maml.load_checkpoint(tmp_path / "run" / "ckpt.pt")
+
+
+def test_absurd_inner_lr_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "maml.py"),
+            *tiny_flags(out, "--iterations", "20", "--inner-lr", "1e30", "--log-every", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "diverged" in proc.stderr and "iteration 1" in proc.stderr and "--inner-lr" in proc.stderr
+    ckpt = maml.load_checkpoint(out / "ckpt.pt")
+    assert ckpt["iteration"] == 0
+    assert all(torch.isfinite(p).all() for p in ckpt["params"].values())
+
+
+def test_same_seed_and_flags_give_the_same_metrics(tmp_path):
+    def metrics(name):
+        maml.main(tiny_flags(tmp_path / name, "--iterations", "6", "--eval-every", "3", "--learn-lr"))
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_csv(tmp_path / name / "metrics.csv")]
+
+    assert metrics("a") == metrics("b")
