@@ -1,5 +1,6 @@
 # make demo   -- the whole study at demo scale on built-in synthetic data (CPU, about 10 minutes)
-# make test   -- the test suite (CPU, a few minutes)
+# make test   -- lint, then the test suite (CPU, a few minutes)
+# make lint   -- ruff check and ruff format --check; make format rewrites the code
 # make paper DATA=/path/to/mini-imagenet  -- the paper's full configuration (meant for a GPU)
 PYTHON ?= python3
 VENV := .venv
@@ -12,14 +13,22 @@ DEMO_FLAGS := --image-size 32 --hidden 32 --synthetic-per-class 60 --iterations 
               --val-tasks 100 --test-tasks 200 --task-batching grouped
 DEMO_PROBE := --iterations 1000 --queries 5
 
-.PHONY: test demo paper
+.PHONY: test lint format demo paper
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
