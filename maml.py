@@ -20,8 +20,10 @@ Importing this file has no side effects: `from maml import conv4, adapt, meta_lo
 import argparse
 import contextlib
 import csv
+import datetime
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -31,6 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -180,11 +183,15 @@ def meta_loss(params, inner_lrs, episode, steps, first_order=False, tasks_togeth
     return loss, accuracy
 
 
-def meta_step(params, inner_lrs, optimizer, episode, steps, first_order=False, tasks_together=True):
-    """One outer-loop update of theta (and alpha) by the optimizer. Returns detached loss, accuracy."""
+def meta_step(params, inner_lrs, optimizer, episode, steps, first_order=False, tasks_together=True, world=1):
+    """One outer-loop update of theta (and alpha) by the optimizer. Returns detached loss, accuracy.
+    With world > 1 (torchrun), `episode` is this process's slice of the meta-batch, and the
+    meta-gradient is averaged over the processes before the step (`average_over_ranks`)."""
     optimizer.zero_grad(set_to_none=True)
     loss, accuracy = meta_loss(params, inner_lrs, episode, steps, first_order, tasks_together)
     loss.backward()
+    if world > 1:
+        loss, accuracy = average_over_ranks(optimizer, loss, accuracy, world)
     optimizer.step()
     return loss.detach(), accuracy.detach()
 
@@ -194,27 +201,33 @@ def meta_step(params, inner_lrs, optimizer, episode, steps, first_order=False, t
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate(params, inner_lrs, split, *, norm, tasks, ways, shots, queries, steps, seed, chunk=25):
+def evaluate(params, inner_lrs, split, *, norm, tasks, ways, shots, queries, steps, seed, chunk=25, rank=0, world=1):
     """Query accuracy of each of `tasks` fixed, seeded tasks after `steps` adaptation steps.
-    Returns a tensor of per-task accuracies (on the split's device)."""
+    Returns a tensor of per-task accuracies (on the split's device). Under torchrun every process
+    draws every chunk of tasks (so the tasks are the same whatever the world size) but adapts only
+    every world-th chunk; one all-reduce then gives every process all the accuracies."""
     device = split["images"].device
     generator = torch.Generator(device).manual_seed(seed)
     dtype = next(iter(params.values())).dtype
     params = {n: p.detach() for n, p in params.items()}
     inner_lrs = {n: r.detach() for n, r in inner_lrs.items()}
-    accuracies = []
-    for start in range(0, tasks, chunk):
+    accuracies = torch.zeros(tasks, device=device)
+    for index, start in enumerate(range(0, tasks, chunk)):
         n = min(chunk, tasks - start)
         episode = data.sample_episodes(
             split, tasks=n, ways=ways, shots=shots, queries=queries, generator=generator, norm=norm, dtype=dtype
         )
+        if index % world != rank:
+            continue
         adapted = adapt(
             per_task(params, n), inner_lrs, episode["support_x"], episode["support_y"], steps, False, conv4_tasks
         )
         with torch.no_grad():
             logits = conv4_tasks(adapted, episode["query_x"])
-            accuracies.append((logits.argmax(-1) == episode["query_y"]).float().mean(1))
-    return torch.cat(accuracies)
+            accuracies[start : start + n] = (logits.argmax(-1) == episode["query_y"]).float().mean(1)
+    if world > 1:
+        dist.all_reduce(accuracies)  # each task's accuracy is non-zero on one process only: the sum is exact
+    return accuracies
 
 
 def mean_normal_ci95(values):
@@ -247,6 +260,103 @@ def rate_statistics(inner_lrs):
         rows.append({"name": name, "kind": kind, "count": r.numel(), "mean": r.mean().item(), "std": std,
                      "frac_negative": negative, "min": r.min().item(), "max": r.max().item()})  # fmt: skip
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes (torchrun): each takes a slice of the meta-batch; meta-gradients are averaged.
+# DistributedDataParallel is not used: it cannot average the gradients of a second-order
+# (torch.autograd.grad with create_graph) meta-loss, so the averaging is written out here.
+# ----------------------------------------------------------------------------------------------
+
+DIST_TIMEOUT_S = 600  # a collective that waits longer than this for another process gives up
+
+
+class DistributedError(Exception):
+    """A process of a torchrun job stopped, or the processes disagree."""
+
+
+def join_processes(device):
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1 in the environment) this joins the
+    process group: NCCL with one GPU per local rank, gloo on the CPU. Without it: (0, 1, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    rank = int(os.environ["RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
+    return rank, world, device
+
+
+LOST_PROCESS_SIGNS = ("Connection closed by peer", "Connection reset by peer", "NCCL", "timed out", "Timeout")
+
+
+@contextlib.contextmanager
+def processes_joined(world):
+    """Leave the process group at the end, and turn a collective that failed because another
+    process stopped (gloo and NCCL raise plain RuntimeErrors) into a DistributedError."""
+    try:
+        yield
+    except RuntimeError as e:
+        if world > 1 and (isinstance(e, dist.DistError) or any(sign in str(e) for sign in LOST_PROCESS_SIGNS)):
+            detail = (str(e).strip().splitlines() or [""])[0][:160]
+            raise DistributedError(
+                f"another process of this torchrun job stopped or cannot be reached ({detail}); the last "
+                f"checkpoint is whole: continue with --resume"
+            ) from e
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def tasks_of_rank(episode, rank, world):
+    """This process's contiguous slice of a meta-batch that every process drew alike."""
+    per_rank = episode["support_x"].shape[0] // world
+    return {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in episode.items()}
+
+
+def average_over_ranks(optimizer, loss, accuracy, world):
+    """Every meta-gradient (theta, and alpha for Meta-SGD), the loss and the accuracy in one flat
+    buffer, one all-reduce. Each process's loss is the mean over its equal share of the tasks, so the
+    sum divided by the world size is the mean over the whole meta-batch, as one process computes it."""
+    tensors = [p for group in optimizer.param_groups for p in group["params"]]
+    for p in tensors:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    extras = torch.stack([loss.detach(), accuracy.detach().to(loss.dtype)])
+    flat = torch.cat([p.grad.flatten() for p in tensors] + [extras]) / world
+    dist.all_reduce(flat)
+    offset = 0
+    for p in tensors:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return flat[-2], flat[-1].to(accuracy.dtype)
+
+
+def check_ranks_agree(tensors, iteration):
+    """Compare a cheap checksum (one float64 sum per tensor) of the parameters across processes."""
+    local = torch.stack([t.detach().double().sum() for t in tensors])
+    everyone = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, local)
+    differ = [r for r, other in enumerate(everyone) if not torch.equal(other, everyone[0])]
+    if differ:
+        raise DistributedError(
+            f"at iteration {iteration} the parameters of rank(s) {differ} differ from rank 0's; the "
+            f"processes fell out of step (a different torch build or GPU kind per rank?)"
+        )
+
+
+def broadcast_from_rank0(obj, world):
+    """`obj` as rank 0 has it, on every process (e.g. a checkpoint only rank 0 read)."""
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,9 +579,9 @@ def run_splits(config, names, progress):
     )  # fmt: skip
 
 
-def load_train_val(config, progress):
+def load_train_val(config, progress, quiet=False):
     """The training and validation splits, checked against the task shape before any work starts."""
-    if not config["data"]:
+    if not config["data"] and not quiet:
         print(f"no --data given: using the built-in synthetic dataset ({config['image_size']}px glyphs, "
               f"64/16/20 classes, seed {config['seed']})")  # fmt: skip
     splits = run_splits(config, ["train", "val"], progress)
@@ -480,9 +590,10 @@ def load_train_val(config, progress):
     return splits
 
 
-def new_state(config, device, dtype, norm, classes):
+def new_state(config, device, dtype, norm, classes, rank=0, world=1):
     """Everything a run changes as it trains, seeded by --seed: theta, alpha, Adam, the episode
-    generator, the iteration, elapsed seconds, the best validation accuracy and running sums."""
+    generator, the iteration, elapsed seconds, the best validation accuracy and running sums; and
+    which of `world` processes this is (rank 0 writes every file)."""
     init_gen = torch.Generator().manual_seed(config["seed"])
     params = init_params(config["ways"], config["hidden"], config["image_size"], generator=init_gen, dtype=dtype)
     init_range = tuple(config["lr_init_range"]) if config["lr_init_range"] else None
@@ -491,7 +602,7 @@ def new_state(config, device, dtype, norm, classes):
     inner_lrs = {n: r.to(device).detach().requires_grad_(config["learn_lr"]) for n, r in inner_lrs.items()}
     learned = [r for r in inner_lrs.values() if r.requires_grad]
     return SimpleNamespace(
-        params=params, inner_lrs=inner_lrs, norm=norm, classes=classes,
+        params=params, inner_lrs=inner_lrs, norm=norm, classes=classes, rank=rank, world=world, device=device,
         optimizer=torch.optim.Adam(list(params.values()) + learned, lr=config["meta_lr"]),
         episodes=torch.Generator(device).manual_seed(config["seed"] + 12345),
         iteration=0, elapsed=0.0, best=(-1.0, -1), tic=time.time(),
@@ -500,7 +611,7 @@ def new_state(config, device, dtype, norm, classes):
     )  # fmt: skip
 
 
-def restore_state(resumed, config, device, dtype):
+def restore_state(resumed, config, device, dtype, rank=0, world=1):
     """`new_state`, then everything the checkpoint holds put back."""
     saved_on = resumed.get("generator_device", "cpu")
     if saved_on != device.type:
@@ -508,7 +619,7 @@ def restore_state(resumed, config, device, dtype):
             f"this run drew its episodes from a {saved_on} random generator; resume it with --device "
             f"{saved_on} (or start a new run)"
         )
-    run = new_state(config, device, dtype, resumed["norm"], resumed["classes"])
+    run = new_state(config, device, dtype, resumed["norm"], resumed["classes"], rank, world)
     with torch.no_grad():
         for name, p in run.params.items():
             p.copy_(resumed["params"][name])
@@ -518,6 +629,25 @@ def restore_state(resumed, config, device, dtype):
     run.episodes.set_state(resumed["generator"])
     run.iteration, run.elapsed, run.best = resumed["iteration"], resumed["elapsed"], tuple(resumed["best_val"])
     return run
+
+
+def start_files(run, config, out, resumed, val_split, norm):
+    """Under torchrun, first make every process start from rank 0's parameters, and let every
+    process finish its checks before rank 0 writes anything. Then (rank 0) the run folder: logs cut
+    back to the checkpoint a resumed run continues from, or iteration 0's validation and checkpoint."""
+    if run.world > 1:
+        with torch.no_grad():
+            for t in [*run.params.values(), *run.inner_lrs.values()]:
+                dist.broadcast(t, src=0)
+        dist.barrier()
+    if run.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for log in ("metrics.csv", "lr_stats.csv"):
+            drop_rows_after(out / log, run.iteration if resumed else -1)
+    if not resumed:
+        validate_and_log(run, config, out, val_split, norm)
+        if run.rank == 0:
+            save_checkpoint(checkpoint(run, config), out / "ckpt.pt")  # even a run that fails at once can resume
 
 
 def checkpoint(run, config):
@@ -554,19 +684,25 @@ def check_finite(run, config, ckpt_path):
 def validate_and_log(run, config, out, val_split, norm, train_means=None):
     """Validation accuracy on the fixed validation tasks, a metrics.csv row (and lr_stats.csv rows for
     Meta-SGD), and best.pt when it is the best so far. Returns the accuracy and its CI."""
+    if run.world > 1:
+        check_ranks_agree([*run.params.values(), *run.inner_lrs.values()], run.iteration)
     accuracies = evaluate(
         run.params, run.inner_lrs, val_split, norm=norm, tasks=config["val_tasks"], ways=config["ways"],
         shots=config["shots"], queries=config["eval_queries"], steps=config["eval_steps"], seed=config["seed"] + 777,
+        rank=run.rank, world=run.world,
     )  # fmt: skip
     val_acc, val_ci = mean_normal_ci95(accuracies)
     clock(run)
+    new_best = run.iteration > 0 and val_acc > run.best[0]
+    run.best = (val_acc, run.iteration) if new_best else run.best
+    if run.rank != 0:
+        return val_acc, val_ci
     loss, acc = train_means if train_means else ("", "")
     row = {"iteration": run.iteration, "train_loss": loss, "train_acc": acc, "val_acc": val_acc, "val_ci95": val_ci}
     append_rows(out / "metrics.csv", [{**row, "elapsed_s": round(run.elapsed, 3) if train_means else 0.0}])
     if config["learn_lr"]:
         append_rows(out / "lr_stats.csv", [{"iteration": run.iteration, **r} for r in rate_statistics(run.inner_lrs)])
-    if run.iteration > 0 and val_acc > run.best[0]:
-        run.best = (val_acc, run.iteration)
+    if new_best:
         save_checkpoint(checkpoint(run, config), out / "best.pt")
     return val_acc, val_ci
 
@@ -599,27 +735,32 @@ def end_of_step(run, config, out, val_split, norm, bar, stopping):
         run.loss_sum.zero_()
         run.acc_sum.zero_()
         run.since_eval = 0
-        bar.write(
-            f"iteration {i}: val accuracy {100 * val_acc:.2f} +- {100 * val_ci:.2f}% "
-            f"(best {100 * run.best[0]:.2f}% at {run.best[1]})"
-        )
-    if at_save:
+        if run.rank == 0:
+            bar.write(
+                f"iteration {i}: val accuracy {100 * val_acc:.2f} +- {100 * val_ci:.2f}% "
+                f"(best {100 * run.best[0]:.2f}% at {run.best[1]})"
+            )
+    if at_save and run.rank == 0:
         clock(run)
         save_checkpoint(checkpoint(run, config), out / "ckpt.pt")
 
 
-def test_best(config, out, device, dtype, norm, progress):
+def test_best(config, out, run, dtype, norm, progress):
     """Test accuracy of best.pt on fixed test tasks, as MAML reports it; written to test.json."""
     test_split = run_splits(config, ["test"], progress)["test"]
     data.check_episode_shape(test_split, config["ways"], config["shots"], config["eval_queries"], "test split")
-    best = load_checkpoint(out / "best.pt")
+    best = broadcast_from_rank0(load_checkpoint(out / "best.pt") if run.rank == 0 else None, run.world)
+    device = run.device
     accuracies = evaluate(
         {n: p.to(device, dtype) for n, p in best["params"].items()},
         {n: r.to(device, dtype) for n, r in best["inner_lrs"].items()},
         data.split_to(test_split, device), norm=norm, tasks=config["test_tasks"], ways=config["ways"],
         shots=config["shots"], queries=config["eval_queries"], steps=config["eval_steps"], seed=config["seed"] + 999,
+        rank=run.rank, world=run.world,
     )  # fmt: skip
     test_acc, test_ci = mean_normal_ci95(accuracies)
+    if run.rank != 0:
+        return
     result = {"test_acc": test_acc, "test_ci95": test_ci, "tasks": config["test_tasks"], "checkpoint": "best.pt",
               "iteration": best["iteration"], "val_acc": best["best_val"][0]}  # fmt: skip
     data.atomic_write(out / "test.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
@@ -627,6 +768,19 @@ def test_best(config, out, device, dtype, norm, progress):
         f"test accuracy ({config['test_tasks']} tasks, best.pt from iteration {best['iteration']}): "
         f"{100 * test_acc:.2f} +- {100 * test_ci:.2f}%  ->  {out}"
     )
+
+
+def agreed_stop(stop, run, config):
+    """Whether to stop after this iteration. One process stops when it is signalled; under torchrun
+    the processes agree first (at --log-every iterations, which sync anyway), so none waits for
+    another that has left."""
+    if run.world == 1:
+        return stop.is_set()
+    if run.iteration % config["log_every"] != 0:
+        return False
+    flag = torch.tensor([float(stop.is_set())], device=run.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 @contextlib.contextmanager
@@ -654,46 +808,59 @@ def stop_on_signal():
 
 
 def train(args):
-    """Meta-train as configured by `args` (see build_parser). Returns the run folder."""
+    """Meta-train as configured by `args` (see build_parser). Returns the run folder. Under torchrun,
+    every process runs this on its own slice of each meta-batch."""
     config, resumed = start_run(args)
-    out, progress = Path(config["out"]), not config["no_progress"]
-    device, dtype = resolve_device(config["device"]), getattr(torch, config["dtype"])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if config["meta_batch"] % world:
+        raise ConfigError(f"--meta-batch {config['meta_batch']} cannot be split evenly over {world} processes; "
+                          f"use a multiple of {world}")  # fmt: skip
+    rank, world, device = join_processes(resolve_device(config["device"]))
+    with processes_joined(world):
+        return train_process(config, resumed, rank, world, device)
+
+
+def train_process(config, resumed, rank, world, device):
+    out, progress = Path(config["out"]), not config["no_progress"] and rank == 0
+    dtype = getattr(torch, config["dtype"])
     together = config["task_batching"] == "grouped" or (config["task_batching"] == "auto" and device.type == "cuda")
-    splits = load_train_val(config, progress)
+    splits = load_train_val(config, progress, quiet=rank != 0)
     if resumed:
-        run = restore_state(resumed, config, device, dtype)
+        run = restore_state(resumed, config, device, dtype, rank, world)
     else:
-        run = new_state(config, device, dtype, data.channel_stats(splits["train"]), splits["train"]["classes"])
+        norm, classes = data.channel_stats(splits["train"]), splits["train"]["classes"]
+        run = new_state(config, device, dtype, norm, classes, rank, world)
     train_split, val_split = (data.split_to(s, device) for s in (splits["train"], splits["val"]))
     norm = data.split_to(run.norm, device)  # on the device: a host-to-device copy per episode would sync
-    out.mkdir(parents=True, exist_ok=True)
-    for log in ("metrics.csv", "lr_stats.csv"):
-        drop_rows_after(out / log, run.iteration if resumed else -1)
-    if not resumed:
-        validate_and_log(run, config, out, val_split, norm)
-        save_checkpoint(checkpoint(run, config), out / "ckpt.pt")  # even a run that fails at once can resume
+    start_files(run, config, out, resumed, val_split, norm)
 
     method = "meta-SGD" if config["learn_lr"] else "MAML"
-    steps, first_order = config["inner_steps"], config["first_order"]
+    steps, first_order, stopping = config["inner_steps"], config["first_order"], False
     bar = tqdm(total=config["iterations"], initial=run.iteration, desc=method, disable=not progress, unit="it",
                dynamic_ncols=True)  # fmt: skip
     with bar, stop_on_signal() as stop:
-        while run.iteration < config["iterations"] and not stop.is_set():
+        while run.iteration < config["iterations"] and not stopping:
             # ---- Algorithm 1: sample a meta-batch of tasks; adapt to each; one meta-update ----
             episode = data.sample_episodes(
                 train_split, tasks=config["meta_batch"], ways=config["ways"], shots=config["shots"],
                 queries=config["queries"], generator=run.episodes, norm=norm, dtype=dtype,
             )  # fmt: skip
-            loss, accuracy = meta_step(run.params, run.inner_lrs, run.optimizer, episode, steps, first_order, together)
+            if world > 1:  # every process drew the same meta-batch; each adapts to its own slice
+                episode = tasks_of_rank(episode, rank, world)
+            loss, accuracy = meta_step(
+                run.params, run.inner_lrs, run.optimizer, episode, steps, first_order, together, world
+            )
             # ---- plumbing: running means, progress, periodic evaluation, logs and checkpoints ----
             record_step(run, loss, accuracy)
             bar.update(1)
-            end_of_step(run, config, out, val_split, norm, bar, stopping=stop.is_set())
-    if stop.is_set():
-        print(f"interrupted: saved iteration {run.iteration} to {out / 'ckpt.pt'}; continue with "
-              f"python maml.py --resume --out {out}")  # fmt: skip
+            stopping = agreed_stop(stop, run, config)
+            end_of_step(run, config, out, val_split, norm, bar, stopping)
+    if stopping:
+        if rank == 0:
+            print(f"interrupted: saved iteration {run.iteration} to {out / 'ckpt.pt'}; continue with "
+                  f"python maml.py --resume --out {out}")  # fmt: skip
         return out
-    test_best(config, out, device, dtype, norm, progress)
+    test_best(config, out, run, dtype, norm, progress)
     return out
 
 
@@ -708,6 +875,11 @@ def run_cli(main_fn, argv=None, errors=()):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1 if isinstance(e, FloatingPointError) else 2)
+    except DistributedError as e:
+        if debug:
+            raise
+        print(f"error: rank {os.environ.get('RANK', 0)} of {os.environ.get('WORLD_SIZE', 1)}: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

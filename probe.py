@@ -15,6 +15,7 @@ The design is paired: on-task change = on_A - pre_A and off-task change = off_B 
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from scipy import stats
 from tqdm import tqdm
@@ -268,14 +270,15 @@ def finished_rows(records_path, summary_path, settings, resume):
     return [row for row in rows if int(row["chunk"]) < first_missing]
 
 
-def load_probe_split(args, config):
+def load_probe_split(args, config, quiet=False):
     """The split the probe tasks come from, checked against the checkpoint and the task shape."""
     root = args.data or config["data"]
-    if not root:
+    if not root and not quiet:
         print(f"probing on the built-in synthetic dataset ({args.split} split), as the checkpoint was trained on it")
     split = data.load_splits(
         root, [args.split], image_size=config["image_size"], cache_dir=args.cache_dir,
-        synthetic_per_class=config["synthetic_per_class"], seed=config["seed"], progress=not args.no_progress,
+        synthetic_per_class=config["synthetic_per_class"], seed=config["seed"],
+        progress=not (args.no_progress or quiet),
     )[args.split]  # fmt: skip
     if split["images"].shape[-1] != config["image_size"]:
         raise maml.ConfigError(
@@ -319,55 +322,92 @@ def probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype):
     ]  # fmt: skip
 
 
+def probe_settings(args, ckpt, batch):
+    """What the records depend on, saved beside them; --resume must find the same."""
+    config = ckpt["config"]
+    return {"checkpoint": str(args.checkpoint), "method": "metasgd" if config["learn_lr"] else "maml",
+            "split": args.split, "iterations": args.iterations, "queries": args.queries, "off_task": args.off_task,
+            "rates": args.rates, "inner_lr": args.inner_lr,
+            "steps": config["inner_steps"] if args.steps is None else args.steps, "batch": batch, "seed": args.seed,
+            "ways": config["ways"], "shots": config["shots"], "checkpoint_iteration": ckpt["iteration"],
+            "data": args.data or config["data"] or "synthetic"}  # fmt: skip
+
+
+def probe_chunks(probe_one, first_chunk, n_chunks, rank, world):
+    """Yields the records of each chunk in order. One process probes every chunk; under torchrun each
+    process probes every world-th chunk and all of them receive every chunk's records, so the records
+    do not depend on the world size (each chunk has its own seed)."""
+    for first in range(first_chunk, n_chunks, world):
+        chunk = first + rank
+        rows = probe_one(chunk) if chunk < n_chunks else []
+        if world == 1:
+            yield rows
+            continue
+        gathered = [None] * world
+        dist.all_gather_object(gathered, rows)
+        yield [row for part in gathered for row in part]
+
+
 def run(args):
     check_flags(args)
     ckpt = maml.load_checkpoint(args.checkpoint)
     config = ckpt["config"]
-    device = maml.resolve_device(args.device)
-    steps = config["inner_steps"] if args.steps is None else args.steps
+    rank, world, device = maml.join_processes(maml.resolve_device(args.device))
+    with maml.processes_joined(world):
+        return probe_process(args, ckpt, config, rank, world, device)
+
+
+def probe_process(args, ckpt, config, rank, world, device):
     inner_lrs = probe_rates(ckpt["inner_lrs"], args.rates, args.inner_lr, meta_sgd=config["learn_lr"])
-    batch = args.batch or (64 if device.type == "cuda" else 8)
+    settings = probe_settings(args, ckpt, batch=args.batch or (64 if device.type == "cuda" else 8))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
     records_path, summary_path = out / f"{stem}.csv", out / f"{stem}.json"
-    settings = {"checkpoint": str(args.checkpoint), "method": "metasgd" if config["learn_lr"] else "maml",
-                "split": args.split, "iterations": args.iterations, "queries": args.queries,
-                "off_task": args.off_task, "rates": args.rates, "inner_lr": args.inner_lr, "steps": steps,
-                "batch": batch, "seed": args.seed, "ways": config["ways"], "shots": config["shots"],
-                "checkpoint_iteration": ckpt["iteration"],
-                "data": args.data or config["data"] or "synthetic"}  # fmt: skip
     done_rows = finished_rows(records_path, summary_path, settings, args.resume)
-    split = data.split_to(load_probe_split(args, config), device)
-    # Every input is checked: only now is anything written.
-    out.mkdir(parents=True, exist_ok=True)
-    data.atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps({"settings": settings}, indent=2) + "\n"))
-    with open(records_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(done_rows)
+    split = data.split_to(load_probe_split(args, config, quiet=rank != 0), device)
+    if world > 1:
+        dist.barrier()  # every process has read the old records and checked its inputs
+    if rank == 0:  # every input is checked: only now is anything written
+        out.mkdir(parents=True, exist_ok=True)
+        started = json.dumps({"settings": settings}, indent=2) + "\n"
+        data.atomic_write(summary_path, lambda tmp: tmp.write_text(started))
+        with open(records_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(done_rows)
 
     dtype = getattr(torch, config.get("dtype", "float32"))
     params = {n: p.to(device, dtype) for n, p in ckpt["params"].items()}
     inner_lrs = {n: r.to(device, dtype) for n, r in inner_lrs.items()}
     norm = data.split_to(ckpt["norm"], device)
-    start, tic = len(done_rows), time.time()
+    batch, start, tic = settings["batch"], len(done_rows), time.time()
+
+    def probe_one(chunk):
+        n = min(batch, args.iterations - chunk * batch)
+        return probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype)
+
     desc = f"probe ({settings['method']}, rates {args.rates})"
-    bar = tqdm(total=args.iterations, initial=start, desc=desc, unit="it", disable=args.no_progress, dynamic_ncols=True)
-    with bar, open(records_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        for chunk in range(start // batch, math.ceil(args.iterations / batch)):
-            n = min(batch, args.iterations - chunk * batch)
-            writer.writerows(probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype))
-            f.flush()
-            os.fsync(f.fileno())
-            bar.update(n)
-    seconds = time.time() - tic
+    bar = tqdm(total=args.iterations, initial=start, desc=desc, unit="it", disable=args.no_progress or rank != 0,
+               dynamic_ncols=True)  # fmt: skip
+    with bar, open(records_path, "a", newline="") if rank == 0 else contextlib.nullcontext() as f:
+        for rows in probe_chunks(probe_one, start // batch, math.ceil(args.iterations / batch), rank, world):
+            if rank == 0:
+                csv.DictWriter(f, fieldnames=COLUMNS).writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+            bar.update(len(rows))
+    if rank != 0:
+        return None
+    return write_summary(settings, records_path, summary_path, args, seconds=time.time() - tic, start=start)
+
+
+def write_summary(settings, records_path, summary_path, args, seconds, start):
     speed = round((args.iterations - start) / seconds, 2) if seconds > 0 else None
     summary = {"settings": settings, **summarize(read_records(records_path)),
                "seconds_this_session": round(seconds, 2), "iterations_per_second": speed}  # fmt: skip
     data.atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
     title = f"{settings['method']} probe of {args.checkpoint} ({args.iterations} iterations, {args.split} split, "
-    print(format_summary(summary, title + f"rates {args.rates}, {steps} steps)"))
+    print(format_summary(summary, title + f"rates {args.rates}, {settings['steps']} steps)"))
     print(f"records: {records_path}\nsummary: {summary_path}")
     return summary
 
