@@ -2,6 +2,7 @@
 # make test   -- lint, then the test suite (CPU, a few minutes)
 # make lint   -- ruff check and ruff format --check; make format rewrites the code
 # make paper DATA=/path/to/mini-imagenet  -- the paper's full configuration (meant for a GPU)
+# make gpu-check DATA=/path/to/sample     -- the prepared first check on a GPU machine (system python3, no venv)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ DEMO_FLAGS := --image-size 32 --hidden 32 --synthetic-per-class 60 --iterations 
               --val-tasks 100 --test-tasks 200 --task-batching grouped
 DEMO_PROBE := --iterations 1000 --queries 5
 
-.PHONY: test lint format demo paper
+.PHONY: test lint format demo paper gpu-check
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +49,7 @@ paper: $(STAMP)
 	$(PY) probe.py runs/paper/metasgd/best.pt --data $(DATA)
 	$(PY) analyze.py runs/paper/maml runs/paper/metasgd --out report/paper
 	@echo "report: report/paper/report.md"
+
+gpu-check:
+	@test -n "$(DATA)" || { echo "usage: make gpu-check DATA=/path/to/mini-imagenet-sample"; exit 2; }
+	$(PYTHON) gpu_check.py $(DATA)

@@ -28,6 +28,7 @@ import probe
 CONFIGS = {  # the paper's: 5-way 1-shot, 10 queries, 3 tasks, 5 inner steps, 84 px, 64 filters
     "paper": dict(image_size=84, hidden=64, ways=5, shots=1, queries=10, tasks=3, steps=5),
     "small": dict(image_size=32, hidden=32, ways=5, shots=1, queries=10, tasks=3, steps=5),
+    "tiny": dict(image_size=16, hidden=8, ways=2, shots=1, queries=3, tasks=2, steps=1),  # plumbing checks only
 }
 
 
@@ -119,13 +120,14 @@ def setup(cfg, device, seed=0):
     return split, norm, g, episodes, params
 
 
-def meta_iteration(variant, params, inner_lrs, optimizer, episodes, steps, first_order):
+def meta_iteration(variant, params, inner_lrs, optimizer, episodes, steps, first_order, precision, device):
     """A function that runs one timed meta-iteration of `variant` per call, cycling through `episodes`."""
     calls = iter(range(10**9))
 
     def iteration():
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = VARIANTS[variant](params, inner_lrs, episodes[next(calls) % len(episodes)], steps, first_order)
+        with maml.autocast(precision, device):
+            loss, _ = VARIANTS[variant](params, inner_lrs, episodes[next(calls) % len(episodes)], steps, first_order)
         loss.backward()
         optimizer.step()
 
@@ -142,29 +144,55 @@ def meta_gradients(variants, params, inner_lrs, episode, steps, first_order):
     return grads
 
 
-def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats):
+def float64_meta_gradient(params, inner_lrs, episode, steps, first_order):
+    """The loop's meta-gradient in float64 at the same point and episode: the reference for precision."""
+    p64 = {n: p.detach().double().requires_grad_() for n, p in params.items()}
+    r64 = {n: r.detach().double().requires_grad_(r.requires_grad) for n, r in inner_lrs.items()}
+    e64 = {k: v.double() if v.is_floating_point() else v for k, v in episode.items()}
+    return meta_gradients(["loop"], p64, r64, e64, steps, first_order)["loop"]
+
+
+def relative_difference(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def agreement(variants, precisions, params, inner_lrs, episode, steps, first_order, device):
+    """{(precision, variant): (relative difference from the loop in that precision, from float64)},
+    all at the same point, before any timed step moves the parameters."""
+    exact = float64_meta_gradient(params, inner_lrs, episode, steps, first_order)
+    out = {}
+    for precision in precisions:
+        with maml.precision_applied(precision, device), maml.autocast(precision, device):
+            grads = meta_gradients(variants, params, inner_lrs, episode, steps, first_order)
+        for variant in variants:
+            out[precision, variant] = (relative_difference(grads[variant], grads["loop"]),
+                                       relative_difference(grads[variant], exact))  # fmt: skip
+    return out
+
+
+def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats, precisions):
     assert variants[0] == "loop", "the loop is the reference every other variant is compared with"
     split, norm, g, episodes, params = setup(cfg, device)
     rows = []
-    for method in methods:
+    for method, first_order in ((m, o) for m in methods for o in orders):
         inner_lrs = maml.init_inner_lrs(params, 0.01, learn=method == "metasgd")
-        learned = [r for r in inner_lrs.values() if r.requires_grad]
-        optimizer = torch.optim.Adam(list(params.values()) + learned, lr=1e-3)
-        for first_order in orders:
-            # Agreement first, before any timed step moves the parameters.
-            grads = meta_gradients(variants, params, inner_lrs, episodes[0], cfg["steps"], first_order)
+        optimizer = torch.optim.Adam([*params.values(), *(r for r in inner_lrs.values() if r.requires_grad)], lr=1e-3)
+        diffs = agreement(variants, precisions, params, inner_lrs, episodes[0], cfg["steps"], first_order, device)
+        for precision in precisions:
             reference = None
             for variant in variants:
-                rel_diff = ((grads[variant] - grads["loop"]).norm() / grads["loop"].norm()).item()
-                iteration = meta_iteration(variant, params, inner_lrs, optimizer, episodes, cfg["steps"], first_order)
+                iteration = meta_iteration(variant, params, inner_lrs, optimizer, episodes, cfg["steps"], first_order,
+                                           precision, device)  # fmt: skip
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                seconds = time_it(iteration, device, warmup, repeats)
+                with maml.precision_applied(precision, device):
+                    seconds = time_it(iteration, device, warmup, repeats)
                 reference = reference or seconds
                 rows.append({"config": name, "what": f"{method} {'1st' if first_order else '2nd'}-order",
-                             "variant": variant, "ms": 1000 * seconds, "per_s": 1 / seconds,
+                             "variant": variant, "precision": precision, "ms": 1000 * seconds, "per_s": 1 / seconds,
                              "memory_mb": peak_memory_mb(device), "vs_loop": reference / seconds,
-                             "grad_rel_diff": rel_diff})  # fmt: skip
+                             "grad_rel_diff": diffs[precision, variant][0],
+                             "grad_vs_float64": diffs[precision, variant][1]})  # fmt: skip
                 print_row(rows[-1])
     sample_s = time_it(lambda: data.sample_episodes(split, **episode_shape(cfg), generator=g, norm=norm), device, 2, 20)
     loop_ms = next(r["ms"] for r in rows if r["variant"] == "loop")
@@ -205,8 +233,9 @@ def bench_probe(name, cfg, device, batch, warmup, repeats):
 
 def print_row(r):
     print(
-        f"  {r['config']:6s} {r['what']:28s} {r['variant']:8s} {r['ms']:10.1f} ms/it {r['per_s']:9.2f} it/s "
-        f"{r['memory_mb']:9.0f} MB  x{r['vs_loop']:.2f} vs loop  meta-grad rel. diff {r['grad_rel_diff']:.1e}"
+        f"  {r['config']:6s} {r['what']:20s} {r['variant']:8s} {r.get('precision', ''):8s} {r['ms']:9.1f} ms/it "
+        f"{r['per_s']:8.2f} it/s {r['memory_mb']:7.0f} MB  x{r['vs_loop']:.2f} vs loop  meta-grad rel. diff "
+        f"from loop {r['grad_rel_diff']:.1e}, from float64 {r.get('grad_vs_float64', float('nan')):.1e}"
     )
 
 
@@ -217,33 +246,43 @@ def main(argv=None):
     )
     p.add_argument("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda'")
     p.add_argument("--quick", action="store_true", help="fewer repeats and combinations (<3 min on a 2-core CPU)")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=["paper", "small"],
+        help="task and network sizes to time (without --quick)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per row (median is reported)")
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=list(maml.PRECISIONS),
+        default=None,
+        help="precisions to time and compare with float64 (default: highest fast, and bf16 on a GPU)",
+    )
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = p.parse_args(argv)
     device = maml.resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); torch {torch.__version__}")
     repeats = args.repeats or (2 if args.quick else 5)
+    precisions = args.precisions or (["highest", "fast", "bf16"] if device.type == "cuda" else ["highest", "fast"])
+    probe_batch = 8 if device.type == "cpu" else 64
     rows = []
     if args.quick:  # vmap is left out at the paper's size, where it is slowest and needs the most memory
-        rows += bench_training("paper", CONFIGS["paper"], device, ["loop", "grouped"], ["maml"], [False], 1, repeats)
-        rows += bench_training(
-            "small",
-            CONFIGS["small"],
-            device,
-            ["loop", "grouped", "vmap"],
-            ["maml", "metasgd"],
-            [False, True],
-            1,
-            repeats,
+        paper, small = (
+            (["loop", "grouped"], ["maml"], [False]),
+            (["loop", "grouped", "vmap"], ["maml", "metasgd"], [False]),
         )
-        rows.append(bench_probe("paper", CONFIGS["paper"], device, 4 if device.type == "cpu" else 64, 1, 1))
+        rows += bench_training("paper", CONFIGS["paper"], device, *paper, 1, repeats, precisions)
+        rows += bench_training("small", CONFIGS["small"], device, *small, 1, repeats, ["fast"])
+        rows.append(bench_probe("paper", CONFIGS["paper"], device, probe_batch // 2, 1, 1))
     else:
-        for cfg in ("paper", "small"):
-            rows += bench_training(
-                cfg, CONFIGS[cfg], device, ["loop", "grouped", "vmap"], ["maml", "metasgd"], [False, True], 2, repeats
-            )
-            rows.append(bench_probe(cfg, CONFIGS[cfg], device, 8 if device.type == "cpu" else 64, 1, repeats))
+        every = (["loop", "grouped", "vmap"], ["maml", "metasgd"], [False, True])
+        for cfg in args.configs:
+            rows += bench_training(cfg, CONFIGS[cfg], device, *every, 2, repeats, precisions)
+            rows.append(bench_probe(cfg, CONFIGS[cfg], device, probe_batch, 1, repeats))
     return rows
 
 

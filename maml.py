@@ -283,7 +283,11 @@ def join_processes(device):
         return 0, 1, device
     rank = int(os.environ["RANK"])
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"torchrun started local rank {local_rank}, but this machine has "
+                              f"{torch.cuda.device_count()} GPU(s): one process per GPU")  # fmt: skip
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -357,6 +361,46 @@ def broadcast_from_rank0(obj, world):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision: a stated choice, applied once through torch's global backend switches
+# ----------------------------------------------------------------------------------------------
+
+PRECISIONS = {
+    "highest": "plain float32: no TF32 in cuDNN convolutions or cuBLAS matmuls, no oneDNN kernels on the CPU",
+    "fast": "the libraries' fast float32 paths: TF32 convolutions and matmuls on NVIDIA GPUs, oneDNN on the CPU",
+    "bf16": "'fast', with the meta-step's forward and backward passes under bfloat16 autocast (float32 parameters)",
+}
+
+
+def default_precision(device):
+    """'auto': on the CPU no float32 setting holds the 1e-3 meta-gradient bar at the paper's size
+    (RESULTS.md), so the faster one; on a GPU plain float32 until TF32 has been measured against it."""
+    return "fast" if device.type == "cpu" else "highest"
+
+
+BACKEND_SWITCHES = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32"),
+                    (torch.backends.mkldnn, "enabled")]  # fmt: skip
+
+
+@contextlib.contextmanager
+def precision_applied(name, device):
+    """Apply a precision (resolving 'auto') to every float32 kernel of this process, and yield its
+    name; the switches are global, so they are put back afterwards (for code that imports this)."""
+    name = default_precision(device) if name == "auto" else name
+    before = [getattr(module, switch) for module, switch in BACKEND_SWITCHES]
+    for module, switch in BACKEND_SWITCHES:
+        setattr(module, switch, name != "highest")
+    try:
+        yield name
+    finally:
+        for (module, switch), value in zip(BACKEND_SWITCHES, before):
+            setattr(module, switch, value)
+
+
+def autocast(precision, device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,6 +529,9 @@ def add_run_flags(g):
     g("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     g("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1', ...")
     g("--dtype", choices=["float32", "float64"], default="float32", help="parameter and image precision")
+    g("--precision", choices=["auto", *PRECISIONS], default="auto", help="float32 kernels: "
+      + "; ".join(f"'{k}': {v}" for k, v in PRECISIONS.items()) + "; 'auto': 'fast' on the CPU, 'highest' on a "
+      "GPU (README, Precision). Recorded in the checkpoint")  # fmt: skip
     g("--no-progress", action="store_true", help="no progress bars (for logs)")
     g("--debug", action="store_true", help="show full tracebacks on errors")
 
@@ -569,7 +616,7 @@ def start_run(args):
                 f"{saved.get(key)}; drop the flag to resume, or start a new --out"
             )
     changed = {k: config[k] for k in RESUME_MAY_CHANGE if k in config and config[k] != defaults.get(k)}
-    return {**saved, **changed, "out": str(out)}, resumed
+    return {**defaults, **saved, **changed, "out": str(out)}, resumed  # defaults: flags newer than the run
 
 
 def run_splits(config, names, progress):
@@ -816,7 +863,10 @@ def train(args):
         raise ConfigError(f"--meta-batch {config['meta_batch']} cannot be split evenly over {world} processes; "
                           f"use a multiple of {world}")  # fmt: skip
     rank, world, device = join_processes(resolve_device(config["device"]))
-    with processes_joined(world):
+    with processes_joined(world), precision_applied(config["precision"], device) as precision:
+        config["precision"] = precision
+        if rank == 0:
+            print(f"precision: {precision} ({PRECISIONS[precision]}), {config['dtype']} parameters")
         return train_process(config, resumed, rank, world, device)
 
 
@@ -847,9 +897,10 @@ def train_process(config, resumed, rank, world, device):
             )  # fmt: skip
             if world > 1:  # every process drew the same meta-batch; each adapts to its own slice
                 episode = tasks_of_rank(episode, rank, world)
-            loss, accuracy = meta_step(
-                run.params, run.inner_lrs, run.optimizer, episode, steps, first_order, together, world
-            )
+            with autocast(config["precision"], device):
+                loss, accuracy = meta_step(
+                    run.params, run.inner_lrs, run.optimizer, episode, steps, first_order, together, world
+                )
             # ---- plumbing: running means, progress, periodic evaluation, logs and checkpoints ----
             record_step(run, loss, accuracy)
             bar.update(1)

@@ -353,7 +353,7 @@ def run(args):
     ckpt = maml.load_checkpoint(args.checkpoint)
     config = ckpt["config"]
     rank, world, device = maml.join_processes(maml.resolve_device(args.device))
-    with maml.processes_joined(world):
+    with maml.processes_joined(world), maml.precision_applied(config.get("precision", "auto"), device):
         return probe_process(args, ckpt, config, rank, world, device)
 
 

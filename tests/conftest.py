@@ -26,9 +26,12 @@ PER_CLASS = 4  # images per class and split of `make_jpegs`
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own image cache and a quiet, 2-thread torch."""
+    """Every test gets its own image cache and a quiet, 2-thread torch. The suite is a CPU suite, also
+    on a machine with a GPU: '--device auto' means the CPU here (tests/test_gpu.py asks for cuda)."""
     monkeypatch.setenv("MAML_CACHE_DIR", str(tmp_path / "cache"))
     torch.set_num_threads(2)
+    real_resolve_device = maml.resolve_device
+    monkeypatch.setattr(maml, "resolve_device", lambda name: real_resolve_device("cpu" if name == "auto" else name))
 
 
 # --------------------------------------------------------------------------- the training script
@@ -37,6 +40,8 @@ def _isolated_cache(tmp_path, monkeypatch):
 def tiny_flags(out, *extra):
     """CLI flags of a run small enough for a test: 2-way, 16x16 images, 8 filters."""
     return [
+        "--device",
+        "cpu",
         "--image-size",
         "16",
         "--hidden",

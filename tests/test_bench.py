@@ -45,15 +45,32 @@ def test_vmap_over_native_batch_norm_is_not_correctly_second_order_in_this_torch
     assert (grad(False, bench.conv4_vmappable) - loop(False)).abs().max() < 1e-10
 
 
-def test_bench_reports_every_variant_with_its_speed_and_gradient_agreement(capsys):
+def test_bench_reports_every_variant_and_precision_with_its_speed_and_gradient_agreement(capsys):
     tiny = dict(image_size=16, hidden=4, ways=2, shots=1, queries=2, tasks=2, steps=1)
+    precisions = ["highest", "fast"]
     rows = bench.bench_training(
-        "tiny", tiny, torch.device("cpu"), list(bench.VARIANTS), ["maml", "metasgd"], [False], warmup=0, repeats=1
-    )
-    assert [(r["what"], r["variant"]) for r in rows] == [
-        (f"{m} 2nd-order", v) for m in ("maml", "metasgd") for v in bench.VARIANTS
+        "tiny", tiny, torch.device("cpu"), list(bench.VARIANTS), ["maml", "metasgd"], [False], warmup=0, repeats=1,
+        precisions=precisions,
+    )  # fmt: skip
+    assert [(r["what"], r["precision"], r["variant"]) for r in rows] == [
+        (f"{m} 2nd-order", p, v) for m in ("maml", "metasgd") for p in precisions for v in bench.VARIANTS
     ]
     for r in rows:
         assert r["ms"] > 0 and r["grad_rel_diff"] < 1e-4, r  # float32: agreement to rounding
+        assert 0 < r["grad_vs_float64"] < 1e-4, r  # measured against float64, and float32 is not float64
     assert all(r["vs_loop"] == 1.0 for r in rows if r["variant"] == "loop")
-    assert "sampling one meta-batch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sampling one meta-batch" in out and "from float64" in out
+    assert torch.backends.mkldnn.enabled  # the precision switches are put back
+
+
+def test_float64_reference_is_the_loop_in_double_precision():
+    params, episode = micro_problem(dtype=torch.float32)
+    rates = maml.init_inner_lrs(params, 0.05, learn=True)
+    exact = bench.float64_meta_gradient(params, rates, episode, 2, False)
+    p64 = {n: p.detach().double().requires_grad_() for n, p in params.items()}
+    r64 = {n: r.detach().double().requires_grad_() for n, r in rates.items()}
+    e64 = {k: v.double() if v.is_floating_point() else v for k, v in episode.items()}
+    loss, _ = maml.meta_loss(p64, r64, e64, 2, tasks_together=False)
+    assert exact.dtype == torch.float64
+    assert torch.equal(exact, flat(torch.autograd.grad(loss, [*p64.values(), *r64.values()])))

@@ -71,7 +71,8 @@ def test_two_processes_train_the_same_model_as_one(method, tmp_path):
 
 def test_two_process_probe_writes_the_records_of_one_process(tmp_path):
     maml.main(tiny_flags(tmp_path / "run", "--learn-lr", "--iterations", "2", "--eval-every", "2"))
-    probe_flags = ["--iterations", "20", "--queries", "5", "--batch", "3", "--no-progress", "--cache-dir", "none"]
+    probe_flags = ["--iterations", "20", "--queries", "5", "--batch", "3", "--no-progress", "--cache-dir", "none",
+                   "--device", "cpu"]  # fmt: skip
     checkpoint = str(tmp_path / "run" / "best.pt")
     torchrun("probe.py", checkpoint, *probe_flags, "--out", str(tmp_path / "one"), processes=1)
     torchrun("probe.py", checkpoint, *probe_flags, "--out", str(tmp_path / "two"))

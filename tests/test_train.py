@@ -277,3 +277,21 @@ def test_same_seed_and_flags_give_the_same_metrics(tmp_path):
         return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_csv(tmp_path / name / "metrics.csv")]
 
     assert metrics("a") == metrics("b")
+
+
+def test_precision_is_applied_during_the_run_recorded_in_the_checkpoint_and_put_back(tmp_path, monkeypatch, capsys):
+    seen = []
+    real_meta_step = maml.meta_step
+
+    def watching(*args, **kwargs):
+        seen.append((torch.backends.mkldnn.enabled, torch.backends.cudnn.allow_tf32))
+        return real_meta_step(*args, **kwargs)
+
+    monkeypatch.setattr(maml, "meta_step", watching)
+    maml.main(tiny_flags(tmp_path / "highest", "--iterations", "2", "--eval-every", "2", "--precision", "highest"))
+    assert seen and set(seen) == {(False, False)}  # plain float32 kernels throughout
+    assert torch.backends.mkldnn.enabled and torch.backends.cudnn.allow_tf32  # the library defaults again
+    assert maml.load_checkpoint(tmp_path / "highest" / "ckpt.pt")["config"]["precision"] == "highest"
+    assert "precision: highest" in capsys.readouterr().out
+    maml.main(tiny_flags(tmp_path / "auto", "--iterations", "1", "--eval-every", "1"))
+    assert maml.load_checkpoint(tmp_path / "auto" / "ckpt.pt")["config"]["precision"] == "fast"  # 'auto' on a CPU
