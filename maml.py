@@ -882,13 +882,12 @@ def train_process(config, resumed, rank, world, device):
         run = new_state(config, device, dtype, norm, classes, rank, world)
     train_split, val_split = (data.split_to(s, device) for s in (splits["train"], splits["val"]))
     norm = data.split_to(run.norm, device)  # on the device: a host-to-device copy per episode would sync
-    start_files(run, config, out, resumed, val_split, norm)
-
     method = "meta-SGD" if config["learn_lr"] else "MAML"
     steps, first_order, stopping = config["inner_steps"], config["first_order"], False
     bar = tqdm(total=config["iterations"], initial=run.iteration, desc=method, disable=not progress, unit="it",
                dynamic_ncols=True)  # fmt: skip
-    with bar, stop_on_signal() as stop:
+    with stop_on_signal() as stop, bar:  # from the first file written on, Ctrl-C stops at a saved iteration
+        start_files(run, config, out, resumed, val_split, norm)
         while run.iteration < config["iterations"] and not stopping:
             # ---- Algorithm 1: sample a meta-batch of tasks; adapt to each; one meta-update ----
             episode = data.sample_episodes(
