@@ -276,10 +276,15 @@ def load_probe_split(args, config):
     split = data.load_splits(
         root, [args.split], image_size=config["image_size"], cache_dir=args.cache_dir,
         synthetic_per_class=config["synthetic_per_class"], seed=config["seed"], progress=not args.no_progress,
+        rotations=config.get("rotations"),
     )[args.split]  # fmt: skip
     if split["images"].shape[-1] != config["image_size"]:
         raise maml.ConfigError(
             f"the data is {split['images'].shape[-1]}px but the checkpoint expects {config['image_size']}px"
+        )
+    if split["images"].shape[1] != config.get("channels", 3):
+        raise maml.ConfigError(
+            f"the data has {split['images'].shape[1]} channel(s) but the checkpoint expects {config.get('channels', 3)}"
         )
     ways = config["ways"]
     need_ways = 2 * ways if args.off_task == "disjoint" else ways
@@ -330,7 +335,10 @@ def run(args):
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
     records_path, summary_path = out / f"{stem}.csv", out / f"{stem}.json"
-    settings = {"checkpoint": str(args.checkpoint), "method": "metasgd" if config["learn_lr"] else "maml",
+    # The checkpoint is named twice: as given, and by its file name, which analyze.py looks up in the run
+    # folder, so Table 1 shows the rates of the checkpoint that was probed.
+    settings = {"checkpoint": str(args.checkpoint), "checkpoint_file": Path(args.checkpoint).name,
+                "method": "metasgd" if config["learn_lr"] else "maml",
                 "split": args.split, "iterations": args.iterations, "queries": args.queries,
                 "off_task": args.off_task, "rates": args.rates, "inner_lr": args.inner_lr, "steps": steps,
                 "batch": batch, "seed": args.seed, "ways": config["ways"], "shots": config["shots"],
