@@ -158,10 +158,16 @@ def format_summary(summary, title):
     return "\n".join(lines)
 
 
+PAIR_COLUMNS = ("chunk_seed", "classes_A", "classes_B")  # what identifies an iteration's task pair
+
+
 def read_records(path):
+    """A records CSV as {column: list}: the regimes as floats, the task-pair columns as strings."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in REGIMES}
+    records = {k: [float(r[k]) for r in rows] for k in REGIMES}
+    records.update({k: [r.get(k, "") for r in rows] for k in PAIR_COLUMNS})
+    return records
 
 
 # ----------------------------------------------------------------------------------------------
