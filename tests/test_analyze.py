@@ -80,13 +80,13 @@ def write_probe(folder, method, seed, n=50, probe_seed=0, queries=15):
     return records
 
 
-def make_run(folder, method, seed, ways=5, shots=1, probe_seed=0, with_probe=True, iterations=100):
+def make_run(folder, method, seed, ways=5, shots=1, probe_seed=0, with_probe=True, iterations=100, **config_extra):
     """A finished run as maml.py and probe.py leave it: ckpt.pt at `iterations`, best.pt at 50 with other
     rates (the probe used best.pt), metrics, lr_stats, test.json and a probe."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     config = {"learn_lr": method == "metasgd", "ways": ways, "shots": shots, "seed": seed, "data": None,
-              "iterations": iterations, "image_size": 16, "hidden": 4}  # fmt: skip
+              "iterations": iterations, "image_size": 16, "hidden": 4, **config_extra}  # fmt: skip
     rates = random_rates(rng) if method == "metasgd" else 0.01
     best_rates = random_rates(rng) if method == "metasgd" else 0.01
     write_checkpoint(folder / "ckpt.pt", config, rates, iterations)
@@ -276,6 +276,15 @@ def test_maml_only_probe_less_runs_still_give_a_report_that_says_what_is_missing
     assert (tmp_path / "report" / "fig5_training.png").exists()
     assert not (tmp_path / "report" / "fig7_probe.png").exists()
     assert "not measured" in text
+
+
+def test_runs_table_shows_channels_conv_biases_and_meta_gradient_clipping(tmp_path):
+    make_run(tmp_path / "a", "maml", 0)
+    make_run(tmp_path / "b", "metasgd", 0, clip_grad=10.0, conv_bias=False, channels=1)
+    text = analyze.analyze([tmp_path / "a", tmp_path / "b"], tmp_path / "report").read_text()
+    rows = [line for line in text.splitlines() if line.startswith(f"| {tmp_path}")]
+    assert "| 3 | 4 | yes | off | — |" in rows[0]
+    assert "| 1 | 4 | no | to ±10 | best.pt (iteration 50) |" in rows[1]
 
 
 def test_bad_inputs_end_with_one_line(tmp_path):
