@@ -315,7 +315,7 @@ def write_table1(runs, out):
     if not tables:
         return None
     rows = []
-    for name in tables[0]:
+    for name in [n for n in tables[0] if all(n in t for t in tables)]:  # runs with and without conv biases
         row = {"layer": name, "runs": len(tables)}
         for key in ("mean", "std", "frac_negative", "min", "max", "count"):
             row[key] = across_seeds([t[name][key] for t in tables])

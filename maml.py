@@ -499,6 +499,9 @@ def load_train_val(config, progress):
     if not config["data"]:
         print(f"no --data given: using the built-in synthetic dataset ({config['image_size']}px glyphs, "
               f"64/16/20 classes, seed {config['seed']})")  # fmt: skip
+    if config.get("omniglot_split"):
+        print(f"Omniglot, {config['omniglot_split']} split, rotations {'on' if config['rotations'] else 'off'}, "
+              f"{config['image_size']}px, 1 channel (strokes bright)")  # fmt: skip
     splits = run_splits(config, ["train", "val"], progress)
     data.check_episode_shape(splits["train"], config["ways"], config["shots"], config["queries"], "train split")
     data.check_episode_shape(splits["val"], config["ways"], config["shots"], config["eval_queries"], "val split")

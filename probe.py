@@ -258,7 +258,7 @@ def finished_rows(records_path, summary_path, settings, resume):
     saved = json.loads(summary_path.read_text())["settings"] if summary_path.exists() else None
 
     def comparable(s):
-        return {k: v for k, v in s.items() if k != "iterations"}
+        return {k: v for k, v in s.items() if k not in ("iterations", "checkpoint_file")}  # older probes lack the file
 
     if saved is not None and comparable(saved) != comparable(settings):
         raise maml.ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
