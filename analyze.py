@@ -651,7 +651,8 @@ def comparison_table(by_method, stats_out, table1_rows):
     for layer, (mean, std) in PAPER_TABLE1.items():
         r = by_layer.get(layer)
         ours = f"{fmt(r['mean'], digits=4)} / {fmt(r['std'], digits=4)}" if r else "not measured"
-        label = f"Table 1 {layer} weights: rate mean / std (mean ± sd over {n_seeds or 0} seeds)"
+        seeds = f"{n_seeds or 0} seed{'' if n_seeds == 1 else 's'}"
+        label = f"Table 1 {layer} weights: rate mean / std (mean ± sd over {seeds})"
         lines.append(f"| {label} | {mean} / {std} | {ours} |")
     lines += [
         f"| Meta-SGD off-task change | +0.2 pp | {ours_change(probes['metasgd'], 'off_change')} |",
