@@ -1,7 +1,7 @@
 # make demo   -- the whole study at demo scale on built-in synthetic data (CPU, about 10 minutes)
 # make test   -- lint, then the test suite (CPU, a few minutes)
 # make lint   -- ruff check and ruff format --check; make format rewrites the code
-# make paper DATA=/path/to/mini-imagenet  -- the paper's full configuration (meant for a GPU)
+# make paper DATA=/path/to/data SEEDS="0 1 2"  -- the paper's full configuration per seed (meant for a GPU)
 # make gpu-check DATA=/path/to/sample     -- the prepared first check on a GPU machine (system python3, no venv)
 PYTHON ?= python3
 VENV := .venv
@@ -41,14 +41,26 @@ demo: $(STAMP)
 	$(PY) analyze.py runs/demo/maml runs/demo/metasgd --out report/demo
 	@echo "demo report: report/demo/report.md"
 
+# make paper DATA=... SEEDS="0 1 2": both methods per seed, each best.pt probed, one report over all seeds.
+# PAPER_FLAGS and PROBE_FLAGS add flags (e.g. --clip-grad 10, --no-conv-bias); RUNS and REPORT move the outputs.
+SEEDS ?= 0
+PAPER_FLAGS ?=
+PROBE_FLAGS ?=
+RUNS ?= runs/paper
+REPORT ?= report/paper
+
 paper: $(STAMP)
-	@test -n "$(DATA)" || { echo "usage: make paper DATA=/path/to/mini-imagenet"; exit 2; }
-	$(PY) maml.py --data $(DATA) --out runs/paper/maml
-	$(PY) maml.py --data $(DATA) --learn-lr --out runs/paper/metasgd
-	$(PY) probe.py runs/paper/maml/best.pt --data $(DATA)
-	$(PY) probe.py runs/paper/metasgd/best.pt --data $(DATA)
-	$(PY) analyze.py runs/paper/maml runs/paper/metasgd --out report/paper
-	@echo "report: report/paper/report.md"
+	@test -n "$(DATA)" || { echo 'usage: make paper DATA=/path/to/data [SEEDS="0 1 2"]'; exit 2; }
+	for seed in $(SEEDS); do \
+	  for method in maml metasgd; do \
+	    flags="$(PAPER_FLAGS) --seed $$seed --out $(RUNS)/$$method-seed$$seed"; \
+	    if [ $$method = metasgd ]; then flags="$$flags --learn-lr"; fi; \
+	    $(PY) maml.py --data $(DATA) $$flags || exit 1; \
+	    $(PY) probe.py $(RUNS)/$$method-seed$$seed/best.pt --data $(DATA) $(PROBE_FLAGS) || exit 1; \
+	  done; \
+	done
+	$(PY) analyze.py $(foreach seed,$(SEEDS),$(RUNS)/maml-seed$(seed) $(RUNS)/metasgd-seed$(seed)) --out $(REPORT)
+	@echo "report: $(REPORT)/report.md"
 
 gpu-check:
 	@test -n "$(DATA)" || { echo "usage: make gpu-check DATA=/path/to/mini-imagenet-sample"; exit 2; }

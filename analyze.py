@@ -2,9 +2,11 @@
 
     python analyze.py runs/maml runs/metasgd [more runs ...] --out report/
 
-Reads only files on disk, from each run folder (or checkpoint path): the checkpoint (config and
-learned rates), metrics.csv, lr_stats.csv, test.json and the probe records probe*.csv. Several runs
-of one method (different seeds) are shown as mean and std across seeds. Writes into --out:
+Reads only files on disk, from each run folder (or checkpoint path): the checkpoint (config), the
+checkpoint the probe used (its learned rates make Table 1), metrics.csv, lr_stats.csv, test.json and
+the probe records probe*.csv. Statistics fit the design: per seed, over that seed's probe iterations;
+across seeds, over the per-seed means (the unit of a claim about a method); between methods, paired
+over the identical task pairs that runs of one seed were probed on, then over seeds. Writes into --out:
 table1_learned_rates.{md,csv}, fig5_training.png, fig6_learned_rates.png, fig6_rates_over_training.png,
 fig7_probe.png, stats.{md,json} and report.md, which holds everything on one page.
 """
@@ -46,9 +48,38 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def probed_checkpoint(folder, probes):
+    """The checkpoint Table 1 reads, and why: the one the run's probe used (probe.csv first, as its
+    settings name it), else best.pt, else ckpt.pt."""
+    for stem in sorted(probes, key=lambda s: s != "probe"):
+        settings = probes[stem]["settings"]
+        given = settings.get("checkpoint")
+        name = settings.get("checkpoint_file") or (Path(given).name if given else None)
+        for candidate in ([folder / name] if name else []) + ([Path(given)] if given else []):
+            if candidate.is_file():
+                return candidate, f"the checkpoint {stem}.csv probed", settings.get("checkpoint_iteration")
+    for name, why in (("best.pt", "no probe names a checkpoint"), ("ckpt.pt", "no probe, no best.pt")):
+        if (folder / name).is_file():
+            return folder / name, why, None
+    return None, None, None
+
+
+def table1_source(folder, probes):
+    """The learned rates of the checkpoint `probed_checkpoint` picks, with its name, iteration and why."""
+    path, why, probed_iteration = probed_checkpoint(folder, probes)
+    try:
+        ckpt = maml.load_checkpoint(path)
+    except maml.CheckpointError as e:
+        raise AnalysisError(str(e)) from None
+    if probed_iteration is not None and probed_iteration != ckpt["iteration"]:
+        why += f"; the probe used iteration {probed_iteration}, the file now holds {ckpt['iteration']}"
+    rates = {n: r.double().numpy() for n, r in ckpt["inner_lrs"].items()}
+    return {"rates": rates, "checkpoint": path.name, "path": str(path), "iteration": ckpt["iteration"], "why": why}
+
+
 def load_run(path):
-    """A run's files as plain data: {'folder', 'method', 'config', 'rates', 'metrics', 'lr_stats',
-    'test', 'probes': {stem: {'records', 'settings'}}}."""
+    """A run's files as plain data: {'folder', 'method', 'config', 'metrics', 'lr_stats', 'test',
+    'probes': {stem: {'records', 'settings'}}, 'table1': the learned rates of the probed checkpoint}."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     if path.is_dir():
@@ -73,7 +104,6 @@ def load_run(path):
         "config": config,
         "iteration": ckpt["iteration"],
         "method": "metasgd" if config["learn_lr"] else "maml",
-        "rates": {n: r.double().numpy() for n, r in ckpt["inner_lrs"].items()} if config["learn_lr"] else None,
         "metrics": read_csv(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
         "lr_stats": read_csv(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
         "test": json.loads((folder / "test.json").read_text()) if (folder / "test.json").exists() else None,
@@ -83,6 +113,7 @@ def load_run(path):
         summary = records.with_suffix(".json")
         settings = json.loads(summary.read_text()).get("settings", {}) if summary.exists() else {}
         run["probes"][records.stem] = {"records": probe.read_records(records), "settings": settings}
+    run["table1"] = table1_source(folder, run["probes"]) if config["learn_lr"] else None
     return run
 
 
@@ -101,73 +132,135 @@ def check_compatible(runs):
 # ----------------------------------------------------------------------------------------------
 
 
-def rate_table(rates):
-    """Table 1's numbers per layer (mean, std, fraction negative, min, max, and each parameter
-    tensor's mean), as maml.rate_statistics computes them for lr_stats.csv. `rates` maps parameter
-    name -> array."""
-    rows = maml.rate_statistics({n: torch.from_numpy(np.asarray(r)) for n, r in rates.items()})
-    table = {row["name"]: {**row, "tensor_means": {}} for row in rows if row["kind"] == "layer"}
-    for row in rows:
-        if row["kind"] == "tensor":
-            table[maml.layer_of(row["name"])]["tensor_means"][row["name"].split(".", 1)[1]] = row["mean"]
-    return {layer: table[layer] for layer in LAYERS if layer in table}
-
-
 def across_seeds(values):
     """Mean and std (ddof=1; 0 for one run) of a list of numbers."""
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def pooled_records(runs, stem):
-    """Per-iteration probe records of one probe kind, concatenated over the runs (seeds)."""
-    pooled = {}
-    for run in runs:
-        if stem in run["probes"]:
-            for k, v in run["probes"][stem]["records"].items():
-                pooled.setdefault(k, []).extend(v)
-    return pooled
+# ----------------------------------------------------------------------------------------------
+# Statistics: per seed (unit: probe iterations), across seeds (unit: seeds), between methods (paired)
+# ----------------------------------------------------------------------------------------------
+
+# The probe settings that fix the task pairs: two probes that agree on these drew the same pairs.
+PAIRING_SETTINGS = ("split", "iterations", "queries", "off_task", "batch", "seed", "ways", "shots", "data")
+ONE_SEED = "one seed: no across-seed claim can be made"
+
+
+def t_test_of_mean(values, test, unit):
+    """Mean, 95% t-interval and one-sample t-test against 0 of `values` (for differences, that is the
+    paired t-test), labelled with the test's name, its unit (iterations or seeds) and n."""
+    values = np.asarray(values, dtype=np.float64)
+    result = {**probe.mean_t_ci95(values), "test": test, "unit": unit, "t": float("nan"), "df": len(values) - 1}
+    result["p"] = float("nan")
+    if len(values) >= 2:
+        t = stats.ttest_1samp(values, 0.0)
+        result.update(t=float(t.statistic), p=float(t.pvalue))
+    return result
+
+
+def per_seed_probe(run, stem):
+    """One seed's probe: probe.summarize's numbers, each test labelled (unit: the probe's iterations)."""
+    s = probe.summarize(run["probes"][stem]["records"])
+    n = s["iterations"]
+    label = {"paired_t_on_vs_off": "paired t-test, on- vs off-task change",
+             "on_change_vs_zero": "one-sample t-test, on-task change vs 0",
+             "off_change_vs_zero": "one-sample t-test, off-task change vs 0"}  # fmt: skip
+    for key, test in label.items():
+        s[key].update(test=test, unit="iterations", n=n)
+    queries = run["probes"][stem]["settings"].get("queries")
+    return {"seed": run["config"]["seed"], "folder": str(run["folder"]), "queries": queries, **s}
+
+
+def across_seed_tests(per_seed):
+    """The claim about a method: each seed contributes its mean change; t-interval and one-sample t-test
+    over seeds. With one seed there is no such claim, and the result says so."""
+    if len(per_seed) < 2:
+        return {"seeds": len(per_seed), "note": ONE_SEED}
+    means = {
+        "on_change": [s["on_change"]["mean"] for s in per_seed],
+        "off_change": [s["off_change"]["mean"] for s in per_seed],
+        "on_minus_off": [s["on_change"]["mean"] - s["off_change"]["mean"] for s in per_seed],
+    }
+    test = "one-sample t-test of the per-seed means vs 0"
+    return {"seeds": len(per_seed), **{k: t_test_of_mean(v, test, "seeds") for k, v in means.items()}}
+
+
+def method_stats(runs, stems):
+    """Test and validation accuracy, and every probe's per-seed and across-seed statistics, of one method."""
+    m = {"runs": len(runs), "probes": {}}
+    tests = [r["test"] for r in runs if r["test"]]
+    if tests:
+        m["test_acc"] = {"per_run": [(t["test_acc"], t["test_ci95"]) for t in tests],
+                         "mean_std": across_seeds([t["test_acc"] for t in tests])}  # fmt: skip
+    vals = [max(float(row["val_acc"]) for row in r["metrics"]) for r in runs if r["metrics"]]
+    if vals:
+        m["best_val_acc"] = {"per_run": vals, "mean_std": across_seeds(vals)}
+    for stem in stems:
+        per_seed = [per_seed_probe(r, stem) for r in runs if stem in r["probes"]]
+        if per_seed:
+            m["probes"][stem] = {"per_seed": per_seed, "across_seeds": across_seed_tests(per_seed)}
+    return m
+
+
+def same_task_pairs(maml_run, sgd_run, stem):
+    """Whether the two runs' probes can be paired: None if so, else why not. Same settings must mean the
+    same task pairs; records that say otherwise are refused (AnalysisError), never paired."""
+    a, b = maml_run["probes"][stem], sgd_run["probes"][stem]
+    differ = [k for k in PAIRING_SETTINGS if a["settings"].get(k) != b["settings"].get(k)]
+    if differ:
+        return f"probed with different settings ({', '.join(differ)}), so on different task pairs"
+    for key in probe.PAIR_COLUMNS:
+        if a["records"][key] != b["records"][key]:
+            i = next((i for i, (x, y) in enumerate(zip(a["records"][key], b["records"][key])) if x != y), None)
+            where = f"at iteration {i}" if i is not None else "in length"
+            raise AnalysisError(
+                f"{stem}: the MAML and Meta-SGD probes of seed {maml_run['config']['seed']} have the same settings "
+                f"but different task pairs ({key} differs {where}); probe both again with the same flags"
+            )
+    return None
+
+
+def between_methods(by_method, stem):
+    """Meta-SGD − MAML on the same task pairs: the off-task change, and the interaction (on − off change),
+    as paired t-tests over a seed's task pairs, then over seeds."""
+    runs = {m: {r["config"]["seed"]: r for r in by_method[m] if stem in r["probes"]} for m in ("maml", "metasgd")}
+    per_seed, unpaired = [], []
+    for seed in sorted(set(runs["maml"]) & set(runs["metasgd"])):
+        why_not = same_task_pairs(runs["maml"][seed], runs["metasgd"][seed], stem)
+        if why_not:
+            unpaired.append(f"seed {seed}: {why_not}")
+            continue
+        (on_m, off_m), (on_s, off_s) = (
+            probe.changes(runs[m][seed]["probes"][stem]["records"]) for m in ("maml", "metasgd")
+        )
+        test = "paired t-test over task pairs, Meta-SGD − MAML"
+        per_seed.append({
+            "seed": seed,
+            "off_difference": {**t_test_of_mean(off_s - off_m, test, "iterations"),
+                               "scipy_ttest_rel_p": float(stats.ttest_rel(off_s, off_m).pvalue)},
+            "interaction": t_test_of_mean((on_s - off_s) - (on_m - off_m), test, "iterations"),
+        })  # fmt: skip
+    unpaired += [f"seed {s}: probed with one method only" for s in sorted(set(runs["maml"]) ^ set(runs["metasgd"]))]
+    across = {"seeds": len(per_seed), "note": ONE_SEED if len(per_seed) < 2 else None}
+    if len(per_seed) >= 2:
+        test = "one-sample t-test of the per-seed mean differences vs 0"
+        for key in ("off_difference", "interaction"):
+            across[key] = t_test_of_mean([s[key]["mean"] for s in per_seed], test, "seeds")
+    return {"per_seed": per_seed, "across_seeds": across, "unpaired": unpaired}
 
 
 def compute_stats(by_method):
     """Every test the report shows, as plain numbers."""
-    out = {"methods": {}, "between_methods": {}}
-    stems = sorted({s for runs in by_method.values() for r in runs for s in r["probes"]})
     for method, runs in by_method.items():
-        m = out["methods"][method] = {"runs": len(runs), "probes": {}}
-        tests = [r["test"] for r in runs if r["test"]]
-        if tests:
-            m["test_acc"] = {
-                "per_run": [(t["test_acc"], t["test_ci95"]) for t in tests],
-                "mean_std": across_seeds([t["test_acc"] for t in tests]),
-            }
-        vals = [max(float(row["val_acc"]) for row in r["metrics"]) for r in runs if r["metrics"]]
-        if vals:
-            m["best_val_acc"] = {"per_run": vals, "mean_std": across_seeds(vals)}
-        for stem in stems:
-            records = pooled_records(runs, stem)
-            if records:
-                s = probe.summarize(records)
-                s["per_run_off_change"] = [
-                    float(probe.changes(r["probes"][stem]["records"])[1].mean()) for r in runs if stem in r["probes"]
-                ]
-                m["probes"][stem] = s
+        seeds = [r["config"]["seed"] for r in runs]
+        if len(set(seeds)) < len(seeds):
+            raise AnalysisError(f"two {METHOD_NAMES[method]} runs have the same seed ({seeds}); give one run per seed")
+    stems = sorted({s for runs in by_method.values() for r in runs for s in r["probes"]})
+    out = {"methods": {m: method_stats(runs, stems) for m, runs in by_method.items()}, "between_methods": {}}
     if len(by_method) == 2:
         for stem in stems:
-            offs = {}
-            for method, runs in by_method.items():
-                records = pooled_records(runs, stem)
-                if records:
-                    offs[method] = probe.changes(records)[1]
-            if len(offs) == 2:
-                welch = stats.ttest_ind(offs["metasgd"], offs["maml"], equal_var=False)
-                out["between_methods"][stem] = {
-                    "test": "Welch t-test of off-task change, Meta-SGD vs MAML",
-                    "t": float(welch.statistic),
-                    "p": float(welch.pvalue),
-                    "df": float(welch.df),
-                    "mean_difference": float(offs["metasgd"].mean() - offs["maml"].mean()),
-                }
+            out["between_methods"][stem] = between_methods(by_method, stem)
     return out
 
 
@@ -181,76 +274,75 @@ def fmt(mean_std, scale=1.0, digits=3):
     return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if std else "")
 
 
+def table1_row_names(layer):
+    """Table 1's rows of a layer: its weights (for BatchNorm, the scale), then its bias (BatchNorm's shift)."""
+    return [layer, f"{layer} bias"]
+
+
+def rate_table(rates):
+    """Table 1's numbers (count, mean, std, fraction negative, min, max) per row: each layer's weights,
+    and its bias on a row of its own, as maml.rate_statistics computes them per parameter tensor. A conv
+    bias sits before batch-statistics BatchNorm, so its rates only see rounding noise: kept apart, they
+    cannot dilute the weights' row. `rates` maps parameter name -> array."""
+    rows = maml.rate_statistics({n: torch.from_numpy(np.asarray(r)) for n, r in rates.items()})
+    table = {}
+    for row in rows:
+        if row["kind"] == "tensor":
+            layer, kind = maml.layer_of(row["name"]), row["name"].split(".", 1)[1]
+            table[layer if kind == "weight" else f"{layer} bias"] = row
+    order = [name for layer in LAYERS for name in table1_row_names(layer)]
+    return {name: table[name] for name in order if name in table}
+
+
+def table1_caption(runs):
+    """Which checkpoint's rates Table 1 shows, per run: the one its probe used."""
+    sources = sorted({(r["table1"]["checkpoint"], r["table1"]["why"]) for r in runs})
+    where = "; ".join(f"{name} ({why})" for name, why in sources)
+    iterations = ", ".join(f"seed {r['config']['seed']}: iteration {r['table1']['iteration']}" for r in runs)
+    seeds = f"{len(runs)} run{'s' if len(runs) > 1 else ''}" + (", mean ± sd across seeds" if len(runs) > 1 else "")
+    return (
+        f"Learned inner-loop rates of Meta-SGD ({seeds}), from {where} [{iterations}]; the paper's Table 1 "
+        "beside. Layer rows are the weights only (BatchNorm: its scale); each bias (BatchNorm: its shift) has "
+        "the row beside it. A conv bias is followed by batch-statistics BatchNorm, so its rates receive only "
+        "rounding noise and stay near their initial value."
+    )
+
+
 def write_table1(runs, out):
-    """Table 1 for the Meta-SGD runs: across seeds, mean ± std of each statistic."""
-    tables = [rate_table(r["rates"]) for r in runs if r["rates"] is not None]
+    """Table 1 for the Meta-SGD runs, from the checkpoint each run's probe used: across seeds, mean ± sd
+    of each statistic."""
+    tables = [rate_table(r["table1"]["rates"]) for r in runs if r["table1"]]
     if not tables:
         return None
     rows = []
-    for layer in LAYERS:
-        if layer not in tables[0]:
-            continue
-        row = {"layer": layer}
-        for key in ("mean", "std", "frac_negative", "min", "max"):
-            row[key] = across_seeds([t[layer][key] for t in tables])
-        row["tensor_means"] = {
-            n: across_seeds([t[layer]["tensor_means"][n] for t in tables]) for n in tables[0][layer]["tensor_means"]
-        }
+    for name in [n for n in tables[0] if all(n in t for t in tables)]:  # runs with and without conv biases
+        row = {"layer": name, "runs": len(tables)}
+        for key in ("mean", "std", "frac_negative", "min", "max", "count"):
+            row[key] = across_seeds([t[name][key] for t in tables])
         rows.append(row)
+    columns = ["layer", "count", "mean", "mean_seed_std", "std", "frac_negative", "min", "max", "paper_mean",
+               "paper_std", "runs", "checkpoints"]  # fmt: skip
+    checkpoints = " ".join(f"{r['table1']['path']}@{r['table1']['iteration']}" for r in runs if r["table1"])
     with open(out / "table1_learned_rates.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(
-            [
-                "layer",
-                "mean",
-                "mean_seed_std",
-                "std",
-                "frac_negative",
-                "min",
-                "max",
-                "tensor_means",
-                "paper_mean",
-                "paper_std",
-                "runs",
-            ]
-        )
+        w.writerow(columns)
         for r in rows:
             paper = PAPER_TABLE1.get(r["layer"], ("", ""))
-            w.writerow(
-                [
-                    r["layer"],
-                    r["mean"][0],
-                    r["mean"][1],
-                    r["std"][0],
-                    r["frac_negative"][0],
-                    r["min"][0],
-                    r["max"][0],
-                    " ".join(f"{n}={v[0]:.6g}" for n, v in r["tensor_means"].items()),
-                    paper[0],
-                    paper[1],
-                    len(tables),
-                ]
-            )
+            w.writerow([r["layer"], int(r["count"][0]), r["mean"][0], r["mean"][1], r["std"][0],
+                        r["frac_negative"][0], r["min"][0], r["max"][0], *paper, len(tables), checkpoints])  # fmt: skip
     lines = [
-        f"Learned inner-loop rates of Meta-SGD ({len(tables)} run{'s' if len(tables) > 1 else ''}"
-        f"{', mean ± std across seeds' if len(tables) > 1 else ''}); the paper's Table 1 beside.",
+        table1_caption([r for r in runs if r["table1"]]),
         "",
-        "| layer | mean | std | fraction negative | min | max | mean per tensor | paper mean | paper std |",
+        "| row | entries | mean | std | fraction negative | min | max | paper mean | paper std |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        paper = PAPER_TABLE1.get(r["layer"])
-        tensors = ", ".join(f"{n} {fmt(v, digits=4)}" for n, v in r["tensor_means"].items())
+        paper = PAPER_TABLE1.get(r["layer"], ("—", "—"))
         lines.append(
-            f"| {r['layer']} | {fmt(r['mean'], digits=4)} | {fmt(r['std'], digits=4)} | "
+            f"| {r['layer']} | {int(r['count'][0])} | {fmt(r['mean'], digits=4)} | {fmt(r['std'], digits=4)} | "
             f"{fmt(r['frac_negative'], digits=3)} | {fmt(r['min'], digits=4)} | {fmt(r['max'], digits=4)} | "
-            f"{tensors} | {paper[0] if paper else '—'} | {paper[1] if paper else '—'} |"
+            f"{paper[0]} | {paper[1]} |"
         )
-    lines.append("")
-    lines.append(
-        "BatchNorm rows (bn1..bn4) are the rates of each conv block's BatchNorm scale and shift; the paper "
-        "reports conv and logits layers only."
-    )
     (out / "table1_learned_rates.md").write_text("\n".join(lines) + "\n")
     return rows
 
@@ -296,15 +388,16 @@ def fig5(runs, out):
 
 
 def fig6(runs, out):
-    sgd = [r for r in runs if r["rates"] is not None]
+    sgd = [r for r in runs if r["table1"] is not None]
     if not sgd:
         return False
     plt = _plt()
-    layers = [layer for layer in LAYERS if any(maml.layer_of(n) == layer for n in sgd[0]["rates"])]
+    layers = [layer for layer in LAYERS if any(maml.layer_of(n) == layer for n in sgd[0]["table1"]["rates"])]
     fig, axes = plt.subplots(3, 3, figsize=(12, 9))
     for ax, layer in zip(axes.flat, layers):
         for run in sgd:
-            r = np.concatenate([v.ravel() for n, v in run["rates"].items() if maml.layer_of(n) == layer])
+            rates = run["table1"]["rates"]
+            r = np.concatenate([v.ravel() for n, v in rates.items() if maml.layer_of(n) == layer and "weight" in n])
             ax.hist(r, bins=60, alpha=0.6, label=f"seed {run['config']['seed']}")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_title(layer)
@@ -313,7 +406,8 @@ def fig6(runs, out):
     for ax in axes.flat[len(layers) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Figure 6: Meta-SGD's learned inner-loop rates per layer (final checkpoint)")
+    source = ", ".join(sorted({r["table1"]["checkpoint"] for r in sgd}))
+    fig.suptitle(f"Figure 6: Meta-SGD's learned inner-loop rates per layer, weights only (from {source}, as Table 1)")
     fig.tight_layout()
     fig.savefig(out / "fig6_learned_rates.png")
     plt.close(fig)
@@ -344,8 +438,25 @@ def fig6(runs, out):
     return True
 
 
+def figure_numbers(probe_stats):
+    """Each regime's and change's mean and 95% CI for a figure: over seeds (t-interval of the per-seed
+    means) when there are several, else the one seed's per-iteration interval."""
+    per_seed = probe_stats["per_seed"]
+    if len(per_seed) == 1:
+        return {
+            **per_seed[0]["regimes"],
+            "on_change": per_seed[0]["on_change"],
+            "off_change": per_seed[0]["off_change"],
+        }
+    keys = ["pre_A", "on_A", "off_B"]
+    out = {k: probe.mean_t_ci95([s["regimes"][k]["mean"] for s in per_seed]) for k in keys}
+    for k in ("on_change", "off_change"):
+        out[k] = probe.mean_t_ci95([s[k]["mean"] for s in per_seed])
+    return out
+
+
 def fig7(by_method, stats_out, out, stem="probe"):
-    have = {m: s["probes"][stem] for m, s in stats_out["methods"].items() if stem in s["probes"]}
+    have = {m: figure_numbers(s["probes"][stem]) for m, s in stats_out["methods"].items() if stem in s["probes"]}
     if not have:
         return False
     plt = _plt()
@@ -354,8 +465,8 @@ def fig7(by_method, stats_out, out, stem="probe"):
     width = 0.8 / len(have)
     for i, (method, s) in enumerate(have.items()):
         xs = np.arange(3) + i * width
-        means = [100 * s["regimes"][k]["mean"] for k, _ in regimes]
-        errs = [100 * s["regimes"][k]["ci95"] for k, _ in regimes]
+        means = [100 * s[k]["mean"] for k, _ in regimes]
+        errs = [100 * s[k]["ci95"] for k, _ in regimes]
         axes[0].bar(xs, means, width, yerr=errs, capsize=4, label=METHOD_NAMES[method])
         changes = [s["on_change"], s["off_change"]]
         axes[1].bar(
@@ -368,7 +479,7 @@ def fig7(by_method, stats_out, out, stem="probe"):
         )
     axes[0].set_xticks(np.arange(3) + width * (len(have) - 1) / 2, [n for _, n in regimes])
     axes[0].set_ylabel("prototype accuracy (%), 95% CI")
-    low = min(100 * s["regimes"][k]["mean"] for s in have.values() for k, _ in regimes)
+    low = min(100 * s[k]["mean"] for s in have.values() for k, _ in regimes)
     axes[0].set_ylim(max(0, low - 10), None)
     axes[1].set_xticks(
         np.arange(2) + width * (len(have) - 1) / 2, ["on-task change (on_A - pre_A)", "off-task change (off_B - pre_B)"]
@@ -385,9 +496,21 @@ def fig7(by_method, stats_out, out, stem="probe"):
     return True
 
 
-def stats_markdown(stats_out):
-    lines = ["## Statistics", ""]
-    lines += ["| method | test accuracy (95% CI) | best validation accuracy |", "|---|---|---|"]
+def pct(d):
+    """A mean ± 95% CI half-width in percent (or percentage points)."""
+    return f"{100 * d['mean']:.2f} ± {100 * d['ci95']:.2f}"
+
+
+def p_text(test):
+    """A p-value with what it is: its test, its unit and n. Every p-value of the report goes through here."""
+    where = f"{test['test']}, n = {test['n']} {test['unit']}"
+    if not np.isfinite(test["p"]):
+        return f"no test ({where}: needs n ≥ 2)"
+    return f"t = {test['t']:.3f}, p = {test['p']:.3g} ({where})"
+
+
+def accuracy_markdown(stats_out):
+    lines = ["| method | test accuracy (95% CI) | best validation accuracy |", "|---|---|---|"]
     for method, s in stats_out["methods"].items():
         test = "not measured (no test.json)"
         if "test_acc" in s:
@@ -396,37 +519,113 @@ def stats_markdown(stats_out):
                 test += f" (seeds: {fmt(s['test_acc']['mean_std'], 100, 2)}%)"
         val = fmt(s["best_val_acc"]["mean_std"], 100, 2) + "%" if "best_val_acc" in s else "not measured"
         lines.append(f"| {METHOD_NAMES[method]} | {test} | {val} |")
-    lines += [
+    return lines
+
+
+def per_seed_markdown(stats_out):
+    lines = [
+        "### Probe, per seed (unit: the probe's iterations)",
         "",
-        "Probe (per-iteration records pooled over seeds). Changes are in percentage points; "
-        "the paired t-test compares on-task change with off-task change iteration by iteration.",
+        "Each row is one trained network. Its tests treat that network's probe iterations (task pairs) as the "
+        "sample: they say how sure we are about this network, not about the method. Changes in percentage points.",
         "",
-        "| method | probe | iterations | pre A | on A | off B | on-task change | off-task change | "
-        "paired t (on vs off) | p | on change vs 0: p | off change vs 0: p |",
+        "| method | probe | seed | iterations | pre A | on A | off B | on-task change | off-task change | "
+        "on- vs off-task change | on-task change vs 0 | off-task change vs 0 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    pct = lambda d: f"{100 * d['mean']:.2f} ± {100 * d['ci95']:.2f}"
     for method, s in stats_out["methods"].items():
         for stem, p in s["probes"].items():
-            r = p["regimes"]
-            lines.append(
-                f"| {METHOD_NAMES[method]} | {stem} | {p['iterations']} | {pct(r['pre_A'])} | {pct(r['on_A'])} | "
-                f"{pct(r['off_B'])} | {pct(p['on_change'])} | {pct(p['off_change'])} | "
-                f"{p['paired_t_on_vs_off']['t']:.3f} | {p['paired_t_on_vs_off']['p']:.3g} | "
-                f"{p['on_change_vs_zero']['p']:.3g} | {p['off_change_vs_zero']['p']:.3g} |"
-            )
+            for r in p["per_seed"]:
+                g = r["regimes"]
+                lines.append(
+                    f"| {METHOD_NAMES[method]} | {stem} | {r['seed']} | {r['iterations']} | {pct(g['pre_A'])} | "
+                    f"{pct(g['on_A'])} | {pct(g['off_B'])} | {pct(r['on_change'])} | {pct(r['off_change'])} | "
+                    f"{p_text(r['paired_t_on_vs_off'])} | {p_text(r['on_change_vs_zero'])} | "
+                    f"{p_text(r['off_change_vs_zero'])} |"
+                )
+    return lines
+
+
+def across_seeds_markdown(stats_out):
+    lines = [
+        "### Probe, across seeds (unit: the seed)",
+        "",
+        "The claim about a method: each seed contributes its mean change; mean of the per-seed means, its "
+        "95% t-interval over seeds and a one-sample t-test over seeds. Percentage points.",
+        "",
+        "| method | probe | seeds | on-task change | off-task change | on − off change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, s in stats_out["methods"].items():
+        for stem, p in s["probes"].items():
+            a = p["across_seeds"]
+            if "note" in a:
+                lines.append(f"| {METHOD_NAMES[method]} | {stem} | {a['seeds']} | {a['note']} | | |")
+                continue
+            cells = [f"{pct(a[k])}; {p_text(a[k])}" for k in ("on_change", "off_change", "on_minus_off")]
+            lines.append(f"| {METHOD_NAMES[method]} | {stem} | {a['seeds']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def between_methods_markdown(stats_out):
+    lines = [
+        "### Between methods: Meta-SGD − MAML on the same task pairs",
+        "",
+        "Runs with the same seed and probe settings were probed on identical task pairs (checked from the "
+        "records), so the difference is paired: per seed over its task pairs, then over seeds. The interaction "
+        "is the paper's contrast: is (on-task change − off-task change) different between the methods?",
+        "",
+        "| probe | seed | off-task change difference (pp) | interaction: difference of (on − off) (pp) |",
+        "|---|---|---|---|",
+    ]
+    for stem, b in stats_out["between_methods"].items():
+        for r in b["per_seed"]:
+            cells = [f"{pct(r[k])}; {p_text(r[k])}" for k in ("off_difference", "interaction")]
+            lines.append(f"| {stem} | {r['seed']} | " + " | ".join(cells) + " |")
+        a = b["across_seeds"]
+        if a["note"]:
+            lines.append(f"| {stem} | across seeds | {a['note']} | |")
+        else:
+            cells = [f"{pct(a[k])}; {p_text(a[k])}" for k in ("off_difference", "interaction")]
+            lines.append(f"| {stem} | across {a['seeds']} seeds | " + " | ".join(cells) + " |")
+        lines += [f"| {stem} | not paired | {why} | |" for why in b["unpaired"]]
+    return lines
+
+
+def stats_markdown(stats_out):
+    queries = sorted(
+        {r["queries"] for s in stats_out["methods"].values() for p in s["probes"].values() for r in p["per_seed"]}
+        - {None}
+    )
+    lines = ["## Statistics", "", *accuracy_markdown(stats_out), ""]
+    lines += [
+        f"Our probe scores {', '.join(map(str, queries)) or '?'} query image(s) per class in each task, where the "
+        "paper scores 'an evaluation image'; each iteration's accuracy is then less noisy, so our per-iteration "
+        "p-values are not on the paper's scale (`probe.py --queries 1` is). The paper's single p-value, "
+        "0.00044, does not state its test.",
+        "",
+    ]
+    lines += per_seed_markdown(stats_out) + [""] + across_seeds_markdown(stats_out) + [""]
     if stats_out["between_methods"]:
-        lines += [
-            "",
-            "| between methods | probe | t | df | p | off-change difference (Meta-SGD − MAML, pp) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for stem, b in stats_out["between_methods"].items():
-            lines.append(
-                f"| Welch t-test of off-task change | {stem} | {b['t']:.3f} | {b['df']:.1f} | {b['p']:.3g} | "
-                f"{100 * b['mean_difference']:.3f} |"
-            )
+        lines += between_methods_markdown(stats_out) + [""]
     return "\n".join(lines) + "\n"
+
+
+def ours_change(probe_stats, key):
+    """A change for the comparison table: over seeds when there are several, else the one seed's."""
+    if probe_stats is None:
+        return "not measured"
+    a, per_seed = probe_stats["across_seeds"], probe_stats["per_seed"]
+    if "note" in a:
+        return f"{100 * per_seed[0][key]['mean']:+.2f} pp (seed {per_seed[0]['seed']}; {a['note']})"
+    return f"{100 * a[key]['mean']:+.2f} ± {100 * a[key]['ci95']:.2f} pp (mean over {a['seeds']} seeds, 95% t-CI)"
+
+
+def ours_p(per_seed_tests, across_test, note):
+    """Our p-values beside the paper's one: the across-seed test, or each seed's with the one-seed note."""
+    if across_test is not None:
+        return p_text(across_test)
+    return "; ".join(f"seed {seed}: {p_text(t)}" for seed, t in per_seed_tests) + f"; {note}"
 
 
 def comparison_table(by_method, stats_out, table1_rows):
@@ -438,10 +637,7 @@ def comparison_table(by_method, stats_out, table1_rows):
         s = stats_out["methods"].get(method, {})
         return fmt(s["test_acc"]["mean_std"], 100, 1) + "% (test)" if "test_acc" in s else "not measured"
 
-    def ours_off(method):
-        p = stats_out["methods"].get(method, {}).get("probes", {}).get("probe")
-        return f"{100 * p['off_change']['mean']:+.2f} pp" if p else "not measured"
-
+    probes = {m: stats_out["methods"].get(m, {}).get("probes", {}).get("probe") for m in ("maml", "metasgd")}
     lines = [
         "| quantity | paper | ours |",
         "|---|---|---|",
@@ -451,58 +647,64 @@ def comparison_table(by_method, stats_out, table1_rows):
         f"| Meta-SGD, original paper (test) | 50.5% | {ours_test('metasgd')} |",
     ]
     by_layer = {r["layer"]: r for r in (table1_rows or [])}
+    n_seeds = by_layer and next(iter(by_layer.values()))["runs"]
     for layer, (mean, std) in PAPER_TABLE1.items():
         r = by_layer.get(layer)
         ours = f"{fmt(r['mean'], digits=4)} / {fmt(r['std'], digits=4)}" if r else "not measured"
-        lines.append(f"| Table 1 {layer} rate mean / std | {mean} / {std} | {ours} |")
+        seeds = f"{n_seeds or 0} seed{'' if n_seeds == 1 else 's'}"
+        label = f"Table 1 {layer} weights: rate mean / std (mean ± sd over {seeds})"
+        lines.append(f"| {label} | {mean} / {std} | {ours} |")
     lines += [
-        f"| Meta-SGD off-task change | +0.2 pp | {ours_off('metasgd')} |",
-        f"| MAML off-task change | −0.3 pp | {ours_off('maml')} |",
+        f"| Meta-SGD off-task change | +0.2 pp | {ours_change(probes['metasgd'], 'off_change')} |",
+        f"| MAML off-task change | −0.3 pp | {ours_change(probes['maml'], 'off_change')} |",
     ]
-    for method in ("maml", "metasgd"):
-        p = stats_out["methods"].get(method, {}).get("probes", {}).get("probe")
-        ours = f"{p['paired_t_on_vs_off']['p']:.3g}" if p else "not measured"
-        lines.append(
-            f"| {METHOD_NAMES[method]}: t-test p, on- vs off-task change (ours paired) | "
-            f"0.00044 (one p for the study; test and pairing not stated) | {ours} |"
-        )
+    paper_p = "0.00044 (one p-value for the study; its test is not stated)"
+    for method, p in probes.items():
+        ours = "not measured"
+        if p:
+            per_seed = [(s["seed"], s["paired_t_on_vs_off"]) for s in p["per_seed"]]
+            ours = ours_p(per_seed, p["across_seeds"].get("on_minus_off"), ONE_SEED)
+        lines.append(f"| {METHOD_NAMES[method]}: on- vs off-task change | {paper_p} | {ours} |")
+    b = stats_out["between_methods"].get("probe")
+    ours = "not measured"
+    if b and b["per_seed"]:
+        per_seed = [(s["seed"], s["interaction"]) for s in b["per_seed"]]
+        ours = ours_p(per_seed, b["across_seeds"].get("interaction"), ONE_SEED)
+    lines.append(f"| interaction: (on − off change), Meta-SGD − MAML | {paper_p} | {ours} |")
     return "\n".join(lines) + "\n"
+
+
+def data_label(config):
+    """The data a run trained on, with the Omniglot split and rotations where they apply."""
+    if not config["data"]:
+        return "synthetic glyphs"
+    if config.get("omniglot_split"):
+        rotations = "rotations as classes" if config.get("rotations") else "no rotations"
+        return f"{config['data']} (Omniglot, {config['omniglot_split']} split, {rotations})"
+    return str(config["data"])
 
 
 def provenance(runs):
     lines = [
-        "| run | method | data | iterations | seed | image size | filters | probe files |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | method | data | iterations | seed | image size | channels | filters | conv biases | "
+        "meta-gradient clipping | Table 1 rates from | probe files |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         c = r["config"]
+        clip = f"to ±{c['clip_grad']:g}" if c.get("clip_grad") else "off"
+        rates_from = f"{r['table1']['checkpoint']} (iteration {r['table1']['iteration']})" if r["table1"] else "—"
         lines.append(
-            f"| {r['folder']} | {METHOD_NAMES[r['method']]} | {c['data'] or 'synthetic glyphs'} | "
-            f"{r['iteration']} of {c['iterations']} | {c['seed']} | {c['image_size']} | {c['hidden']} | "
+            f"| {r['folder']} | {METHOD_NAMES[r['method']]} | {data_label(c)} | {r['iteration']} of "
+            f"{c['iterations']} | {c['seed']} | {c['image_size']} | {c.get('channels', 3)} | {c['hidden']} | "
+            f"{'yes' if c.get('conv_bias', True) else 'no'} | {clip} | {rates_from} | "
             f"{', '.join(r['probes']) or 'none'} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def analyze(paths, out):
-    runs = [load_run(p) for p in paths]
-    if not runs:
-        raise AnalysisError("give at least one run folder")
-    check_compatible(runs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    by_method = {}
-    for run in runs:
-        by_method.setdefault(run["method"], []).append(run)
-    by_method = {m: by_method[m] for m in ("maml", "metasgd") if m in by_method}
-    stats_out = compute_stats(by_method)
-    (out / "stats.json").write_text(json.dumps(stats_out, indent=2) + "\n")
-    (out / "stats.md").write_text(stats_markdown(stats_out))
-    table1 = write_table1(by_method.get("metasgd", []), out)
-    fig5(runs, out)
-    have_fig6 = fig6(runs, out)
-    have_fig7 = fig7(by_method, stats_out, out)
-
+def report_notes(runs, by_method):
+    """What the report lacks (missing inputs) and what its reader must know first (warnings)."""
     missing = []
     if "maml" not in by_method:
         missing.append("no MAML run: comparisons between methods are left out")
@@ -529,6 +731,29 @@ def analyze(paths, out):
             n = len(p["records"]["pre_A"])
             if stem == "probe" and n < 40000:
                 warnings.append(f"Probe of {run['folder']}: {n} iterations, against the paper's 40,000.")
+    return missing, warnings
+
+
+def analyze(paths, out):
+    runs = [load_run(p) for p in paths]
+    if not runs:
+        raise AnalysisError("give at least one run folder")
+    check_compatible(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    by_method = {}
+    for run in runs:
+        by_method.setdefault(run["method"], []).append(run)
+    by_method = {m: by_method[m] for m in ("maml", "metasgd") if m in by_method}
+    stats_out = compute_stats(by_method)
+    (out / "stats.json").write_text(json.dumps(stats_out, indent=2) + "\n")
+    (out / "stats.md").write_text(stats_markdown(stats_out))
+    table1 = write_table1(by_method.get("metasgd", []), out)
+    fig5(runs, out)
+    have_fig6 = fig6(runs, out)
+    have_fig7 = fig7(by_method, stats_out, out)
+
+    missing, warnings = report_notes(runs, by_method)
     c = runs[0]["config"]
     parts = [f"# Report: negative inner-loop learning rates ({c['ways']}-way {c['shots']}-shot)", ""]
     parts += [f"> {w}" for w in warnings] + ([""] if warnings else [])

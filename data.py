@@ -2,7 +2,8 @@
 
 This file knows about files and episodes and nothing about models. It reads a Mini-ImageNet split in
 any of the four layouts people have (see `detect_layout`), or builds a synthetic dataset of the same
-shape, and keeps each split as ONE uint8 tensor [images, 3, H, W] plus class ids. `sample_episodes`
+shape, and keeps each split as ONE uint8 tensor [images, channels, H, W] plus class ids (3 channels;
+1 for Omniglot, which it also reads as it ships). `sample_episodes`
 draws a whole meta-batch of tasks at once, on whatever device the images live on, so a GPU run never
 goes back to the host for an episode.
 
@@ -33,7 +34,11 @@ LAYOUTS = (
     "folders: DIR/{train,val,test}/<class>/<image>",
     "learn2learn pickles: DIR/mini-imagenet-cache-{train,validation,test}.pkl",
     "torchmeta HDF5: DIR/{train,val,test}_data.hdf5 + DIR/{split}_labels.json (or inside DIR/miniimagenet/)",
+    "Omniglot as it ships: DIR/images_background/<Alphabet>/<characterNN>/*.png and DIR/images_evaluation/...",
 )
+OMNIGLOT_PARTS = ("images_background", "images_evaluation")
+OMNIGLOT_SIZE = 28  # the few-shot literature's Omniglot size; Mini-ImageNet's is 84
+OMNIGLOT_VAL_FRACTION, OMNIGLOT_VAL_SEED = 0.15, 0  # lake split: background characters held out for validation
 SYNTHETIC_CLASSES = {"train": 64, "val": 16, "test": 20}  # Mini-ImageNet's split sizes
 
 
@@ -82,6 +87,8 @@ def detect_layout(root, split="train"):
         raise DataError(f"--data {root} is a file; expected a folder in one of these layouts: {'; '.join(LAYOUTS)}")
     if (root / "images").is_dir() and (root / f"{split}.csv").exists():
         return "ravi"
+    if any((root / part).is_dir() for part in OMNIGLOT_PARTS):
+        return "omniglot"
     if _pickle_path(root, split) is not None:
         return "pickle"
     if _hdf5_root(root, split) is not None:
@@ -130,29 +137,47 @@ def _folder_files(root, split):
     return files, labels
 
 
-def _decode(path, image_size):
+def _decode(path, image_size, mode="RGB"):
+    """One image file -> uint8 [channels, size, size]: RGB (3 channels) or L (1, grey)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = im.convert(mode)
             if im.size != (image_size, image_size):
                 im = im.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+            array = np.asarray(im, dtype=np.uint8)
+            return array[None] if mode == "L" else array.transpose(2, 0, 1)
     except Exception as e:
         raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
 
+def _decode_all(files, image_size, mode, progress, desc):
+    """Decode many image files in threads -> uint8 [n, channels, size, size], in file order."""
+    from tqdm import tqdm
+
+    images = np.empty((len(files), 1 if mode == "L" else 3, image_size, image_size), np.uint8)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = pool.map(lambda f: _decode(f, image_size, mode), files, chunksize=64)
+        for i, im in enumerate(tqdm(decoded, total=len(files), desc=desc, disable=not progress, unit="img")):
+            images[i] = im
+    return images
+
+
 def _resize_uint8(images, image_size):
-    """[n,3,h,w] uint8 -> [n,3,s,s] uint8 with PIL, the same resize the image-file layouts get."""
+    """[n,c,h,w] uint8 -> [n,c,s,s] uint8 with PIL, the same resize the image-file layouts get
+    (c is 3, or 1 for grey images)."""
     if images.shape[-1] == image_size and images.shape[-2] == image_size:
         return images
     from PIL import Image
 
-    out = np.empty((len(images), 3, image_size, image_size), np.uint8)
+    channels = images.shape[1]
+    out = np.empty((len(images), channels, image_size, image_size), np.uint8)
     for i, im in enumerate(images):
-        pil = Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0)))
-        out[i] = np.asarray(pil.resize((image_size, image_size), Image.BILINEAR)).transpose(2, 0, 1)
+        hwc = np.ascontiguousarray(im.transpose(1, 2, 0))
+        pil = Image.fromarray(hwc[..., 0] if channels == 1 else hwc)
+        resized = np.asarray(pil.resize((image_size, image_size), Image.BILINEAR))
+        out[i] = resized.reshape(image_size, image_size, channels).transpose(2, 0, 1)
     return out
 
 
@@ -237,14 +262,14 @@ def atomic_write(path, write):
     os.replace(tmp, path)
 
 
-def _load_image_files(root, split, image_size, layout, cache_dir, progress):
-    files, names_per_image = (_ravi_files if layout == "ravi" else _folder_files)(root, split)
-    index_file = root / f"{split}.csv" if layout == "ravi" else None
-    signature = _signature(files + ([index_file] if index_file else []))
+def _cached(cache_dir, name, root, signature, build):
+    """`build()` -> (images, labels, class names), kept in `cache_dir` under `name` and the folder,
+    with the source files' `signature`: a cache whose files changed, or that is truncated or foreign,
+    is rebuilt. Decoding JPEGs or PNGs is slow; loading the cache is not."""
     cache = None
     if cache_dir is not None:
         key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
-        cache = Path(cache_dir) / f"{layout}-{split}-{image_size}px-{key}.pt"
+        cache = Path(cache_dir) / f"{name}-{key}.pt"
         if cache.exists():
             try:
                 cached = torch.load(cache, weights_only=True)
@@ -252,21 +277,7 @@ def _load_image_files(root, split, image_size, layout, cache_dir, progress):
                     return cached["images"].numpy(), cached["labels"].numpy(), cached["classes"]
             except Exception:
                 pass  # truncated or foreign cache: rebuild it below
-    names = sorted(set(names_per_image))
-    class_of = {n: i for i, n in enumerate(names)}
-    labels = np.array([class_of[n] for n in names_per_image], dtype=np.int64)
-    images = np.empty((len(files), 3, image_size, image_size), np.uint8)
-    from tqdm import tqdm
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = pool.map(lambda f: _decode(f, image_size), files, chunksize=64)
-        for i, im in enumerate(
-            tqdm(decoded, total=len(files), desc=f"decoding {split} images", disable=not progress, unit="img")
-        ):
-            images[i] = im
-    # Stable sort by class keeps each class's own file order (CSV order, or sorted file names).
-    order = np.argsort(labels, kind="stable")
-    images, labels = images[order], labels[order]
+    images, labels, names = build()
     if cache is not None:
         try:
             entry = {"signature": signature, "images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}
@@ -274,6 +285,139 @@ def _load_image_files(root, split, image_size, layout, cache_dir, progress):
         except OSError as e:
             print(f"note: could not write the image cache {cache} ({e}); the next run decodes again")
     return images, labels, names
+
+
+def _load_image_files(root, split, image_size, layout, cache_dir, progress):
+    files, names_per_image = (_ravi_files if layout == "ravi" else _folder_files)(root, split)
+    index_file = root / f"{split}.csv" if layout == "ravi" else None
+    signature = _signature(files + ([index_file] if index_file else []))
+
+    def build():
+        names = sorted(set(names_per_image))
+        class_of = {n: i for i, n in enumerate(names)}
+        labels = np.array([class_of[n] for n in names_per_image], dtype=np.int64)
+        images = _decode_all(files, image_size, "RGB", progress, f"decoding {split} images")
+        # Stable sort by class keeps each class's own file order (CSV order, or sorted file names).
+        order = np.argsort(labels, kind="stable")
+        return images[order], labels[order], names
+
+    return _cached(cache_dir, f"{layout}-{split}-{image_size}px", root, signature, build)
+
+
+# ----------------------------------------------------------------------------------------------
+# Omniglot as it ships: images_background/ and images_evaluation/, <Alphabet>/<characterNN>/*.png
+# ----------------------------------------------------------------------------------------------
+
+
+def _visible_dirs(folder):
+    """Sub-folders, sorted, without hidden entries (.DS_Store and friends are files, but be safe)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def omniglot_split_kind(root):
+    """'vinyals' when the folder holds Vinyals et al.'s split files (as distributed with the
+    prototypical-networks code), else 'lake' (Lake et al.'s background / evaluation division)."""
+    split_dir = Path(root) / "splits" / "vinyals"
+    return "vinyals" if all((split_dir / f"{s}.txt").exists() for s in SPLITS) else "lake"
+
+
+def _omniglot_characters(root, part):
+    """'Alphabet/characterNN' of every character of one part of Omniglot, sorted."""
+    if not (root / part).is_dir():
+        raise DataError(
+            f"{root} is in Omniglot's layout but has no {part} folder; expected {root / part}/<Alphabet>/<character>"
+        )
+    return [f"{a.name}/{c.name}" for a in _visible_dirs(root / part) for c in _visible_dirs(a)]
+
+
+def _vinyals_classes(root, split, rotations):
+    """(character, degrees) per line 'Alphabet/characterNN/rotDDD' of splits/vinyals/<split>.txt."""
+    path = root / "splits" / "vinyals" / f"{split}.txt"
+    classes = []
+    for line in path.read_text().splitlines():
+        parts = line.strip().split("/")
+        if not line.strip():
+            continue
+        if len(parts) != 3 or not parts[2].startswith("rot") or not parts[2][3:].isdigit():
+            raise DataError(f"{path} has a line {line.strip()!r}; expected lines like Alphabet/character01/rot090")
+        classes.append((f"{parts[0]}/{parts[1]}", int(parts[2][3:])))
+    if not rotations:  # one class per character, unrotated
+        classes = sorted({(character, 0) for character, _ in classes})
+    return classes
+
+
+def _lake_classes(root, split, rotations):
+    """Background characters for training, a fixed seeded 15% of them held out for validation (whole
+    characters, so no rotation of a validation character is trained on), evaluation characters for test."""
+    if split == "test":
+        characters = _omniglot_characters(root, "images_evaluation")
+    else:
+        background = _omniglot_characters(root, "images_background")
+        order = np.random.default_rng(OMNIGLOT_VAL_SEED).permutation(len(background))
+        n_val = max(1, round(OMNIGLOT_VAL_FRACTION * len(background)))
+        held_out = set(order[:n_val].tolist())
+        characters = [c for i, c in enumerate(background) if (i in held_out) == (split == "val")]
+    return [(c, degrees) for c in characters for degrees in ((0, 90, 180, 270) if rotations else (0,))]
+
+
+def _omniglot_files(root, character):
+    """The image files of one character, from whichever part of Omniglot holds it."""
+    for part in OMNIGLOT_PARTS:
+        folder = root / part / character
+        if folder.is_dir():
+            files = sorted(
+                f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+            )
+            if not files:
+                raise DataError(f"{folder} holds no images; expected Omniglot's .png files")
+            return files
+    raise DataError(
+        f"character {character} is in the split files but in neither {' nor '.join(OMNIGLOT_PARTS)} of {root}"
+    )
+
+
+def _load_omniglot(root, split, image_size, rotations, cache_dir, progress):
+    """One split of Omniglot: 1 channel, strokes bright (the PNGs have black strokes on white), each
+    (character, rotation) a class named 'Alphabet/characterNN/rotDDD', classes sorted by name."""
+    kind = omniglot_split_kind(root)
+    rotations = kind == "vinyals" if rotations is None else rotations
+    classes = sorted((_vinyals_classes if kind == "vinyals" else _lake_classes)(root, split, rotations))
+    files = {c: _omniglot_files(root, c) for c in sorted({c for c, _ in classes})}
+    index = [root / "splits" / "vinyals" / f"{split}.txt"] if kind == "vinyals" else []
+    signature = _signature([f for fs in files.values() for f in fs] + index)
+
+    def build():
+        flat = [f for fs in files.values() for f in fs]
+        decoded = 255 - _decode_all(flat, image_size, "L", progress, f"decoding Omniglot {split} images")
+        start, by_character = 0, {}
+        for character, fs in files.items():
+            by_character[character] = decoded[start : start + len(fs)]
+            start += len(fs)
+        # np.rot90 turns counter-clockwise, as PIL's rotate(degrees) in the prototypical-networks code.
+        images = [np.rot90(by_character[c], k=degrees // 90, axes=(2, 3)) for c, degrees in classes]
+        labels = np.concatenate([np.full(len(im), i, dtype=np.int64) for i, im in enumerate(images)])
+        names = [f"{c}/rot{degrees:03d}" for c, degrees in classes]
+        return np.ascontiguousarray(np.concatenate(images)), labels, names
+
+    name = f"omniglot-{kind}-{split}-{image_size}px-rot{int(rotations)}"
+    return _cached(cache_dir, name, root, signature, build)
+
+
+def dataset_defaults(root, image_size=None, rotations=None):
+    """The settings a dataset folder implies where the flags leave them open: the image size (28 px for
+    Omniglot, 84 for everything else), whether Omniglot's rotations are classes (on for the vinyals
+    split), and which Omniglot split is used (None for other data)."""
+    omniglot = root is not None and detect_layout(root) == "omniglot"
+    if not omniglot:
+        if rotations is not None:
+            raise DataError("--rotations applies to Omniglot only (a folder with images_background/images_evaluation)")
+        return {"image_size": image_size or 84, "rotations": None, "omniglot_split": None}
+    kind = omniglot_split_kind(root)
+    return {
+        "image_size": image_size or OMNIGLOT_SIZE,
+        "rotations": kind == "vinyals" if rotations is None else rotations,
+        "omniglot_split": kind,
+    }
 
 
 def make_split(images, labels, classes):
@@ -295,8 +439,9 @@ def split_to(split, device):
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in split.items()}
 
 
-def load_split(root, split, image_size=84, cache_dir="default", progress=True):
-    """Load one split ('train', 'val' or 'test') of a dataset folder in any supported layout."""
+def load_split(root, split, image_size=84, cache_dir="default", progress=True, rotations=None):
+    """Load one split ('train', 'val' or 'test') of a dataset folder in any supported layout.
+    `rotations` is Omniglot's (None: its split's default, see `dataset_defaults`)."""
     if split not in SPLITS:
         raise DataError(f"split should be one of {', '.join(SPLITS)}, not {split!r}")
     root = Path(root)
@@ -307,6 +452,8 @@ def load_split(root, split, image_size=84, cache_dir="default", progress=True):
         cache_dir = None
     if layout in ("ravi", "folders"):
         images, labels, names = _load_image_files(root, split, image_size, layout, cache_dir, progress)
+    elif layout == "omniglot":
+        images, labels, names = _load_omniglot(root, split, image_size, rotations, cache_dir, progress)
     elif layout == "pickle":
         images, labels, names = _load_pickle(root, split, image_size)
     else:
@@ -316,12 +463,14 @@ def load_split(root, split, image_size=84, cache_dir="default", progress=True):
     return make_split(images, labels, names)
 
 
-def load_splits(root, splits, image_size=84, cache_dir="default", synthetic_per_class=600, seed=0, progress=True):
+def load_splits(
+    root, splits, image_size=84, cache_dir="default", synthetic_per_class=600, seed=0, progress=True, rotations=None
+):
     """{split: split} for each name in `splits`: from the dataset folder `root`, or from the built-in
     synthetic dataset (`synthetic_split`, below) when `root` is None."""
     if root is None:
         return {split: synthetic_split(split, image_size, synthetic_per_class, seed) for split in splits}
-    return {split: load_split(root, split, image_size, cache_dir, progress) for split in splits}
+    return {split: load_split(root, split, image_size, cache_dir, progress, rotations) for split in splits}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,9 +542,9 @@ def synthetic_split(split, image_size=84, per_class=600, seed=0):
 
 def channel_stats(split):
     """Per-channel mean and std of a split's pixels in [0, 1] (use the training split)."""
-    total = torch.zeros(3, dtype=torch.float64)
-    total_sq = torch.zeros(3, dtype=torch.float64)
     images = split["images"]
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros(images.shape[1], dtype=torch.float64)
     for start in range(0, len(images), 4096):
         x = images[start : start + 4096].double() / 255
         total += x.sum((0, 2, 3)).cpu()
@@ -407,8 +556,8 @@ def channel_stats(split):
 
 
 def normalize(x_uint8, norm, dtype=torch.float32):
-    mean = norm["mean"].to(x_uint8.device, dtype).view(3, 1, 1)
-    std = norm["std"].to(x_uint8.device, dtype).view(3, 1, 1)
+    mean = norm["mean"].to(x_uint8.device, dtype).view(-1, 1, 1)
+    std = norm["std"].to(x_uint8.device, dtype).view(-1, 1, 1)
     return (x_uint8.to(dtype) / 255 - mean) / std
 
 
@@ -440,7 +589,7 @@ def sample_episodes(split, *, tasks, ways, shots, queries, generator, norm=None,
     Each task takes `ways` distinct classes (or the given `classes` [tasks, ways]), and per class
     `shots` support and `queries` query images, all distinct. The labels 0..ways-1 are randomly
     permuted per task, so a label never means the same class twice. Returns a dict with
-    support_x [tasks, ways*shots, 3, H, W], support_y [tasks, ways*shots], query_x, query_y and
+    support_x [tasks, ways*shots, channels, H, W], support_y [tasks, ways*shots], query_x, query_y and
     classes [tasks, ways] (class ids in label order: classes[t, label]), and the images' indices in
     the split (support_idx, query_idx). Images are normalised floats when `norm` is given, else uint8."""
     if classes is None:

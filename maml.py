@@ -48,8 +48,11 @@ CHECKPOINT_FORMAT = 2  # 2: inner_lrs is always a dict of tensors (1 stored MAML
 # ----------------------------------------------------------------------------------------------
 
 
-def init_params(ways, hidden=64, image_size=84, channels=3, generator=None, dtype=torch.float32):
-    """Conv-4 parameters, initialised as torch.nn's Conv2d/BatchNorm2d/Linear would be."""
+def init_params(ways, hidden=64, image_size=84, channels=3, generator=None, dtype=torch.float32, conv_bias=True):
+    """Conv-4 parameters, initialised as torch.nn's Conv2d/BatchNorm2d/Linear would be. `channels` is
+    the images' (3 for Mini-ImageNet, 1 for Omniglot). conv_bias=False leaves out the conv biases, which
+    the batch-statistics BatchNorm right after each conv cancels; the random draws of the other
+    parameters then differ from the default's."""
 
     def uniform(shape, fan_in):
         bound = 1 / math.sqrt(fan_in)
@@ -58,7 +61,8 @@ def init_params(ways, hidden=64, image_size=84, channels=3, generator=None, dtyp
     params, size, c_in = {}, image_size, channels
     for i in range(1, 5):
         params[f"conv{i}.weight"] = uniform((hidden, c_in, 3, 3), c_in * 9)
-        params[f"conv{i}.bias"] = uniform((hidden,), c_in * 9)
+        if conv_bias:
+            params[f"conv{i}.bias"] = uniform((hidden,), c_in * 9)
         params[f"bn{i}.weight"] = torch.ones(hidden, dtype=dtype)
         params[f"bn{i}.bias"] = torch.zeros(hidden, dtype=dtype)
         c_in, size = hidden, size // 2
@@ -72,26 +76,27 @@ def features(params, x):
     """The encoder: four blocks of conv3x3 -> BatchNorm -> ReLU -> maxpool2, flattened.
     BatchNorm always normalises with the statistics of the batch it is given (no running stats)."""
     for i in range(1, 5):
-        x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], padding=1)
+        x = F.conv2d(x, params[f"conv{i}.weight"], params.get(f"conv{i}.bias"), padding=1)
         x = F.batch_norm(x, None, None, params[f"bn{i}.weight"], params[f"bn{i}.bias"], training=True)
         x = F.max_pool2d(F.relu(x), 2)
     return x.flatten(1)
 
 
 def conv4(params, x):
-    """Logits [batch, ways] for images x [batch, 3, H, W]."""
+    """Logits [batch, ways] for images x [batch, channels, H, W]."""
     return F.linear(features(params, x), params["head.weight"], params["head.bias"])
 
 
 def features_tasks(params, x):
     """`features` for T tasks at once: every parameter has a leading task dim [T, ...] and
-    x is [T, batch, 3, H, W]. The tasks become channel groups of one grouped convolution, and
+    x is [T, batch, channels, H, W]. The tasks become channel groups of one grouped convolution, and
     BatchNorm over [batch, T*channels, H, W] is exactly per-task batch statistics."""
     tasks, batch = x.shape[:2]
     x = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
     for i in range(1, 5):
-        w = params[f"conv{i}.weight"]
-        x = F.conv2d(x, w.reshape(-1, *w.shape[2:]), params[f"conv{i}.bias"].reshape(-1), padding=1, groups=tasks)
+        w, b = params[f"conv{i}.weight"], params.get(f"conv{i}.bias")
+        b = None if b is None else b.reshape(-1)
+        x = F.conv2d(x, w.reshape(-1, *w.shape[2:]), b, padding=1, groups=tasks)
         x = F.batch_norm(
             x, None, None, params[f"bn{i}.weight"].reshape(-1), params[f"bn{i}.bias"].reshape(-1), training=True
         )
@@ -100,7 +105,7 @@ def features_tasks(params, x):
 
 
 def conv4_tasks(params, x):
-    """Logits [T, batch, ways] for x [T, batch, 3, H, W] and per-task parameters [T, ...]."""
+    """Logits [T, batch, ways] for x [T, batch, channels, H, W] and per-task parameters [T, ...]."""
     return torch.baddbmm(
         params["head.bias"].unsqueeze(1), features_tasks(params, x), params["head.weight"].transpose(1, 2)
     )
@@ -183,15 +188,24 @@ def meta_loss(params, inner_lrs, episode, steps, first_order=False, tasks_togeth
     return loss, accuracy
 
 
-def meta_step(params, inner_lrs, optimizer, episode, steps, first_order=False, tasks_together=True, world=1):
+def meta_step(
+    params, inner_lrs, optimizer, episode, steps, first_order=False, tasks_together=True, world=1, clip_grad=None
+):
     """One outer-loop update of theta (and alpha) by the optimizer. Returns detached loss, accuracy.
     With world > 1 (torchrun), `episode` is this process's slice of the meta-batch, and the
-    meta-gradient is averaged over the processes before the step (`average_over_ranks`)."""
+    meta-gradient is averaged over the processes before the step (`average_over_ranks`).
+    clip_grad=V then clips every meta-gradient entry to [-V, V], as MAML's own code does
+    (tf.clip_by_value at 10 for Mini-ImageNet); None (the paper says nothing) leaves them alone."""
     optimizer.zero_grad(set_to_none=True)
     loss, accuracy = meta_loss(params, inner_lrs, episode, steps, first_order, tasks_together)
     loss.backward()
     if world > 1:
         loss, accuracy = average_over_ranks(optimizer, loss, accuracy, world)
+    if clip_grad is not None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.clamp_(-clip_grad, clip_grad)
     optimizer.step()
     return loss.detach(), accuracy.detach()
 
@@ -494,7 +508,7 @@ INT_FLAGS = [
     (ALGORITHM, "--inner-steps", 5, "inner-loop gradient steps during meta-training"),
     (ALGORITHM, "--iterations", 60000, "meta-updates in total (on --resume: the new total)"),
     (ALGORITHM, "--hidden", 64, "filters per conv layer"),
-    (ALGORITHM, "--image-size", 84, "images are resized to this many pixels square"),
+    (ALGORITHM, "--image-size", None, "images are resized to this many pixels square (default 84; 28 for Omniglot)"),
     (RUN, "--synthetic-per-class", 600, "images per class of the synthetic dataset"),
     (RUN, "--eval-every", 1000, "validate every this many iterations"),
     (RUN, "--val-tasks", 200, "fixed, seeded validation tasks"),
@@ -518,11 +532,21 @@ def add_algorithm_flags(g):
       help="how the tasks of a meta-batch run: 'loop' one after another (the plain reference), 'grouped' "
       "together as one grouped network; 'auto' picks grouped on a GPU and loop on the CPU, where the loop "
       "measured faster (RESULTS.md)")  # fmt: skip
+    g("--conv-bias", action=argparse.BooleanOptionalAction, default=True,
+      help="give each conv a bias, as the paper's Conv-4 has; --no-conv-bias drops them (the batch-statistics "
+      "BatchNorm after each conv cancels them, so they only collect rounding noise)")  # fmt: skip
+    g("--clip-grad", type=float, default=None, metavar="VALUE",
+      help="clip every meta-gradient entry to [-VALUE, VALUE] before the Adam step, as MAML's own code does "
+      "(10 for Mini-ImageNet); default: no clipping (the paper says nothing)")  # fmt: skip
 
 
 def add_run_flags(g):
     g("--data", default=None, help="dataset folder in any supported Mini-ImageNet layout (Ravi CSVs, "
-      "split/class folders, learn2learn pickles, torchmeta HDF5); omitted: the built-in synthetic dataset")  # fmt: skip
+      "split/class folders, learn2learn pickles, torchmeta HDF5) or Omniglot as it ships (images_background, "
+      "images_evaluation); omitted: the built-in synthetic dataset")  # fmt: skip
+    g("--rotations", action=argparse.BooleanOptionalAction, default=None,
+      help="Omniglot: each 90-degree rotation of a character is its own class (default: on for the vinyals "
+      "split, off for the lake split)")  # fmt: skip
     g("--cache-dir", default="default", help="where decoded images are cached ('none' disables; default "
       "$MAML_CACHE_DIR or ~/.cache/negative-lr-maml)")  # fmt: skip
     g("--out", default=None, help="run folder (default runs/<maml|metasgd>-<N>w<K>s-seed<seed>)")
@@ -554,7 +578,7 @@ def build_parser():
 # Flags that may change when a run is resumed; every other flag must match the checkpoint.
 RESUME_MAY_CHANGE = {"iterations", "device", "eval_every", "save_every", "log_every", "no_progress",
                      "debug", "resume", "out", "cache_dir", "data", "task_batching"}  # fmt: skip
-AT_LEAST_ONE = ("ways", "shots", "queries", "meta_batch", "iterations", "hidden", "image_size", "val_tasks",
+AT_LEAST_ONE = ("ways", "shots", "queries", "meta_batch", "iterations", "hidden", "val_tasks",
                 "test_tasks", "eval_every", "save_every", "log_every", "synthetic_per_class")  # fmt: skip
 
 
@@ -567,7 +591,9 @@ def check_config(args):
         bad.append(f"--ways must be at least 2 (got {args.ways})")
     bad += [f"--{n.replace('_', '-')} must be a finite number (got {getattr(args, n)})"
             for n in ("inner_lr", "meta_lr") if not math.isfinite(getattr(args, n))]  # fmt: skip
-    if args.image_size < 16:
+    if args.clip_grad is not None and not (math.isfinite(args.clip_grad) and args.clip_grad > 0):
+        bad.append(f"--clip-grad must be a positive finite number (got {args.clip_grad})")
+    if args.image_size is not None and args.image_size < 16:
         bad.append(f"--image-size must be at least 16 for four 2x2 poolings (got {args.image_size})")
     if bad:
         raise ConfigError(bad[0])
@@ -604,7 +630,7 @@ def start_run(args):
     ckpt_path = out / "ckpt.pt"
     refuse_to_overwrite(out, out.exists() and any(out.glob("*.pt")), args.resume, "a run")
     if not args.resume:
-        return {**config, "out": str(out)}, None
+        return {**config, **data.dataset_defaults(args.data, args.image_size, args.rotations), "out": str(out)}, None
     if not ckpt_path.exists():
         raise CheckpointError(f"--resume: there is no checkpoint {ckpt_path} to resume from")
     resumed = load_checkpoint(ckpt_path)
@@ -623,6 +649,7 @@ def run_splits(config, names, progress):
     return data.load_splits(
         config["data"], names, image_size=config["image_size"], cache_dir=config["cache_dir"],
         synthetic_per_class=config["synthetic_per_class"], seed=config["seed"], progress=progress,
+        rotations=config.get("rotations"),
     )  # fmt: skip
 
 
@@ -631,6 +658,9 @@ def load_train_val(config, progress, quiet=False):
     if not config["data"] and not quiet:
         print(f"no --data given: using the built-in synthetic dataset ({config['image_size']}px glyphs, "
               f"64/16/20 classes, seed {config['seed']})")  # fmt: skip
+    if config.get("omniglot_split"):
+        print(f"Omniglot, {config['omniglot_split']} split, rotations {'on' if config['rotations'] else 'off'}, "
+              f"{config['image_size']}px, 1 channel (strokes bright)")  # fmt: skip
     splits = run_splits(config, ["train", "val"], progress)
     data.check_episode_shape(splits["train"], config["ways"], config["shots"], config["queries"], "train split")
     data.check_episode_shape(splits["val"], config["ways"], config["shots"], config["eval_queries"], "val split")
@@ -642,7 +672,10 @@ def new_state(config, device, dtype, norm, classes, rank=0, world=1):
     generator, the iteration, elapsed seconds, the best validation accuracy and running sums; and
     which of `world` processes this is (rank 0 writes every file)."""
     init_gen = torch.Generator().manual_seed(config["seed"])
-    params = init_params(config["ways"], config["hidden"], config["image_size"], generator=init_gen, dtype=dtype)
+    params = init_params(
+        config["ways"], config["hidden"], config["image_size"], channels=config.get("channels", 3),
+        generator=init_gen, dtype=dtype, conv_bias=config.get("conv_bias", True),
+    )  # fmt: skip
     init_range = tuple(config["lr_init_range"]) if config["lr_init_range"] else None
     inner_lrs = init_inner_lrs(params, config["inner_lr"], config["learn_lr"], init_range, init_gen)
     params = {n: p.to(device).requires_grad_() for n, p in params.items()}
@@ -875,6 +908,8 @@ def train_process(config, resumed, rank, world, device):
     dtype = getattr(torch, config["dtype"])
     together = config["task_batching"] == "grouped" or (config["task_batching"] == "auto" and device.type == "cuda")
     splits = load_train_val(config, progress, quiet=rank != 0)
+    # The first conv takes the data's channel count (3, or 1 for Omniglot); the checkpoint records it.
+    config["channels"] = config.get("channels", int(splits["train"]["images"].shape[1]))
     if resumed:
         run = restore_state(resumed, config, device, dtype, rank, world)
     else:
@@ -897,9 +932,8 @@ def train_process(config, resumed, rank, world, device):
             if world > 1:  # every process drew the same meta-batch; each adapts to its own slice
                 episode = tasks_of_rank(episode, rank, world)
             with autocast(config["precision"], device):
-                loss, accuracy = meta_step(
-                    run.params, run.inner_lrs, run.optimizer, episode, steps, first_order, together, world
-                )
+                loss, accuracy = meta_step(run.params, run.inner_lrs, run.optimizer, episode, steps, first_order,
+                                           together, world, config.get("clip_grad"))  # fmt: skip
             # ---- plumbing: running means, progress, periodic evaluation, logs and checkpoints ----
             record_step(run, loss, accuracy)
             bar.update(1)

@@ -160,10 +160,16 @@ def format_summary(summary, title):
     return "\n".join(lines)
 
 
+PAIR_COLUMNS = ("chunk_seed", "classes_A", "classes_B")  # what identifies an iteration's task pair
+
+
 def read_records(path):
+    """A records CSV as {column: list}: the regimes as floats, the task-pair columns as strings."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in REGIMES}
+    records = {k: [float(r[k]) for r in rows] for k in REGIMES}
+    records.update({k: [r.get(k, "") for r in rows] for k in PAIR_COLUMNS})
+    return records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,7 +260,7 @@ def finished_rows(records_path, summary_path, settings, resume):
     saved = json.loads(summary_path.read_text())["settings"] if summary_path.exists() else None
 
     def comparable(s):
-        return {k: v for k, v in s.items() if k != "iterations"}
+        return {k: v for k, v in s.items() if k not in ("iterations", "checkpoint_file")}  # older probes lack the file
 
     if saved is not None and comparable(saved) != comparable(settings):
         raise maml.ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
@@ -278,11 +284,15 @@ def load_probe_split(args, config, quiet=False):
     split = data.load_splits(
         root, [args.split], image_size=config["image_size"], cache_dir=args.cache_dir,
         synthetic_per_class=config["synthetic_per_class"], seed=config["seed"],
-        progress=not (args.no_progress or quiet),
+        progress=not (args.no_progress or quiet), rotations=config.get("rotations"),
     )[args.split]  # fmt: skip
     if split["images"].shape[-1] != config["image_size"]:
         raise maml.ConfigError(
             f"the data is {split['images'].shape[-1]}px but the checkpoint expects {config['image_size']}px"
+        )
+    if split["images"].shape[1] != config.get("channels", 3):
+        raise maml.ConfigError(
+            f"the data has {split['images'].shape[1]} channel(s) but the checkpoint expects {config.get('channels', 3)}"
         )
     ways = config["ways"]
     need_ways = 2 * ways if args.off_task == "disjoint" else ways
@@ -325,7 +335,10 @@ def probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype):
 def probe_settings(args, ckpt, batch):
     """What the records depend on, saved beside them; --resume must find the same."""
     config = ckpt["config"]
-    return {"checkpoint": str(args.checkpoint), "method": "metasgd" if config["learn_lr"] else "maml",
+    # The checkpoint is named twice: as given, and by its file name, which analyze.py looks up in the run
+    # folder, so Table 1 shows the rates of the checkpoint that was probed.
+    return {"checkpoint": str(args.checkpoint), "checkpoint_file": Path(args.checkpoint).name,
+            "method": "metasgd" if config["learn_lr"] else "maml",
             "split": args.split, "iterations": args.iterations, "queries": args.queries, "off_task": args.off_task,
             "rates": args.rates, "inner_lr": args.inner_lr,
             "steps": config["inner_steps"] if args.steps is None else args.steps, "batch": batch, "seed": args.seed,

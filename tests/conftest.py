@@ -135,3 +135,44 @@ def make_jpegs(folder, size=20, seed=0):
                     decoded[c].append(np.asarray(Image.open(folder / "images" / name).convert("RGB")))
         (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
     return decoded
+
+
+# Omniglot as it ships, in small: (part, alphabet) -> number of characters. 14 background characters,
+# so the lake split holds out round(0.15 * 14) = 2 for validation.
+OMNIGLOT_ALPHABETS = {
+    ("images_background", "Alpha"): 7,
+    ("images_background", "Beta_(script)"): 7,
+    ("images_evaluation", "Gamma"): 5,
+}
+OMNIGLOT_PER_CHARACTER = 4
+# The vinyals split files: split -> characters (each listed with all four rotations).
+OMNIGLOT_VINYALS = {
+    "train": [f"Alpha/character{i:02d}" for i in range(1, 8)] + ["Beta_(script)/character01"],
+    "val": [f"Beta_(script)/character{i:02d}" for i in range(2, 5)],
+    "test": [f"Gamma/character{i:02d}" for i in range(1, 6)] + ["Beta_(script)/character05"],
+}
+
+
+def make_omniglot(folder, vinyals=False, size=105, seed=0):
+    """Omniglot's own layout: 1-bit PNGs (black strokes on white) in <part>/<Alphabet>/<characterNN>/,
+    a .DS_Store or two, and with `vinyals` the split files splits/vinyals/{train,val,test}.txt.
+    Each character is a few random black bars, so its images differ from other characters'."""
+    rng = np.random.default_rng(seed)
+    for (part, alphabet), n_characters in OMNIGLOT_ALPHABETS.items():
+        for c in range(1, n_characters + 1):
+            char_dir = folder / part / alphabet / f"character{c:02d}"
+            char_dir.mkdir(parents=True)
+            bars = rng.integers(0, size - 20, (3, 2))
+            for i in range(OMNIGLOT_PER_CHARACTER):
+                paper = np.ones((size, size), dtype=bool)
+                for y, x in bars + rng.integers(-3, 4, (3, 2)):
+                    paper[max(y, 0) : y + 20, max(x, 0) : x + 6] = False  # a stroke: black
+                Image.fromarray(paper).convert("1").save(char_dir / f"{c:04d}_{i + 1:02d}.png")
+        (folder / part / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "images_background" / "Alpha" / "character01" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    if vinyals:
+        (folder / "splits" / "vinyals").mkdir(parents=True)
+        for split, characters in OMNIGLOT_VINYALS.items():
+            lines = [f"{c}/rot{d:03d}" for c in characters for d in (0, 90, 180, 270)]
+            (folder / "splits" / "vinyals" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return folder

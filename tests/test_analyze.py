@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -36,33 +37,66 @@ PARAM_SHAPES = {
 }
 
 
-def make_run(folder, method, seed, ways=5, shots=1, probe_seed=0, with_probe=True, iterations=100):
+def random_rates(rng):
+    return {n: torch.tensor(rng.normal(-0.01, 0.03, s)) for n, s in PARAM_SHAPES.items()}
+
+
+def write_checkpoint(path, config, rates, iteration):
+    params = {n: torch.zeros(s) for n, s in PARAM_SHAPES.items()}
+    ckpt = {"program": maml.PROGRAM, "config": config, "params": params, "inner_lrs": rates, "iteration": iteration}
+    torch.save(ckpt, path)
+
+
+def task_pair_columns(seed, i):
+    """The records' task-pair columns of iteration i of a probe of seed `seed` (the same for both methods)."""
+    classes_a = " ".join(str((seed + i + k) % 20) for k in range(5))
+    return [i // 8, classes_a, " ".join(str((seed + i + k) % 20) for k in range(5, 10))]
+
+
+def write_probe(folder, method, seed, n=50, probe_seed=0, queries=15):
+    """probe.csv and probe.json as probe.py writes them, with made-up accuracies: a method-specific shift
+    of the off-task change, and noise that differs between methods on the same task pairs."""
+    prng = np.random.default_rng(100 + 7 * seed + probe_seed + (50 if method == "metasgd" else 0))
+    pre_a, pre_b = prng.uniform(0.3, 0.7, n), prng.uniform(0.3, 0.7, n)
+    shift = 0.01 if method == "metasgd" else -0.01
+    records = {
+        "pre_A": pre_a,
+        "on_A": pre_a + prng.normal(-0.01, 0.02, n),
+        "pre_B": pre_b,
+        "off_B": pre_b + prng.normal(shift, 0.02, n),
+        "head_A": prng.uniform(0, 1, n),
+    }
+    with open(folder / "probe.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(probe.COLUMNS)
+        for i in range(n):
+            pair = task_pair_columns(seed, i)
+            w.writerow([i, i // 8, pair[0], *(repr(float(records[k][i])) for k in probe.REGIMES), *pair[1:]])
+    settings = {"checkpoint": str(folder / "best.pt"), "checkpoint_file": "best.pt", "method": method,
+                "split": "test", "iterations": n, "queries": queries, "off_task": "disjoint", "rates": "learned",
+                "inner_lr": None, "steps": 5, "batch": 8, "seed": probe_seed, "ways": 5, "shots": 1,
+                "checkpoint_iteration": 50, "data": "synthetic"}  # fmt: skip
+    (folder / "probe.json").write_text(json.dumps({"settings": settings}))
+    return records
+
+
+def make_run(folder, method, seed, ways=5, shots=1, probe_seed=0, with_probe=True, iterations=100, **config_extra):
+    """A finished run as maml.py and probe.py leave it: ckpt.pt at `iterations`, best.pt at 50 with other
+    rates (the probe used best.pt), metrics, lr_stats, test.json and a probe."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    params = {n: torch.zeros(s) for n, s in PARAM_SHAPES.items()}
-    rates = 0.01
-    if method == "metasgd":
-        rates = {n: torch.tensor(rng.normal(-0.01, 0.03, s)) for n, s in PARAM_SHAPES.items()}
-    config = {
-        "learn_lr": method == "metasgd",
-        "ways": ways,
-        "shots": shots,
-        "seed": seed,
-        "data": None,
-        "iterations": iterations,
-        "image_size": 16,
-        "hidden": 4,
-    }
-    torch.save(
-        {"program": maml.PROGRAM, "config": config, "params": params, "inner_lrs": rates, "iteration": iterations},
-        folder / "ckpt.pt",
-    )
+    config = {"learn_lr": method == "metasgd", "ways": ways, "shots": shots, "seed": seed, "data": None,
+              "iterations": iterations, "image_size": 16, "hidden": 4, **config_extra}  # fmt: skip
+    rates = random_rates(rng) if method == "metasgd" else 0.01
+    best_rates = random_rates(rng) if method == "metasgd" else 0.01
+    write_checkpoint(folder / "ckpt.pt", config, rates, iterations)
+    write_checkpoint(folder / "best.pt", config, best_rates, 50)
     with open(folder / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["iteration", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s"])
         w.writerow([0, "", "", 0.2, 0.01, 0])
-        w.writerow([50, 1.2, 0.4, 0.35 + 0.01 * seed, 0.01, 5])
-        w.writerow([100, 1.0, 0.5, 0.45 + 0.01 * seed, 0.01, 10])
+        w.writerow([50, 1.2, 0.4, 0.45 + 0.01 * seed, 0.01, 5])
+        w.writerow([100, 1.0, 0.5, 0.40 + 0.01 * seed, 0.01, 10])
     if method == "metasgd":
         with open(folder / "lr_stats.csv", "w", newline="") as f:
             w = csv.writer(f)
@@ -71,92 +105,147 @@ def make_run(folder, method, seed, ways=5, shots=1, probe_seed=0, with_probe=Tru
                 for layer in analyze.LAYERS:
                     w.writerow([it, layer, "layer", 10, 0.01 - 0.0002 * it, 0.01, it / 200, -0.1, 0.1])
     (folder / "test.json").write_text(json.dumps({"test_acc": 0.4 + 0.01 * seed, "test_ci95": 0.02, "tasks": 600}))
-    records = None
-    if with_probe:
-        prng = np.random.default_rng(100 + seed + probe_seed)
-        n = 50
-        pre_a, pre_b = prng.uniform(0.3, 0.7, n), prng.uniform(0.3, 0.7, n)
-        shift = 0.01 if method == "metasgd" else -0.01
-        records = {
-            "pre_A": pre_a,
-            "on_A": pre_a + prng.normal(-0.01, 0.02, n),
-            "pre_B": pre_b,
-            "off_B": pre_b + prng.normal(shift, 0.02, n),
-            "head_A": prng.uniform(0, 1, n),
-        }
-        with open(folder / "probe.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(probe.COLUMNS)
-            for i in range(n):
-                w.writerow(
-                    [
-                        i,
-                        0,
-                        0,
-                        *(repr(float(records[k][i])) for k in ("pre_A", "on_A", "pre_B", "off_B", "head_A")),
-                        "0 1 2 3 4",
-                        "5 6 7 8 9",
-                    ]
-                )
-    return {"rates": rates, "records": records}
+    records = write_probe(folder, method, seed, probe_seed=probe_seed) if with_probe else None
+    return {"rates": rates, "best_rates": best_rates, "records": records}
+
+
+SEEDS = (0, 1, 2)
 
 
 @pytest.fixture
 def runs(tmp_path):
     made = {}
     for method in ("maml", "metasgd"):
-        for seed in (0, 1):
+        for seed in SEEDS:
             made[(method, seed)] = make_run(tmp_path / f"{method}{seed}", method, seed)
     return tmp_path, made
 
 
-def test_table1_numbers_match_numpy(runs, tmp_path):
+def all_runs(root, seeds=SEEDS):
+    return [root / f"{m}{s}" for m in ("maml", "metasgd") for s in seeds]
+
+
+def test_table1_comes_from_the_probed_checkpoint_with_weight_and_bias_rows(runs, tmp_path):
     root, made = runs
     analyze.analyze([root / "maml0", root / "metasgd0", root / "metasgd1"], tmp_path / "report")
     rows = {r["layer"]: r for r in read_csv(tmp_path / "report" / "table1_learned_rates.csv")}
-    assert list(rows) == analyze.LAYERS
+    assert list(rows) == [name for layer in analyze.LAYERS for name in (layer, f"{layer} bias")]
     for layer in analyze.LAYERS:
-        per_seed = []
-        for seed in (0, 1):
-            rates = made[("metasgd", seed)]["rates"]
-            names = [n for n in rates if maml.layer_of(n) == layer]
-            per_seed.append(np.concatenate([rates[n].numpy().ravel() for n in names]))
-        assert float(rows[layer]["mean"]) == pytest.approx(np.mean([r.mean() for r in per_seed]))
-        assert float(rows[layer]["mean_seed_std"]) == pytest.approx(np.std([r.mean() for r in per_seed], ddof=1))
-        assert float(rows[layer]["std"]) == pytest.approx(np.mean([r.std(ddof=1) for r in per_seed]))
-        assert float(rows[layer]["frac_negative"]) == pytest.approx(np.mean([(r < 0).mean() for r in per_seed]))
-        assert float(rows[layer]["min"]) == pytest.approx(np.mean([r.min() for r in per_seed]))
+        for row, tensor in ((layer, "weight"), (f"{layer} bias", "bias")):
+            name = {"logits": "head"}.get(layer, layer) + "." + tensor
+            # best.pt's rates: the checkpoint the probe used, not ckpt.pt's
+            per_seed = [made[("metasgd", s)]["best_rates"][name].float().double().numpy().ravel() for s in (0, 1)]
+            assert float(rows[row]["mean"]) == pytest.approx(np.mean([r.mean() for r in per_seed]))
+            assert float(rows[row]["mean_seed_std"]) == pytest.approx(np.std([r.mean() for r in per_seed], ddof=1))
+            assert float(rows[row]["std"]) == pytest.approx(np.mean([r.std(ddof=1) for r in per_seed]))
+            assert float(rows[row]["frac_negative"]) == pytest.approx(np.mean([(r < 0).mean() for r in per_seed]))
+            assert float(rows[row]["min"]) == pytest.approx(np.mean([r.min() for r in per_seed]))
     assert rows["conv1"]["paper_mean"] == "-0.006" and rows["logits"]["paper_std"] == "0.072"
-    assert "bias=" in rows["conv2"]["tensor_means"] and "weight=" in rows["conv2"]["tensor_means"]
+    assert "best.pt@50" in rows["conv1"]["checkpoints"]
+    caption = (tmp_path / "report" / "table1_learned_rates.md").read_text().splitlines()[0]
+    assert "from best.pt (the checkpoint probe.csv probed)" in caption and "weights only" in caption
 
 
-def test_statistics_match_scipy(runs, tmp_path):
+def test_per_seed_and_across_seed_statistics_match_scipy(runs, tmp_path):
     root, made = runs
-    analyze.analyze([root / f"{m}{s}" for m in ("maml", "metasgd") for s in (0, 1)], tmp_path / "report")
+    analyze.analyze(all_runs(root), tmp_path / "report")
     result = json.loads((tmp_path / "report" / "stats.json").read_text())
-
-    def pooled(method):
-        recs = [made[(method, s)]["records"] for s in (0, 1)]
-        return {k: np.concatenate([r[k] for r in recs]) for k in recs[0]}
-
     for method in ("maml", "metasgd"):
-        r = pooled(method)
-        on, off = r["on_A"] - r["pre_A"], r["off_B"] - r["pre_B"]
         p = result["methods"][method]["probes"]["probe"]
-        assert p["paired_t_on_vs_off"]["p"] == pytest.approx(stats.ttest_rel(on, off).pvalue)
-        assert p["off_change_vs_zero"]["p"] == pytest.approx(stats.ttest_1samp(off, 0).pvalue)
-        assert p["on_change_vs_zero"]["t"] == pytest.approx(stats.ttest_1samp(on, 0).statistic)
-        assert p["off_change"]["mean"] == pytest.approx(off.mean())
+        on_means, off_means = [], []
+        for seed, per_seed in zip(SEEDS, p["per_seed"]):
+            r = made[(method, seed)]["records"]
+            on, off = r["on_A"] - r["pre_A"], r["off_B"] - r["pre_B"]
+            assert per_seed["seed"] == seed
+            assert per_seed["paired_t_on_vs_off"]["p"] == pytest.approx(stats.ttest_rel(on, off).pvalue)
+            assert per_seed["paired_t_on_vs_off"]["unit"] == "iterations" and per_seed["paired_t_on_vs_off"]["n"] == 50
+            assert per_seed["off_change_vs_zero"]["p"] == pytest.approx(stats.ttest_1samp(off, 0).pvalue)
+            on_means.append(on.mean())
+            off_means.append(off.mean())
+        across = p["across_seeds"]
+        for key, means in (("on_change", on_means), ("off_change", off_means),
+                           ("on_minus_off", np.subtract(on_means, off_means))):  # fmt: skip
+            expected = stats.ttest_1samp(means, 0.0)
+            assert across[key]["unit"] == "seeds" and across[key]["n"] == 3 and across[key]["df"] == 2
+            assert across[key]["mean"] == pytest.approx(np.mean(means))
+            assert across[key]["t"] == pytest.approx(expected.statistic)
+            assert across[key]["p"] == pytest.approx(expected.pvalue)
+            half = stats.t.ppf(0.975, 2) * np.std(means, ddof=1) / np.sqrt(3)
+            assert across[key]["ci95"] == pytest.approx(half)
         tests = result["methods"][method]["test_acc"]
-        assert tests["mean_std"][0] == pytest.approx(0.405) and tests["mean_std"][1] == pytest.approx(
-            np.std([0.40, 0.41], ddof=1)
-        )
-        assert result["methods"][method]["best_val_acc"]["per_run"] == pytest.approx([0.45, 0.46])
-    welch = stats.ttest_ind(*(pooled(m)["off_B"] - pooled(m)["pre_B"] for m in ("metasgd", "maml")), equal_var=False)
-    between = result["between_methods"]["probe"]
-    assert between["p"] == pytest.approx(welch.pvalue) and between["t"] == pytest.approx(welch.statistic)
-    md = (tmp_path / "report" / "stats.md").read_text()
-    assert "Welch" in md and f"{welch.pvalue:.3g}" in md
+        assert tests["mean_std"][0] == pytest.approx(0.41)
+        assert result["methods"][method]["best_val_acc"]["per_run"] == pytest.approx([0.45, 0.46, 0.47])
+
+
+def test_between_methods_is_a_paired_test_over_task_pairs_then_over_seeds(runs, tmp_path):
+    root, made = runs
+    analyze.analyze(all_runs(root), tmp_path / "report")
+    between = json.loads((tmp_path / "report" / "stats.json").read_text())["between_methods"]["probe"]
+    off_means, interaction_means = [], []
+    for seed, per_seed in zip(SEEDS, between["per_seed"]):
+        m, s = made[("maml", seed)]["records"], made[("metasgd", seed)]["records"]
+        off_m, off_s = m["off_B"] - m["pre_B"], s["off_B"] - s["pre_B"]
+        contrast_m, contrast_s = (m["on_A"] - m["pre_A"]) - off_m, (s["on_A"] - s["pre_A"]) - off_s
+        expected = stats.ttest_rel(off_s, off_m)
+        assert per_seed["off_difference"]["p"] == pytest.approx(expected.pvalue)
+        assert per_seed["off_difference"]["t"] == pytest.approx(expected.statistic)
+        assert per_seed["off_difference"]["n"] == 50 and per_seed["off_difference"]["unit"] == "iterations"
+        assert per_seed["interaction"]["p"] == pytest.approx(stats.ttest_rel(contrast_s, contrast_m).pvalue)
+        off_means.append((off_s - off_m).mean())
+        interaction_means.append((contrast_s - contrast_m).mean())
+    across = between["across_seeds"]
+    assert across["off_difference"]["p"] == pytest.approx(stats.ttest_1samp(off_means, 0).pvalue)
+    assert across["interaction"]["p"] == pytest.approx(stats.ttest_1samp(interaction_means, 0).pvalue)
+    assert across["off_difference"]["n"] == 3 and across["off_difference"]["unit"] == "seeds"
+
+
+def test_probes_with_the_same_settings_but_other_task_pairs_are_refused_in_one_line(runs, tmp_path):
+    root, _ = runs
+    path = root / "metasgd1" / "probe.csv"
+    rows = read_csv(path)
+    rows[7]["classes_B"] = "19 18 17 16 15"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(analyze.AnalysisError) as refused:
+        analyze.analyze(all_runs(root), tmp_path / "report")
+    message = str(refused.value)
+    assert "\n" not in message and "seed 1" in message and "different task pairs" in message
+    assert "classes_B differs at iteration 7" in message
+
+
+def test_probes_with_other_settings_are_not_paired_and_say_why(runs, tmp_path):
+    root, _ = runs
+    summary = json.loads((root / "maml2" / "probe.json").read_text())
+    summary["settings"]["queries"] = 1
+    (root / "maml2" / "probe.json").write_text(json.dumps(summary))
+    analyze.analyze(all_runs(root), tmp_path / "report")
+    between = json.loads((tmp_path / "report" / "stats.json").read_text())["between_methods"]["probe"]
+    assert [r["seed"] for r in between["per_seed"]] == [0, 1]
+    assert between["unpaired"] == ["seed 2: probed with different settings (queries), so on different task pairs"]
+
+
+def test_one_seed_says_no_across_seed_claim_can_be_made(runs, tmp_path):
+    root, _ = runs
+    report = analyze.analyze(all_runs(root, seeds=(0,)), tmp_path / "report").read_text()
+    result = json.loads((tmp_path / "report" / "stats.json").read_text())
+    assert result["methods"]["maml"]["probes"]["probe"]["across_seeds"]["note"] == analyze.ONE_SEED
+    assert result["between_methods"]["probe"]["across_seeds"]["note"] == analyze.ONE_SEED
+    assert "no across-seed claim can be made" in (tmp_path / "report" / "stats.md").read_text()
+    assert "no across-seed claim can be made" in report
+
+
+def test_every_p_value_names_its_test_unit_and_n(runs, tmp_path):
+    root, _ = runs
+    report = analyze.analyze(all_runs(root), tmp_path / "report").read_text()
+    for text in (report, (tmp_path / "report" / "stats.md").read_text()):
+        mentions = re.findall(r"p = [^ ;|]+(?: \([^)]*\))?", text)
+        assert len(mentions) > 20
+        for mention in mentions:
+            assert re.fullmatch(r"p = \S+ \(.*t-test.*, n = \d+ (iterations|seeds)\)", mention), mention
+    assert "0.00044 (one p-value for the study; its test is not stated)" in report
+    assert "`probe.py --queries 1`" in report and "15 query image(s) per class" in report
 
 
 def test_figures_are_non_empty_pngs_of_sensible_size(runs, tmp_path):
@@ -187,6 +276,15 @@ def test_maml_only_probe_less_runs_still_give_a_report_that_says_what_is_missing
     assert (tmp_path / "report" / "fig5_training.png").exists()
     assert not (tmp_path / "report" / "fig7_probe.png").exists()
     assert "not measured" in text
+
+
+def test_runs_table_shows_channels_conv_biases_and_meta_gradient_clipping(tmp_path):
+    make_run(tmp_path / "a", "maml", 0)
+    make_run(tmp_path / "b", "metasgd", 0, clip_grad=10.0, conv_bias=False, channels=1)
+    text = analyze.analyze([tmp_path / "a", tmp_path / "b"], tmp_path / "report").read_text()
+    rows = [line for line in text.splitlines() if line.startswith(f"| {tmp_path}")]
+    assert "| 3 | 4 | yes | off | — |" in rows[0]
+    assert "| 1 | 4 | no | to ±10 | best.pt (iteration 50) |" in rows[1]
 
 
 def test_bad_inputs_end_with_one_line(tmp_path):

@@ -11,7 +11,7 @@ import torch
 
 import maml
 import probe
-from conftest import ROOT, make_jpegs, tiny_flags
+from conftest import ROOT, make_jpegs, make_omniglot, tiny_flags
 
 
 def run_script(main_fn, argv, capsys, errors=()):
@@ -68,6 +68,12 @@ def pickle_that_is_an_html_page(d):
     return ["--data", str(d / "pk")]
 
 
+def omniglot_split_file_with_a_bad_line(d):
+    make_omniglot(d / "omniglot", vinyals=True)
+    (d / "omniglot" / "splits" / "vinyals" / "train.txt").write_text("Alpha/character01\n")
+    return ["--data", str(d / "omniglot")]
+
+
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
 
@@ -86,6 +92,13 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has 
         pytest.param(["--inner-steps", "-1"], "--inner-steps cannot be negative", id="negative inner steps"),
         pytest.param(["--inner-lr", "nan"], "--inner-lr must be a finite number", id="inner lr that is not finite"),
         pytest.param(["--device", "cuda:0"], "no CUDA GPU", id="gpu that is not there", marks=NO_GPU),
+        pytest.param(["--clip-grad", "0"], "--clip-grad must be a positive", id="clip grad that is not positive"),
+        pytest.param(["--rotations"], "--rotations applies to Omniglot only", id="rotations without omniglot"),
+        pytest.param(
+            omniglot_split_file_with_a_bad_line,
+            "expected lines like Alphabet/character01/rot090",
+            id="omniglot split file with a bad line",
+        ),  # fmt: skip
     ],
 )
 def test_bad_training_input_ends_in_one_line(flags, message, datasets, capsys):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import data
-from conftest import CLASSES, PER_CLASS, SAMPLE, make_jpegs
+from conftest import CLASSES, OMNIGLOT_PER_CHARACTER, PER_CLASS, SAMPLE, make_jpegs, make_omniglot
 
 
 def ravi_to_folders(ravi, folders, splits=data.SPLITS):
@@ -296,6 +296,50 @@ def test_random_conv4_with_cosine_prototypes_is_near_chance_on_synthetic_data():
 
 
 # --------------------------------------------------------------------------- the real sample
+
+
+def test_omniglot_as_it_ships_loads_in_the_lake_split(tmp_path):
+    root = make_omniglot(tmp_path / "omniglot")
+    assert data.detect_layout(root) == "omniglot"
+    assert data.dataset_defaults(root) == {"image_size": 28, "rotations": False, "omniglot_split": "lake"}
+    splits = data.load_splits(root, data.SPLITS, image_size=28, progress=False)
+    # 14 background characters: round(15%) = 2 held out for validation; 5 evaluation characters for test.
+    assert [len(splits[s]["classes"]) for s in data.SPLITS] == [12, 2, 5]
+    assert not set(splits["train"]["classes"]) & set(splits["val"]["classes"])
+    assert all(c.startswith("Gamma/") for c in splits["test"]["classes"])
+    train = splits["train"]
+    assert train["images"].shape == (12 * OMNIGLOT_PER_CHARACTER, 1, 28, 28) and train["images"].dtype == torch.uint8
+    # Strokes bright: the paper (most pixels) is 0, the black bars of the PNGs are the bright value.
+    assert (train["images"] == 0).float().mean() > 0.7 and train["images"].max() == 255
+    assert data.channel_stats(train)["mean"].shape == (1,)
+    again = data.load_split(root, "val", image_size=28, progress=False)  # the held-out 15% is fixed
+    assert again["classes"] == splits["val"]["classes"]
+    rotated = data.load_split(root, "train", image_size=28, progress=False, rotations=True)
+    assert len(rotated["classes"]) == 48 and rotated["classes"][1].endswith("/rot090")
+
+
+def test_omniglot_vinyals_split_makes_each_rotation_a_class(tmp_path):
+    root = make_omniglot(tmp_path / "omniglot", vinyals=True)
+    assert data.dataset_defaults(root)["omniglot_split"] == "vinyals"
+    assert data.dataset_defaults(root, image_size=20)["image_size"] == 20
+    splits = data.load_splits(root, data.SPLITS, image_size=28, progress=False)
+    assert [len(splits[s]["classes"]) for s in data.SPLITS] == [32, 12, 24]  # 8, 3, 6 characters x 4 rotations
+    assert "Beta_(script)/character05/rot180" in splits["test"]["classes"]  # a background character in test
+    test = splits["test"]
+    by_name = {n: test["images"][test["labels"] == i] for i, n in enumerate(test["classes"])}
+    upright, turned = by_name["Gamma/character02/rot000"], by_name["Gamma/character02/rot090"]
+    assert torch.equal(turned, torch.rot90(upright, 1, (2, 3)))  # counter-clockwise, as PIL's rotate(90)
+    plain = data.load_splits(root, data.SPLITS, image_size=28, progress=False, rotations=False)
+    assert [len(plain[s]["classes"]) for s in data.SPLITS] == [8, 3, 6]
+    with pytest.raises(data.DataError, match="Omniglot only"):
+        data.dataset_defaults(None, rotations=True)  # the synthetic dataset has no rotations to add
+
+
+def test_omniglot_split_file_naming_a_missing_character_is_one_line(tmp_path):
+    root = make_omniglot(tmp_path / "omniglot", vinyals=True)
+    (root / "splits" / "vinyals" / "val.txt").write_text("Alpha/character99/rot000\n")
+    with pytest.raises(data.DataError, match="character99 is in the split files"):
+        data.load_split(root, "val", image_size=28, progress=False)
 
 
 @pytest.mark.skipif(SAMPLE is None, reason="set MAML_TEST_DATA to a Mini-ImageNet folder (Ravi layout) to run it")

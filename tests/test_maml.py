@@ -179,3 +179,33 @@ def test_importing_maml_has_no_side_effects(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "['adapt', 'conv4', 'meta_loss', 'meta_step']"
     assert out.stderr == ""
+
+
+def test_network_without_conv_biases_is_the_biased_network_with_zero_biases():
+    params, episode = micro_problem()
+    unbiased = {n: p for n, p in params.items() if not (n.startswith("conv") and n.endswith(".bias"))}
+    zeroed = {n: (torch.zeros_like(p) if n not in unbiased else p) for n, p in params.items()}
+    x = episode["support_x"]
+    assert torch.equal(maml.features(unbiased, x[0]), maml.features(zeroed, x[0]))
+    tasks = maml.per_task(unbiased, x.shape[0])
+    assert torch.allclose(maml.features_tasks(tasks, x)[1], maml.features(unbiased, x[1]), atol=1e-10)
+    made = maml.init_params(3, 4, 16, channels=1, conv_bias=False)
+    assert "conv1.bias" not in made and made["conv1.weight"].shape == (4, 1, 3, 3)
+    rates = maml.init_inner_lrs(made, 0.01, learn=True)
+    assert set(rates) == set(made)  # rates follow the parameters that exist
+    gray = torch.randn(6, 1, 16, 16)
+    adapted = maml.adapt(made, rates, gray, torch.tensor([0, 1, 2, 0, 1, 2]), steps=1)
+    assert maml.conv4(adapted, gray).shape == (6, 3)
+
+
+def test_clip_grad_clips_every_meta_gradient_entry_before_the_step():
+    params, episode = micro_problem()
+    rates = meta_sgd_rates(params)
+    expected = meta_grad(params, rates, episode, steps=1)
+    optimizer = torch.optim.SGD([*params.values(), *learnable(rates)], lr=1.0)
+    before = [t.detach().clone() for t in [*params.values(), *learnable(rates)]]
+    maml.meta_step(params, rates, optimizer, episode, 1, clip_grad=1e-3)
+    after = [*params.values(), *learnable(rates)]
+    assert flat(expected).abs().max() > 1e-3  # something was clipped
+    for b, a, g in zip(before, after, expected):
+        assert torch.allclose(b - a, g.clamp(-1e-3, 1e-3), atol=1e-12)

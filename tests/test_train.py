@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import maml
-from conftest import ROOT, make_jpegs, read_csv, tiny_flags
+from conftest import ROOT, make_jpegs, make_omniglot, read_csv, tiny_flags
 
 
 def final_params(out):
@@ -86,6 +86,29 @@ def test_meta_sgd_run_saves_rates_and_their_statistics(tmp_path):
     # At iteration 0 every rate is the initial --inner-lr.
     first = [r for r in rows if r["iteration"] == "0"]
     assert all(abs(float(r["mean"]) - 0.01) < 1e-9 and float(r["frac_negative"]) == 0 for r in first)
+
+
+@pytest.mark.parametrize("vinyals", [False, True], ids=["lake", "vinyals"])
+def test_tiny_run_trains_on_omniglot_as_it_ships_with_one_channel(vinyals, tmp_path):
+    root = make_omniglot(tmp_path / "omniglot", vinyals=vinyals)
+    out = tmp_path / "run"
+    flags = tiny_flags(out, "--data", str(root), "--learn-lr", "--iterations", "4", "--eval-every", "2")
+    size_at = flags.index("--image-size")
+    del flags[size_at : size_at + 2]  # Omniglot's default size, 28 px
+    maml.main([*flags, "--no-conv-bias", "--clip-grad", "10"])
+    ckpt = maml.load_checkpoint(out / "best.pt")
+    config = ckpt["config"]
+    assert config["channels"] == 1 and config["image_size"] == 28 and config["rotations"] == vinyals
+    assert config["omniglot_split"] == ("vinyals" if vinyals else "lake")
+    assert config["conv_bias"] is False and config["clip_grad"] == 10
+    assert ckpt["params"]["conv1.weight"].shape == (8, 1, 3, 3) and "conv1.bias" not in ckpt["params"]
+    assert ckpt["norm"]["mean"].shape == (1,)
+    assert [int(r["iteration"]) for r in read_csv(out / "metrics.csv")] == [0, 2, 4]
+    assert (out / "test.json").exists()
+    import probe  # the probe reads the one-channel checkpoint and its data back
+
+    summary = probe.main([str(out / "best.pt"), "--iterations", "4", "--queries", "3", "--no-progress"])
+    assert summary["iterations"] == 4 and summary["settings"]["checkpoint_file"] == "best.pt"
 
 
 def test_existing_run_is_refused_without_resume(tmp_path):

@@ -1,0 +1,36 @@
+"""The Makefile's study over seeds: `make paper` trains both methods per seed, probes each best.pt and
+writes one report with per-seed and across-seed rows."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, make_omniglot, tiny_flags
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_paper_over_two_seeds_writes_one_report_with_per_seed_and_across_seed_rows(tmp_path):
+    data = make_omniglot(tmp_path / "omniglot")
+    flags = tiny_flags(tmp_path / "unused", "--iterations", "2", "--eval-every", "2")
+    out_at = flags.index("--out")
+    del flags[out_at : out_at + 2]  # make paper names each run's folder
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    command = ["make", "-s", "paper", f"DATA={data}", "SEEDS=0 1", f"PAPER_FLAGS={' '.join(flags)}",
+               "PROBE_FLAGS=--iterations 4 --queries 3 --no-progress", f"RUNS={runs}", f"REPORT={report}",
+               f"PY={sys.executable}", "STAMP=requirements.txt"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in runs.iterdir()) == ["maml-seed0", "maml-seed1", "metasgd-seed0", "metasgd-seed1"]
+    for run in runs.iterdir():
+        assert json.loads((run / "probe.json").read_text())["settings"]["checkpoint_file"] == "best.pt"
+    result = json.loads((report / "stats.json").read_text())
+    for method in ("maml", "metasgd"):
+        probe = result["methods"][method]["probes"]["probe"]
+        assert [s["seed"] for s in probe["per_seed"]] == [0, 1] and probe["across_seeds"]["seeds"] == 2
+    between = result["between_methods"]["probe"]
+    assert [s["seed"] for s in between["per_seed"]] == [0, 1] and between["across_seeds"]["seeds"] == 2
+    text = (report / "report.md").read_text()
+    assert "n = 2 seeds" in text and "mean ± sd over 2 seeds" in text and "Omniglot, lake split" in text
