@@ -14,7 +14,6 @@ the most cosine-similar prototype. One probe iteration:
 The design is paired: on-task change = on_A - pre_A and off-task change = off_B - pre_B, per iteration.
 """
 
-import argparse
 import csv
 import json
 import math
@@ -159,8 +158,8 @@ def format_summary(summary, title):
 
 
 def read_records(path):
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """The regimes' columns of a finished probe's records; a damaged file is named, with its line."""
+    rows = maml.read_log_strictly(path)
     return {k: [float(r[k]) for r in rows] for k in REGIMES}
 
 
@@ -170,11 +169,10 @@ def read_records(path):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description="Three-regime embedding probe of a trained checkpoint: prototype accuracy of the encoder "
+    p = maml.argument_parser(
+        "Three-regime embedding probe of a trained checkpoint: prototype accuracy of the encoder "
         "before adaptation, after adapting on task A (on A), and after adapting on A (on another "
-        "task B). Writes every iteration to a CSV and a summary with t-tests to a JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "task B). Writes every iteration to a CSV and a summary with t-tests to a JSON."
     )
     a = p.add_argument
     a("checkpoint", help="a checkpoint written by maml.py (best.pt or ckpt.pt)")
@@ -245,19 +243,26 @@ def check_flags(args):
 
 def finished_rows(records_path, summary_path, settings, resume):
     """On --resume, the rows of the whole chunks an interrupted probe wrote (a kill can leave the last
-    chunk half-written); with no earlier records, none."""
+    chunk half-written, or a torn or NUL-padded last row, which is dropped and said so); with no
+    earlier records, none. Damage followed by good rows is refused, naming the line."""
     maml.refuse_to_overwrite(records_path, records_path.exists(), resume, "probe records")
     if not records_path.exists():
         return []
-    saved = json.loads(summary_path.read_text())["settings"] if summary_path.exists() else None
+    saved = maml.read_json(summary_path).get("settings") if summary_path.exists() else None
 
     def comparable(s):
         return {k: v for k, v in s.items() if k != "iterations"}
 
     if saved is not None and comparable(saved) != comparable(settings):
         raise maml.ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
-    with open(records_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows, damage = maml.read_log(records_path)
+    if damage and not damage[2]:
+        raise data.DataError(
+            f"{records_path} line {damage[0]} is damaged ({damage[1]}) and whole rows follow it; fix or remove "
+            f"that line, then --resume again"
+        )
+    if damage:
+        print(f"repaired {records_path}: dropped its damaged tail from line {damage[0]} on ({damage[1]})")
     batch, iterations = settings["batch"], settings["iterations"]
     rows_in = {}
     for row in rows:
@@ -319,6 +324,50 @@ def probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype):
     ]  # fmt: skip
 
 
+def probe_settings(args, config, ckpt, steps, batch):
+    """Everything that decides a probe's records: a resumed probe must have the same (but iterations)."""
+    return {"checkpoint": str(args.checkpoint), "method": "metasgd" if config["learn_lr"] else "maml",
+            "split": args.split, "iterations": args.iterations, "queries": args.queries,
+            "off_task": args.off_task, "rates": args.rates, "inner_lr": args.inner_lr, "steps": steps,
+            "batch": batch, "seed": args.seed, "ways": config["ways"], "shots": config["shots"],
+            "checkpoint_iteration": ckpt["iteration"],
+            "data": args.data or config["data"] or "synthetic"}  # fmt: skip
+
+
+def write_json(path, content):
+    data.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2) + "\n"))
+
+
+def write_records(path, rows):
+    """Start the records file with the finished rows kept from an interrupted probe (atomically: a
+    failed write leaves the old file as it was)."""
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    data.atomic_write(path, write)
+
+
+def append_chunks(records_path, chunks, compute):
+    """Append each chunk's records (`compute(chunk)`), flushed to disk per chunk so a kill keeps every
+    finished chunk. A failed write (a full disk) ends in one line saying that --resume continues."""
+    try:
+        with open(records_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            for chunk in chunks:
+                writer.writerows(compute(chunk))
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        raise data.WriteError(
+            f"{data.write_failure(records_path, e)}; its finished chunks are kept: make space, then run the "
+            f"same command with --resume"
+        ) from None
+
+
 def run(args):
     check_flags(args)
     ckpt = maml.load_checkpoint(args.checkpoint)
@@ -329,45 +378,47 @@ def run(args):
     batch = args.batch or (64 if device.type == "cuda" else 8)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
-    records_path, summary_path = out / f"{stem}.csv", out / f"{stem}.json"
-    settings = {"checkpoint": str(args.checkpoint), "method": "metasgd" if config["learn_lr"] else "maml",
-                "split": args.split, "iterations": args.iterations, "queries": args.queries,
-                "off_task": args.off_task, "rates": args.rates, "inner_lr": args.inner_lr, "steps": steps,
-                "batch": batch, "seed": args.seed, "ways": config["ways"], "shots": config["shots"],
-                "checkpoint_iteration": ckpt["iteration"],
-                "data": args.data or config["data"] or "synthetic"}  # fmt: skip
-    done_rows = finished_rows(records_path, summary_path, settings, args.resume)
-    split = data.split_to(load_probe_split(args, config), device)
-    # Every input is checked: only now is anything written.
-    out.mkdir(parents=True, exist_ok=True)
-    data.atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps({"settings": settings}, indent=2) + "\n"))
-    with open(records_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(done_rows)
+    with maml.lock_outputs(out, f"{stem}.lock", f"{stem}.csv"):
+        data.remove_stale_temporaries(out, [f"{stem}.csv", f"{stem}.json"])
+        settings = probe_settings(args, config, ckpt, steps, batch)
+        summary = probe_into(args, out / f"{stem}.csv", out / f"{stem}.json", settings, ckpt, inner_lrs, device)
+    return summary
 
+
+def probe_into(args, records_path, summary_path, settings, ckpt, inner_lrs, device):
+    """The probe itself, once the outputs are locked: inputs are checked, then the records written."""
+    done_rows = finished_rows(records_path, summary_path, settings, args.resume)
+    config = ckpt["config"]
+    split = data.split_to(load_probe_split(args, config), device)
+    # Every input is checked: only now is anything written. A resumed probe's summary is kept until the
+    # new one replaces it (it may be a finished one); a new probe's settings are written first, for
+    # --resume to compare.
+    if not (records_path.exists() and summary_path.exists()):
+        write_json(summary_path, {"settings": settings})
+    write_records(records_path, done_rows)
     dtype = getattr(torch, config.get("dtype", "float32"))
     params = {n: p.to(device, dtype) for n, p in ckpt["params"].items()}
     inner_lrs = {n: r.to(device, dtype) for n, r in inner_lrs.items()}
     norm = data.split_to(ckpt["norm"], device)
-    start, tic = len(done_rows), time.time()
+    batch, start, tic = settings["batch"], len(done_rows), time.time()
     desc = f"probe ({settings['method']}, rates {args.rates})"
     bar = tqdm(total=args.iterations, initial=start, desc=desc, unit="it", disable=args.no_progress, dynamic_ncols=True)
-    with bar, open(records_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        for chunk in range(start // batch, math.ceil(args.iterations / batch)):
-            n = min(batch, args.iterations - chunk * batch)
-            writer.writerows(probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype))
-            f.flush()
-            os.fsync(f.fileno())
-            bar.update(n)
+
+    def compute(chunk):
+        n = min(batch, args.iterations - chunk * batch)
+        rows = probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype)
+        bar.update(n)
+        return rows
+
+    with bar:
+        append_chunks(records_path, range(start // batch, math.ceil(args.iterations / batch)), compute)
     seconds = time.time() - tic
     speed = round((args.iterations - start) / seconds, 2) if seconds > 0 else None
     summary = {"settings": settings, **summarize(read_records(records_path)),
                "seconds_this_session": round(seconds, 2), "iterations_per_second": speed}  # fmt: skip
-    data.atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    write_json(summary_path, summary)
     title = f"{settings['method']} probe of {args.checkpoint} ({args.iterations} iterations, {args.split} split, "
-    print(format_summary(summary, title + f"rates {args.rates}, {steps} steps)"))
+    print(format_summary(summary, title + f"rates {args.rates}, {settings['steps']} steps)"))
     print(f"records: {records_path}\nsummary: {summary_path}")
     return summary
 
