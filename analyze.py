@@ -513,19 +513,8 @@ def analyze(paths, out):
         raise data.WriteError(data.write_failure(e.filename or out, e)) from None
 
 
-def write_report(runs, out):
-    by_method = {}
-    for run in runs:
-        by_method.setdefault(run["method"], []).append(run)
-    by_method = {m: by_method[m] for m in ("maml", "metasgd") if m in by_method}
-    stats_out = compute_stats(by_method)
-    (out / "stats.json").write_text(json.dumps(stats_out, indent=2) + "\n")
-    (out / "stats.md").write_text(stats_markdown(stats_out))
-    table1 = write_table1(by_method.get("metasgd", []), out)
-    fig5(runs, out)
-    have_fig6 = fig6(runs, out)
-    have_fig7 = fig7(by_method, stats_out, out)
-
+def report_notes(runs, by_method):
+    """What the report lacks (with the command that would supply it) and what its reader must know."""
     missing = []
     if "maml" not in by_method:
         missing.append("no MAML run: comparisons between methods are left out")
@@ -557,6 +546,23 @@ def write_report(runs, out):
             n = len(p["records"]["pre_A"])
             if stem == "probe" and n < 40000:
                 warnings.append(f"Probe of {run['folder']}: {n} iterations, against the paper's 40,000.")
+    return missing, warnings
+
+
+def write_report(runs, out):
+    by_method = {}
+    for run in runs:
+        by_method.setdefault(run["method"], []).append(run)
+    by_method = {m: by_method[m] for m in ("maml", "metasgd") if m in by_method}
+    stats_out = compute_stats(by_method)
+    (out / "stats.json").write_text(json.dumps(stats_out, indent=2) + "\n")
+    (out / "stats.md").write_text(stats_markdown(stats_out))
+    table1 = write_table1(by_method.get("metasgd", []), out)
+    fig5(runs, out)
+    have_fig6 = fig6(runs, out)
+    have_fig7 = fig7(by_method, stats_out, out)
+
+    missing, warnings = report_notes(runs, by_method)
     c = runs[0]["config"]
     parts = [f"# Report: negative inner-loop learning rates ({c['ways']}-way {c['shots']}-shot)", ""]
     parts += [f"> {w}" for w in warnings] + ([""] if warnings else [])

@@ -361,15 +361,18 @@ def lock_outputs(folder, name, what, flag="--out"):
 
 
 def append_rows(path, rows):
-    """Append dict rows to a CSV, with a header when the file is new."""
+    """Append dict rows to a CSV, with a header when the file is new. A failed write raises WriteError."""
     if not rows:
         return
     new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    try:
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+    except OSError as e:  # a full disk: the torn last row is dropped by the next --resume
+        raise data.WriteError(data.write_failure(path, e)) from None
 
 
 TEXT_COLUMNS = {"name", "kind", "classes_A", "classes_B"}  # the columns of our logs that are not numbers
@@ -414,7 +417,7 @@ def read_log(path):
             continue
         what = ("no header" if header[:1] != ["iteration"] else None) if number == 1 else line_damage(line, header)
         if what is None and torn and number == len(lines):
-            what = "a torn last row (no line end)"
+            what = "a torn last row, without a line end"
         if what is not None and damage is None:
             damage = [number, what, True]
         elif what is None and damage is not None:
