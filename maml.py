@@ -437,30 +437,35 @@ def read_log_strictly(path):
     return rows
 
 
-def repair_log(path, iteration):
-    """On --resume: keep a log's rows up to `iteration` (a killed run may have logged past its last
+def repair_logs(paths, iteration):
+    """On --resume: keep the logs' rows up to `iteration` (a killed run may have logged past its last
     checkpoint; those iterations run again and log again). A damaged tail is dropped, and said so in
-    one line; damage followed by good rows is refused, naming the line."""
-    if not path.exists():
-        return
-    rows, damage = read_log(path)
-    if damage and not damage[2]:
-        raise CheckpointError(
-            f"{path} line {damage[0]} is damaged ({damage[1]}) and whole rows follow it; fix or remove that "
-            f"line, then --resume again"
-        )
-    if damage:
-        print(f"repaired {path}: dropped its damaged tail from line {damage[0]} on ({damage[1]})")
-    kept = [row for row in rows if int(row["iteration"]) <= iteration]
-    if not damage and len(kept) == len(rows):
-        return  # nothing to drop: the file stays as it is
+    one line; damage followed by good rows is refused, naming the file and line, before any log is
+    changed."""
+    readings = {path: read_log(path) for path in paths if path.exists()}
+    for path, (_, damage) in readings.items():
+        if damage and not damage[2]:
+            raise CheckpointError(
+                f"{path} line {damage[0]} is damaged ({damage[1]}) and whole rows follow it; fix or remove that "
+                f"line, then --resume again"
+            )
+    for path, (rows, damage) in readings.items():
+        if damage:
+            print(f"repaired {path}: dropped its damaged tail from line {damage[0]} on ({damage[1]})")
+        kept = [row for row in rows if int(row["iteration"]) <= iteration]
+        if damage or len(kept) < len(rows):
+            write_rows(path, kept)
+
+
+def write_rows(path, rows):
+    """Replace a CSV log by `rows` (atomically)."""
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:
-            if kept:
-                writer = csv.DictWriter(f, fieldnames=list(kept[0]))
+            if rows:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
-                writer.writerows(kept)
+                writer.writerows(rows)
 
     data.atomic_write(path, write)
 
@@ -862,16 +867,17 @@ def checkpoint_left(out):
 
 def prepare_run(config, resumed, out, splits, device, dtype):
     """The run's state (new, or restored from the checkpoint) and its logs: a resumed run's logs are
-    repaired and cut back to the checkpoint; a new run validates and checkpoints iteration 0 first."""
+    repaired and cut back to the checkpoint; a new run's leftover logs are removed."""
     if resumed:
         run = restore_state(resumed, config, device, dtype)
     else:
         run = new_state(config, device, dtype, data.channel_stats(splits["train"]), splits["train"]["classes"])
-    for log in ("metrics.csv", "lr_stats.csv"):
-        if resumed:
-            repair_log(out / log, run.iteration)
-        else:  # logs of an earlier start that never wrote a checkpoint
-            (out / log).unlink(missing_ok=True)
+    logs = [out / "metrics.csv", out / "lr_stats.csv"]
+    if resumed:
+        repair_logs(logs, run.iteration)
+    else:
+        for log in logs:  # logs of an earlier start that never wrote a checkpoint
+            log.unlink(missing_ok=True)
     return run
 
 

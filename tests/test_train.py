@@ -426,7 +426,7 @@ GOOD_LOG = "iteration,train_loss,train_acc,val_acc,val_ci95,elapsed_s\r\n0,,,0.5
 def test_resume_drops_a_damaged_tail_of_a_log_and_says_so_in_one_line(tail, line, what, tmp_path, capsys):
     path = tmp_path / "metrics.csv"
     path.write_text(GOOD_LOG + tail, newline="")
-    maml.repair_log(path, 2)
+    maml.repair_logs([path], 2)
     (note,) = capsys.readouterr().out.splitlines()
     assert note == f"repaired {path}: dropped its damaged tail from line {line} on ({what})"
     assert path.read_bytes() == GOOD_LOG.encode()
@@ -437,5 +437,5 @@ def test_resume_refuses_damage_followed_by_good_rows_naming_file_and_line(tmp_pa
     lines = GOOD_LOG.split("\r\n")
     path.write_text("\r\n".join([lines[0], "garbage", *lines[1:]]), newline="")
     with pytest.raises(maml.CheckpointError, match=rf"{re.escape(str(path))} line 2 is damaged .*whole rows follow"):
-        maml.repair_log(path, 2)
+        maml.repair_logs([path], 2)
     assert "garbage" in path.read_text()  # left as it was
