@@ -150,7 +150,7 @@ marker, which, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
 real_save, seen = torch.save, [0]
 def slow_save(obj, f, *a, **k):
     real_save(obj, f, *a, **k)
-    path = str(getattr(f, "name", f))  # maml.py saves through a file object, the image cache to a path
+    path = f.name if hasattr(f, "write") else str(f)  # maml.py saves through a file, the image cache to a path
     if which in path:
         seen[0] += 1
         if seen[0] == nth:
