@@ -14,12 +14,14 @@ goes back to the host for an episode.
     ep["support_x"].shape  # [3, 5, 3, 84, 84]  (tasks, ways*shots, channels, H, W)
 """
 
+import contextlib
 import csv
 import hashlib
 import json
 import math
 import os
 import pickle
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,6 +46,10 @@ SYNTHETIC_CLASSES = {"train": 64, "val": 16, "test": 20}  # Mini-ImageNet's spli
 
 class DataError(Exception):
     """Bad input: the message is one sentence saying what was expected."""
+
+
+class WriteError(Exception):
+    """A file could not be written (a full disk, a read-only place): the message names the file."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,10 +108,23 @@ def detect_layout(root, split="train"):
     )
 
 
+def read_text_lines(path):
+    """A text file's lines, read as UTF-8 (a byte-order mark is dropped). A file in another encoding is
+    refused naming the line, rather than read with guessed characters."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} is not UTF-8 text (line {line} holds the byte 0x{raw[e.start]:02x}); save it as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def _ravi_files(root, split):
     path = root / f"{split}.csv"
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(read_text_lines(path)))
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["filename", "label"]:
         raise DataError(f"{path} should start with the header 'filename,label'")
     files, labels = [], []
@@ -114,7 +133,9 @@ def _ravi_files(root, split):
             continue
         if len(row) < 2:
             raise DataError(f"{path} has a row without a label: {','.join(row)}")
-        files.append(root / "images" / row[0].strip())
+        name = row[0].strip()
+        # Some copies of the CSVs name images as images/<file>: the same folder either way.
+        files.append(root / name if name.startswith("images/") else root / "images" / name)
         labels.append(row[1].strip())
     missing = [f for f in files if not f.exists()]
     if missing:
@@ -124,17 +145,65 @@ def _ravi_files(root, split):
     return files, labels
 
 
+def printable(name):
+    """A file or folder name as text that can be printed and saved: bytes that are not UTF-8 (which
+    Python keeps as surrogates) become backslash escapes, e.g. caf\\xe9."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _folder_files(root, split):
+    """Files and class names of a split in the folders layout, and the class folders left out because
+    their images sit in subfolders (they are named in the warning and in a too-few-classes error)."""
     split_dir = _folders_split_dir(root, split)
-    files, labels = [], []
+    files, labels, left_out = [], [], []
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        for f in sorted(class_dir.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(f)
-                labels.append(class_dir.name)
+        images = [f for f in sorted(class_dir.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files += images
+        labels += [printable(class_dir.name)] * len(images)
+        nested = None if images else next((f for f in class_dir.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES), None)
+        if nested is not None:
+            left_out.append(printable(str(nested.relative_to(split_dir))))
+    if left_out:
+        print(
+            f"warning: {len(left_out)} class folder(s) of {split_dir} are left out: their images sit in "
+            f"subfolders (e.g. {left_out[0]}); a class's images belong directly in its folder"
+        )
     if not files:
         raise DataError(f"{split_dir} has no class folders with images in them; expected {split_dir}/<class>/<image>")
-    return files, labels
+    return files, labels, left_out
+
+
+def _scaled_to_uint8(pixels, mode, path):
+    """8-bit grey values from a 16-bit, 32-bit or float image, which convert("RGB") would clip to
+    white. 16-bit modes are scaled by 255/65535. Mode I and F have no fixed range, so they are read
+    by the range they hold: I in 0..255 as is, in 0..65535 like 16 bits; F in [0, 1] times 255, in
+    [0, 255] as is. Anything else is refused rather than guessed."""
+    x = np.asarray(pixels, dtype=np.float64)
+    low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and low >= 0 and 255 < high <= 65535):
+        x = x / 257
+    elif mode == "F" and low >= 0 and high <= 1:
+        x = x * 255
+    elif not (low >= 0 and high <= 255):
+        raise DataError(
+            f"cannot read image {path}: mode {mode} with values in [{low:g}, {high:g}]; expected 8 or 16 bits, "
+            f"or floats in [0, 1] or [0, 255]"
+        )
+    return np.round(x).astype(np.uint8)
+
+
+def _as_rgb(im, path):
+    """The image as 8-bit RGB. Transparent images are composited onto white (convert("RGB") would show
+    whatever colour hides under the transparency), and 16-bit or float ones are scaled, not clipped."""
+    from PIL import Image
+
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        return Image.fromarray(_scaled_to_uint8(im, im.mode, path)).convert("RGB")
+    if im.mode in ("LA", "RGBA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def _decode(path, image_size, mode="RGB"):
@@ -143,21 +212,29 @@ def _decode(path, image_size, mode="RGB"):
 
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)
+            im = _as_rgb(im, path)
+            if mode == "L":
+                im = im.convert("L")
             if im.size != (image_size, image_size):
                 im = im.resize((image_size, image_size), Image.BILINEAR)
             array = np.asarray(im, dtype=np.uint8)
             return array[None] if mode == "L" else array.transpose(2, 0, 1)
+    except DataError:
+        raise
     except Exception as e:
-        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+        raise DataError(f"cannot read image {printable(str(path))}: {type(e).__name__}: {e}") from None
 
 
 def _decode_all(files, image_size, mode, progress, desc):
     """Decode many image files in threads -> uint8 [n, channels, size, size], in file order."""
+    from PIL import Image
     from tqdm import tqdm
 
     images = np.empty((len(files), 1 if mode == "L" else 3, image_size, image_size), np.uint8)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    # A huge image (over PIL's 89-megapixel bomb limit) is decoded and resized like any other, without
+    # PIL's two-line warning; one over twice the limit is refused by PIL and reported as unreadable.
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         decoded = pool.map(lambda f: _decode(f, image_size, mode), files, chunksize=64)
         for i, im in enumerate(tqdm(decoded, total=len(files), desc=desc, disable=not progress, unit="img")):
             images[i] = im
@@ -205,8 +282,28 @@ def _load_pickle(root, split, image_size):
     names = sorted(class_dict)
     order = np.concatenate([np.asarray(class_dict[n], dtype=np.int64) for n in names])
     labels = np.concatenate([np.full(len(class_dict[n]), i) for i, n in enumerate(names)])
-    images = image_data[order].astype(np.uint8).transpose(0, 3, 1, 2)
+    images = _pickle_pixels_as_uint8(image_data[order], path).transpose(0, 3, 1, 2)
     return _resize_uint8(images, image_size), labels, names
+
+
+def _pickle_pixels_as_uint8(pixels, path):
+    """learn2learn's pickles hold uint8 pixels; copies saved from a float pipeline hold floats in
+    [0, 1] (scaled by 255 here, and said so) or whole numbers in [0, 255]. Any other range is refused:
+    a cast would turn [0, 1] into black and larger numbers into wrapped garbage."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    floats = np.issubdtype(pixels.dtype, np.floating)
+    if floats and 0 <= low and high <= 1:
+        print(f"note: {path} holds float images in [0, 1]; they are scaled by 255 to 8 bits")
+        return np.round(pixels * 255).astype(np.uint8)
+    whole = not floats or bool(np.all(pixels == np.round(pixels)))
+    if whole and 0 <= low and high <= 255:
+        return pixels.astype(np.uint8)
+    raise DataError(
+        f"{path}: image_data holds {pixels.dtype} values in [{low:g}, {high:g}]; expected uint8 pixels, "
+        f"floats in [0, 1], or whole numbers in [0, 255]"
+    )
 
 
 def _load_hdf5(root, split, image_size):
@@ -241,7 +338,8 @@ def _signature(files):
     h = hashlib.sha1()
     for f in files:
         st = os.stat(f)
-        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 hashes as its own bytes
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -249,17 +347,47 @@ def default_cache_dir():
     return Path(os.environ.get("MAML_CACHE_DIR", Path.home() / ".cache" / "negative-lr-maml"))
 
 
+def write_failure(path, error):
+    """The one-line reason a file could not be written, for a WriteError."""
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+    else:  # torch.save reports a failed write as a RuntimeError about stream positions
+        reason = f"the write failed ({type(error).__name__}; is the disk full?)"
+    return f"cannot write {printable(str(path))}: {reason}"
+
+
 def atomic_write(path, write):
     """The project's one way of writing a file: `write(tmp)` writes a temporary file beside `path`,
     which is flushed to disk and renamed over `path`, so a kill at any moment leaves either the old
-    or the new file whole, never a torn one."""
+    or the new file whole, never a torn one. A write that fails (a full disk, say) removes the
+    temporary file and raises WriteError naming `path`; the old file is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, Exception):
+            raise WriteError(write_failure(path, e)) from e
+        raise
+
+
+def remove_stale_temporaries(folder, names):
+    """Remove the temporary files (`<name>.tmp<pid>`) that a process killed in the middle of
+    `atomic_write` left in `folder`. Only for a process that holds the folder's lock, so that no other
+    process can be writing them."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f"{name}.tmp*"):
+            if tmp.name[len(name) + 4 :].isdigit():
+                tmp.unlink()
+                removed.append(tmp.name)
+    return removed
 
 
 def _cached(cache_dir, name, root, signature, build):
@@ -268,7 +396,7 @@ def _cached(cache_dir, name, root, signature, build):
     is rebuilt. Decoding JPEGs or PNGs is slow; loading the cache is not."""
     cache = None
     if cache_dir is not None:
-        key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+        key = hashlib.sha1(str(root.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:12]
         cache = Path(cache_dir) / f"{name}-{key}.pt"
         if cache.exists():
             try:
@@ -282,13 +410,16 @@ def _cached(cache_dir, name, root, signature, build):
         try:
             entry = {"signature": signature, "images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}
             atomic_write(cache, lambda tmp: torch.save({**entry, "classes": names}, tmp))
-        except OSError as e:
-            print(f"note: could not write the image cache {cache} ({e}); the next run decodes again")
+        except WriteError as e:
+            print(f"note: {e}; the image cache is skipped, so the next run decodes again")
     return images, labels, names
 
 
 def _load_image_files(root, split, image_size, layout, cache_dir, progress):
-    files, names_per_image = (_ravi_files if layout == "ravi" else _folder_files)(root, split)
+    """(images, labels, class names, class folders left out) of a split in the Ravi or folders layout."""
+    files, names_per_image, left_out = (
+        _folder_files(root, split) if layout == "folders" else (*_ravi_files(root, split), [])
+    )
     index_file = root / f"{split}.csv" if layout == "ravi" else None
     signature = _signature(files + ([index_file] if index_file else []))
 
@@ -301,7 +432,7 @@ def _load_image_files(root, split, image_size, layout, cache_dir, progress):
         order = np.argsort(labels, kind="stable")
         return images[order], labels[order], names
 
-    return _cached(cache_dir, f"{layout}-{split}-{image_size}px", root, signature, build)
+    return (*_cached(cache_dir, f"{layout}-{split}-{image_size}px", root, signature, build), left_out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,7 +465,7 @@ def _vinyals_classes(root, split, rotations):
     """(character, degrees) per line 'Alphabet/characterNN/rotDDD' of splits/vinyals/<split>.txt."""
     path = root / "splits" / "vinyals" / f"{split}.txt"
     classes = []
-    for line in path.read_text().splitlines():
+    for line in read_text_lines(path):
         parts = line.strip().split("/")
         if not line.strip():
             continue
@@ -420,10 +551,10 @@ def dataset_defaults(root, image_size=None, rotations=None):
     }
 
 
-def make_split(images, labels, classes):
+def make_split(images, labels, classes, left_out=()):
     """Bundle a split: uint8 images [n,3,H,W], int64 class ids [n], class names, and an index table
     `by_class` [classes, most images of a class] (padded with -1) that lets the sampler pick images
-    of a class without leaving the device."""
+    of a class without leaving the device. `left_out` names class folders that were not loaded."""
     images = torch.as_tensor(images)
     labels = torch.as_tensor(labels, dtype=torch.long)
     counts = torch.bincount(labels, minlength=len(classes))
@@ -431,7 +562,8 @@ def make_split(images, labels, classes):
     for c in range(len(classes)):
         idx = (labels == c).nonzero().flatten()
         by_class[c, : len(idx)] = idx
-    return {"images": images, "labels": labels, "classes": list(classes), "counts": counts, "by_class": by_class}
+    return {"images": images, "labels": labels, "classes": list(classes), "counts": counts, "by_class": by_class,
+            "left_out": list(left_out)}  # fmt: skip
 
 
 def split_to(split, device):
@@ -450,8 +582,9 @@ def load_split(root, split, image_size=84, cache_dir="default", progress=True, r
         cache_dir = default_cache_dir()
     elif cache_dir == "none":
         cache_dir = None
+    left_out = []
     if layout in ("ravi", "folders"):
-        images, labels, names = _load_image_files(root, split, image_size, layout, cache_dir, progress)
+        images, labels, names, left_out = _load_image_files(root, split, image_size, layout, cache_dir, progress)
     elif layout == "omniglot":
         images, labels, names = _load_omniglot(root, split, image_size, rotations, cache_dir, progress)
     elif layout == "pickle":
@@ -460,7 +593,7 @@ def load_split(root, split, image_size=84, cache_dir="default", progress=True, r
         images, labels, names = _load_hdf5(root, split, image_size)
     if len(names) == 0 or len(images) == 0:
         raise DataError(f"the {split} split of {root} is empty")
-    return make_split(images, labels, names)
+    return make_split(images, labels, names, left_out)
 
 
 def load_splits(
@@ -470,7 +603,23 @@ def load_splits(
     synthetic dataset (`synthetic_split`, below) when `root` is None."""
     if root is None:
         return {split: synthetic_split(split, image_size, synthetic_per_class, seed) for split in splits}
-    return {split: load_split(root, split, image_size, cache_dir, progress, rotations) for split in splits}
+    loaded = {split: load_split(root, split, image_size, cache_dir, progress, rotations) for split in splits}
+    check_no_leakage(loaded, root)
+    return loaded
+
+
+def check_no_leakage(splits, root):
+    """Refuse a class that is in two splits: few-shot test classes must be unseen in training, and a
+    test.csv copied from train.csv would otherwise give a silently inflated test accuracy."""
+    names = list(splits)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            shared = sorted(set(splits[first]["classes"]) & set(splits[second]["classes"]))
+            if shared:
+                raise DataError(
+                    f"class {shared[0]} is in both the {first} and the {second} split of {root}"
+                    f"{f' ({len(shared)} classes are)' if len(shared) > 1 else ''}; each class must belong to one split"
+                )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,7 +714,13 @@ def check_episode_shape(split, ways, shots, queries, name="split"):
     """Raise DataError unless every task of this shape can be drawn from `split`."""
     n_classes = len(split["classes"])
     if ways > n_classes:
-        raise DataError(f"the {name} has {n_classes} classes, fewer than the {ways} ways asked for")
+        left_out = split.get("left_out", [])
+        why = (
+            f" ({len(left_out)} more class folders hold their images in subfolders, e.g. {left_out[0]})"
+            if left_out
+            else ""
+        )
+        raise DataError(f"the {name} has {n_classes} classes{why}, fewer than the {ways} ways asked for")
     need = shots + queries
     small = int(split["counts"].min())
     if small < need:

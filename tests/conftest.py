@@ -20,7 +20,7 @@ import data  # noqa: E402  (after ROOT is on the path)
 import maml  # noqa: E402
 
 DT = torch.float64  # the meta-gradient checks run in double precision
-CLASSES = ["n01", "n02", "n03"]  # the classes of `make_jpegs`
+CLASSES = ["n01", "n02", "n03"]  # the training classes of `make_jpegs`; its val and test classes are n1*, n2*
 PER_CLASS = 4  # images per class and split of `make_jpegs`
 
 
@@ -120,13 +120,13 @@ def flat(grads):
 
 
 def make_jpegs(folder, size=20, seed=0):
-    """Ravi layout with real JPEGs; returns {class: [decoded HxWx3 arrays, in file order]}."""
+    """Ravi layout with real JPEGs; returns {training class: [decoded HxWx3 arrays, in file order]}."""
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True)
     decoded = {c: [] for c in CLASSES}
-    for split in data.SPLITS:
+    for k, split in enumerate(data.SPLITS):
         rows = ["filename,label"]
-        for c in CLASSES:
+        for c in (name.replace("n0", f"n{k}") for name in CLASSES):  # each split has its own classes
             for i in range(PER_CLASS):
                 name = f"{c}{split}{i:04d}.jpg"
                 Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "images" / name)

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -351,3 +352,158 @@ def test_real_sample_loads_the_same_through_ravi_and_class_folders(tmp_path):
     assert ravi["classes"] == folders["classes"]
     assert torch.equal(ravi["labels"], folders["labels"])
     assert torch.equal(ravi["images"], folders["images"])
+
+
+# --------------------------------------------------------------------------- inputs people really have
+
+
+def one_image_split(tmp_path, image, name="im.png"):
+    """A folders-layout train split of one class holding `image`, loaded at its own size."""
+    (tmp_path / "train" / "c").mkdir(parents=True, exist_ok=True)
+    image.save(tmp_path / "train" / "c" / name)
+    return data.load_split(tmp_path, "train", image_size=image.size[0], cache_dir="none", progress=False)
+
+
+def grey(split):
+    """The first image's pixels of channel 0, after checking that R, G and B are equal."""
+    x = split["images"][0].numpy()
+    assert (x[0] == x[1]).all() and (x[1] == x[2]).all()
+    return x[0]
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint16) * 1040).reshape(8, 8)  # 0 .. 65520
+    image = Image.fromarray(ramp)
+    assert image.mode == "I;16"
+    image.save(tmp_path / "x.png")
+    assert Image.open(tmp_path / "x.png").mode == "I;16"
+    np.testing.assert_array_equal(grey(one_image_split(tmp_path, image)), np.round(ramp / 257).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "mode, values, expected",
+    [
+        pytest.param("I", [[0, 1000], [30000, 65535]], [[0, 4], [117, 255]], id="I holding 16-bit values"),
+        pytest.param("I", [[0, 10], [128, 255]], [[0, 10], [128, 255]], id="I holding 8-bit values"),
+        pytest.param("F", [[0.0, 0.5], [0.25, 1.0]], [[0, 128], [64, 255]], id="F in 0..1"),
+        pytest.param("F", [[0.0, 2.0], [100.0, 255.0]], [[0, 2], [100, 255]], id="F in 0..255"),
+    ],
+)
+def test_32_bit_and_float_images_are_scaled_by_their_range(mode, values, expected, tmp_path):
+    array = np.array(values, dtype=np.int32 if mode == "I" else np.float32)
+    image = Image.fromarray(array, mode)
+    np.testing.assert_array_equal(grey(one_image_split(tmp_path, image, "im.tif")), expected)
+
+
+def test_float_image_out_of_range_is_refused_naming_the_file(tmp_path):
+    image = Image.fromarray(np.array([[-1.0, 300.0], [0.0, 1.0]], dtype=np.float32), "F")
+    with pytest.raises(data.DataError, match=r"im.tif: mode F with values in \[-1, 300\]"):
+        one_image_split(tmp_path, image, "im.tif")
+
+
+def test_transparent_images_are_composited_onto_white(tmp_path):
+    la = np.zeros((2, 2, 2), np.uint8)
+    la[..., 0] = 40  # dark grey under the alpha channel
+    la[0, 0, 1] = 255  # one opaque pixel; the rest fully transparent
+    np.testing.assert_array_equal(
+        grey(one_image_split(tmp_path / "la", Image.fromarray(la, "LA"))), [[40, 255], [255, 255]]
+    )
+    palette = Image.new("P", (2, 2), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((1, 1), 1)
+    palette.info["transparency"] = 0  # palette entry 0 (black) is transparent
+    x = one_image_split(tmp_path / "p", palette)["images"][0].numpy()
+    np.testing.assert_array_equal(x[:, 1, 1], [255, 0, 0])  # the opaque red pixel
+    np.testing.assert_array_equal(x[:, 0, 0], [255, 255, 255])  # transparent: white, not black
+
+
+def test_one_bit_images_become_black_and_white(tmp_path):
+    image = Image.fromarray(np.eye(2, dtype=bool))
+    assert image.mode == "1"
+    np.testing.assert_array_equal(grey(one_image_split(tmp_path, image)), [[255, 0], [0, 255]])
+
+
+def test_huge_image_loads_without_pils_decompression_bomb_warning(tmp_path, monkeypatch, capsys):
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 40)  # a 6x6 image is then over the limit, under twice it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning would fail the load
+        split = one_image_split(tmp_path, Image.new("RGB", (6, 6), (9, 9, 9)))
+    assert int(split["images"].max()) == 9
+    assert capsys.readouterr().err == ""
+
+
+def float_pickle(folder, image_data):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "mini-imagenet-cache-train.pkl", "wb") as f:
+        pickle.dump({"image_data": image_data, "class_dict": {"a": [0, 1], "b": [2, 3]}}, f)
+    return folder
+
+
+def test_pickle_of_float_images_in_0_1_is_scaled_and_says_so(tmp_path, capsys):
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
+    float_pickle(tmp_path / "u8", pixels)
+    float_pickle(tmp_path / "f", pixels.astype(np.float32) / 255)
+    as_uint8 = data.load_split(tmp_path / "u8", "train", image_size=8)["images"]
+    as_float = data.load_split(tmp_path / "f", "train", image_size=8)["images"]
+    assert torch.equal(as_uint8, as_float) and int(as_float.max()) > 200
+    assert "float images in [0, 1]; they are scaled by 255" in capsys.readouterr().out
+
+
+def test_pickle_of_floats_in_no_known_range_is_refused(tmp_path):
+    float_pickle(tmp_path, np.full((4, 8, 8, 3), 0.5, np.float32) * np.array([1, 1, 700], np.float32))
+    with pytest.raises(data.DataError, match=r"float32 values in \[0.5, 350\]; expected uint8"):
+        data.load_split(tmp_path, "train", image_size=8)
+
+
+def test_class_in_two_splits_is_refused_naming_it_and_both_splits(tmp_path):
+    make_jpegs(tmp_path)
+    (tmp_path / "test.csv").write_text((tmp_path / "train.csv").read_text())
+    with pytest.raises(data.DataError, match="class n01 is in both the train and the test split .*3 classes are"):
+        data.load_splits(tmp_path, ["train", "val", "test"], image_size=8, progress=False)
+
+
+def test_class_folder_with_images_in_a_subfolder_is_named_in_a_warning(tmp_path, capsys):
+    make_jpegs(tmp_path / "ravi")
+    ravi_to_folders(tmp_path / "ravi", tmp_path / "folders", splits=["train"])
+    n03 = tmp_path / "folders" / "train" / "n03"
+    (n03 / "nested").mkdir()
+    for f in n03.glob("*.jpg"):
+        f.rename(n03 / "nested" / f.name)
+    split = data.load_split(tmp_path / "folders", "train", image_size=8, progress=False)
+    assert split["classes"] == ["n01", "n02"]
+    assert "1 class folder(s)" in capsys.readouterr().out
+    with pytest.raises(data.DataError, match=r"2 classes \(1 more class folders .*n03/nested/.*fewer than the 3 ways"):
+        data.check_episode_shape(split, 3, 1, 1, "train split")
+
+
+def test_csv_with_a_byte_order_mark_and_images_prefix_loads_like_the_plain_one(tmp_path):
+    make_jpegs(tmp_path)
+    plain = data.load_split(tmp_path, "train", image_size=8, cache_dir="none", progress=False)
+    lines = (tmp_path / "train.csv").read_text().splitlines()
+    odd = [lines[0]] + [f"images/{line}" for line in lines[1:]]
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + "\n".join(odd).encode() + b"\n")
+    odd_split = data.load_split(tmp_path, "train", image_size=8, cache_dir="none", progress=False)
+    assert torch.equal(plain["images"], odd_split["images"]) and plain["classes"] == odd_split["classes"]
+
+
+def test_latin1_csv_is_refused_naming_the_line(tmp_path):
+    make_jpegs(tmp_path)
+    text = (tmp_path / "train.csv").read_text().replace("n01train0000.jpg,n01", "n01train0000.jpg,caf\u00e9")
+    (tmp_path / "train.csv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(data.DataError, match=r"train.csv is not UTF-8 text \(line 2 holds the byte 0xe9\)"):
+        data.load_split(tmp_path, "train", image_size=8, progress=False)
+
+
+def test_file_and_class_names_that_are_not_utf8_load_and_cache(tmp_path):
+    make_jpegs(tmp_path / "ravi")
+    ravi_to_folders(tmp_path / "ravi", tmp_path / "folders", splits=["train"])
+    train = tmp_path / "folders" / "train"
+    os.rename(train / "n02", os.fsdecode(bytes(train) + b"/caf\xe9"))
+    first = os.listdir(os.fsdecode(bytes(train) + b"/caf\xe9"))[0]
+    os.rename(train / "n01" / "n01train0000.jpg", os.fsdecode(bytes(train / "n01") + b"/\xff.jpg"))
+    split = data.load_split(tmp_path / "folders", "train", image_size=8, progress=False)
+    assert split["classes"] == ["caf\\xe9", "n01", "n03"] and len(split["images"]) == 12 and first
+    again = data.load_split(tmp_path / "folders", "train", image_size=8, progress=False)  # from the cache
+    assert torch.equal(split["images"], again["images"]) and again["classes"] == split["classes"]
