@@ -11,7 +11,6 @@ table1_learned_rates.{md,csv}, fig5_training.png, fig6_learned_rates.png, fig6_r
 fig7_probe.png, stats.{md,json} and report.md, which holds everything on one page.
 """
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+import data
 import maml
 import probe
 
@@ -41,11 +41,6 @@ class AnalysisError(Exception):
 # ----------------------------------------------------------------------------------------------
 # Reading runs
 # ----------------------------------------------------------------------------------------------
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def probed_checkpoint(folder, probes):
@@ -104,20 +99,41 @@ def load_run(path):
         "config": config,
         "iteration": ckpt["iteration"],
         "method": "metasgd" if config["learn_lr"] else "maml",
-        "metrics": read_csv(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
-        "lr_stats": read_csv(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
-        "test": json.loads((folder / "test.json").read_text()) if (folder / "test.json").exists() else None,
+        "metrics": maml.read_log_strictly(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
+        "lr_stats": maml.read_log_strictly(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
+        "test": maml.read_json(folder / "test.json") if (folder / "test.json").exists() else None,
         "probes": {},
     }
     for records in sorted(folder.glob("probe*.csv")):
         summary = records.with_suffix(".json")
-        settings = json.loads(summary.read_text()).get("settings", {}) if summary.exists() else {}
+        settings = maml.read_json(summary).get("settings", {}) if summary.exists() else {}
         run["probes"][records.stem] = {"records": probe.read_records(records), "settings": settings}
     run["table1"] = table1_source(folder, run["probes"]) if config["learn_lr"] else None
     return run
 
 
+# Flags that do not change what a run computes: runs that differ only in these are one run.
+NOT_RESULTS = {"out", "resume", "no_progress", "debug", "device", "cache_dir", "task_batching", "log_every"}
+
+
 def check_compatible(runs):
+    """Refuse runs that cannot be analysed together: a run given twice, or two runs of identical config
+    and seed (either would count one run as two seeds and double n), or mixed task shapes."""
+    seen = {}
+    for run in runs:
+        folder = Path(run["folder"]).resolve()
+        if folder in seen:
+            raise AnalysisError(f"{run['folder']} is given twice (also as {seen[folder]}); give each run once")
+        seen[folder] = run["folder"]
+    configs = {}
+    for run in runs:
+        key = json.dumps({k: v for k, v in run["config"].items() if k not in NOT_RESULTS}, sort_keys=True, default=str)
+        if key in configs:
+            raise AnalysisError(
+                f"{configs[key]} and {run['folder']} have the same config and seed: they are one run made twice, "
+                f"not two seeds; give one of them"
+            )
+        configs[key] = run["folder"]
     shapes = {(r["config"]["ways"], r["config"]["shots"]) for r in runs}
     if len(shapes) > 1:
         raise AnalysisError(
@@ -711,8 +727,13 @@ def report_notes(runs, by_method):
     if "metasgd" not in by_method:
         missing.append("no Meta-SGD run: Table 1 and Figure 6 (learned rates) are left out")
     for run in runs:
-        if not run["probes"]:
+        if not run["probes"] and (Path(run["folder"]) / "best.pt").exists():
             missing.append(f"{run['folder']} has no probe records: run `python probe.py {run['folder']}/best.pt`")
+        elif not run["probes"]:
+            missing.append(
+                f"{run['folder']} has no probe records and no best.pt yet (training stopped before its first "
+                f"evaluation): continue it with `python maml.py --resume --out {run['folder']}`"
+            )
         if run["test"] is None:
             missing.append(f"{run['folder']} has no test.json (training did not finish)")
     warnings = []
@@ -735,12 +756,19 @@ def report_notes(runs, by_method):
 
 
 def analyze(paths, out):
+    """Read and check every run, then write the report into `out`. Returns the path of report.md."""
     runs = [load_run(p) for p in paths]
     if not runs:
         raise AnalysisError("give at least one run folder")
     check_compatible(runs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    maml.check_out_folder(out)
+    try:
+        return write_report(runs, Path(out))
+    except OSError as e:  # a full disk, say: name the file
+        raise data.WriteError(data.write_failure(e.filename or out, e)) from None
+
+
+def write_report(runs, out):
     by_method = {}
     for run in runs:
         by_method.setdefault(run["method"], []).append(run)
@@ -790,10 +818,8 @@ def analyze(paths, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
-        description="Write the paper's tables, figures and t-tests for finished runs, "
-        "beside the paper's numbers, into one report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = maml.argument_parser(
+        "Write the paper's tables, figures and t-tests for finished runs, beside the paper's numbers, into one report."
     )
     p.add_argument("runs", nargs="+", help="run folders (or checkpoints) written by maml.py, probed by probe.py")
     p.add_argument("--out", default="report", help="folder for the report, tables and figures")

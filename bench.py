@@ -13,7 +13,6 @@ variant's meta-gradient from the loop's on the same episode (on a GPU it should 
              BatchNorm written out, as F.batch_norm under vmap is not correctly second order)
 """
 
-import argparse
 import resource
 import statistics
 import time
@@ -240,8 +239,8 @@ def print_row(r):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0] + " Prints ms/iteration, iterations/s, peak "
+    p = maml.argument_parser(
+        __doc__.split("\n")[0] + " Prints ms/iteration, iterations/s, peak "
         "memory and the speed-up over the per-task loop, measured in this run."
     )
     p.add_argument("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda'")

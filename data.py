@@ -348,11 +348,12 @@ def default_cache_dir():
 
 
 def write_failure(path, error):
-    """The one-line reason a file could not be written, for a WriteError."""
-    if isinstance(error, OSError):
-        reason = error.strerror or str(error)
-    else:  # torch.save reports a failed write as a RuntimeError about stream positions
-        reason = f"the write failed ({type(error).__name__}; is the disk full?)"
+    """The one-line reason a file could not be written, for a WriteError. torch.save reports a failed
+    write as a RuntimeError about stream positions, with the OSError that says why as its context."""
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    reason = (cause.strerror or str(cause)) if cause is not None else f"the write failed ({type(error).__name__})"
     return f"cannot write {printable(str(path))}: {reason}"
 
 

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import csv
 import datetime
+import fcntl
 import json
 import math
 import os
@@ -453,7 +454,11 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def save_checkpoint(ckpt, path):
-    data.atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    def write(tmp):
+        with open(tmp, "wb") as f:  # through a Python file, so a failed write is an OSError that says why
+            torch.save(ckpt, f)
+
+    data.atomic_write(path, write)
 
 
 def refuse_to_overwrite(path, holds_results, resume, what):
@@ -463,34 +468,183 @@ def refuse_to_overwrite(path, holds_results, resume, what):
         raise ConfigError(f"{path} already holds {what}; pass --resume to continue it, or choose another --out")
 
 
+KERNEL_FOLDERS = (Path("/proc"), Path("/sys"))  # hold the kernel's view of the system, never files of ours
+
+
+def check_out_folder(out, flag="--out"):
+    """Refuse, in one line and before any work, an output folder that cannot hold our files: a file,
+    a place under /proc or /sys, or a folder that cannot be created or written. Creates it; returns
+    whether it was created (so that a run that fails at once can remove it again)."""
+    out = Path(out)
+    resolved = out.resolve()
+    for kernel in KERNEL_FOLDERS:
+        if resolved == kernel or kernel in resolved.parents:
+            raise ConfigError(f"{flag} {out} lies under {kernel}, which holds kernel files; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out} is a file; expected a folder (it is created if missing)")
+    existed = out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{flag} {out} cannot be created: {e.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {out} is not writable by this user")
+    return not existed
+
+
+@contextlib.contextmanager
+def lock_outputs(folder, name, what, flag="--out"):
+    """One writer per output: an exclusive flock on the lock file `folder/name`, held while the block
+    runs. A second writer is refused in one line that names the holder's PID (written into the file).
+    The kernel releases the lock when its process dies, so a SIGKILL leaves no stale lock. A folder
+    created here and left holding only the lock file (a run refused at once) is removed again."""
+    folder = Path(folder)
+    created = check_out_folder(folder, flag)
+    lock_path = folder / name
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"{flag} {folder} cannot be written: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"{folder} is in use: another process (PID {holder}) is writing {what} there; wait for it to end "
+                f"or choose another {flag}"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            raise data.WriteError(data.write_failure(lock_path, e)) from None
+        yield
+    finally:
+        if created and [p.name for p in folder.iterdir()] == [name]:
+            lock_path.unlink()
+            folder.rmdir()
+        os.close(fd)
+
+
 def append_rows(path, rows):
-    """Append dict rows to a CSV, with a header when the file is new."""
+    """Append dict rows to a CSV, with a header when the file is new. A failed write raises WriteError."""
     if not rows:
         return
     new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    try:
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+    except OSError as e:  # a full disk: the torn last row is dropped by the next --resume
+        raise data.WriteError(data.write_failure(path, e)) from None
 
 
-def drop_rows_after(path, iteration):
-    """Keep a CSV's rows up to `iteration`. A killed run may have logged past its last checkpoint;
-    on --resume those iterations run again and log again."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        kept = [row for row in csv.DictReader(f) if int(row["iteration"]) <= iteration]
+TEXT_COLUMNS = {"name", "kind", "classes_A", "classes_B"}  # the columns of our logs that are not numbers
+
+
+def line_damage(line, header):
+    """What is wrong with one line of a log (None if nothing): NUL bytes, a wrong field count, or a
+    field that should be a number and is not."""
+    if "\0" in line:
+        return "NUL bytes"
+    fields = next(csv.reader([line]))
+    if len(fields) != len(header):
+        return f"{len(fields)} fields where the header has {len(header)}"
+    for column, value in zip(header, fields):
+        if column not in TEXT_COLUMNS and not is_number(value, whole=column in ("iteration", "chunk")):
+            return f"{column} is {value[:20]!r}, not a number"
+    return None
+
+
+def is_number(text, whole=False):
+    """Whether a log field parses as a number: an int if `whole`, else a float or empty (train_loss of
+    row 0 is empty)."""
+    try:
+        int(text) if whole else float(text or 0)
+        return True
+    except ValueError:
+        return False
+
+
+def read_log(path):
+    """A CSV log (metrics.csv, lr_stats.csv, probe*.csv) as (rows, damage). rows: the dict rows before
+    the first damaged line; damage: None, or (line number, what is wrong, whether the damage is only
+    the file's tail: a kill or a full disk mid-write leaves a torn last row or NUL padding, which can
+    be dropped, while garbage followed by good rows cannot be repaired by dropping)."""
+    lines = Path(path).read_bytes().decode("utf-8", "replace").split("\n")
+    torn = lines.pop() if lines else ""  # the text after the last line end: empty unless torn
+    lines = [line.removesuffix("\r") for line in lines] + ([torn] if torn else [])
+    header = next(csv.reader([lines[0]])) if lines and "\0" not in lines[0] else []
+    rows, damage = [], None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        what = ("no header" if header[:1] != ["iteration"] else None) if number == 1 else line_damage(line, header)
+        if what is None and torn and number == len(lines):
+            what = "a torn last row, without a line end"
+        if what is not None and damage is None:
+            damage = [number, what, True]
+        elif what is None and damage is not None:
+            damage[2] = False  # a whole row after the damage
+        elif what is None and number > 1:
+            rows.append(dict(zip(header, next(csv.reader([line])))))
+    if damage and damage[0] == 1 and any(line.strip() for line in lines[1:]):
+        damage[2] = False  # without a header no row can be read: nothing to drop, everything to check
+    return rows, tuple(damage) if damage else None
+
+
+def read_log_strictly(path):
+    """The rows of a log that must be whole (analyze.py reads them); damage is named in one line."""
+    rows, damage = read_log(path)
+    if damage:
+        raise data.DataError(f"{path} line {damage[0]} is damaged ({damage[1]}); fix or remove that line")
+    return rows
+
+
+def repair_logs(paths, iteration):
+    """On --resume: keep the logs' rows up to `iteration` (a killed run may have logged past its last
+    checkpoint; those iterations run again and log again). A damaged tail is dropped, and said so in
+    one line; damage followed by good rows is refused, naming the file and line, before any log is
+    changed."""
+    readings = {path: read_log(path) for path in paths if path.exists()}
+    for path, (_, damage) in readings.items():
+        if damage and not damage[2]:
+            raise CheckpointError(
+                f"{path} line {damage[0]} is damaged ({damage[1]}) and whole rows follow it; fix or remove that "
+                f"line, then --resume again"
+            )
+    for path, (rows, damage) in readings.items():
+        if damage:
+            print(f"repaired {path}: dropped its damaged tail from line {damage[0]} on ({damage[1]})")
+        kept = [row for row in rows if int(row["iteration"]) <= iteration]
+        if damage or len(kept) < len(rows):
+            write_rows(path, kept)
+
+
+def write_rows(path, rows):
+    """Replace a CSV log by `rows` (atomically)."""
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:
-            if kept:
-                writer = csv.DictWriter(f, fieldnames=list(kept[0]))
+            if rows:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
-                writer.writerows(kept)
+                writer.writerows(rows)
 
     data.atomic_write(path, write)
+
+
+def read_json(path):
+    """A JSON file we wrote (test.json, probe*.json); a damaged one is named, with its line, in one line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise data.DataError(f"{path} line {e.lineno} is damaged ({e.msg}); remove it or write it again") from None
+    except UnicodeDecodeError:
+        raise data.DataError(f"{path} is damaged (not UTF-8 text); remove it or write it again") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -560,12 +714,24 @@ def add_run_flags(g):
     g("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+def refuse_usage(message):
+    """argparse's `error` for every script: one line (raised, for run_cli to print), not the usage text."""
+    raise ConfigError(f"{message}; see --help")
+
+
+def argument_parser(description):
+    """The argument parser of every script: --help shows the defaults, and a bad flag (a typo,
+    --ways five) ends in one line through run_cli instead of argparse's usage text."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = refuse_usage
+    return parser
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
-        description="Train the paper's Conv-4 with MAML (default) or Meta-SGD (--learn-lr). Defaults are "
+    p = argument_parser(
+        "Train the paper's Conv-4 with MAML (default) or Meta-SGD (--learn-lr). Defaults are "
         "the paper's: 5-way 1-shot, 10 queries per class, 3 tasks per meta-batch, 5 inner steps, "
-        "inner lr 0.01, Adam 1e-3, 60,000 iterations.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "inner lr 0.01, Adam 1e-3, 60,000 iterations."
     )
     groups = {name: p.add_argument_group(name).add_argument for name in (ALGORITHM, RUN)}
     for group, flag, default, text in INT_FLAGS:
@@ -621,14 +787,13 @@ def default_out(config):
 # ----------------------------------------------------------------------------------------------
 
 
-def start_run(args):
+def start_run(args, out):
     """The run's config and, on --resume, the checkpoint it continues from. A resumed run keeps the
-    checkpoint's config; only the flags in RESUME_MAY_CHANGE may differ from it."""
-    check_config(args)
+    checkpoint's config; only the flags in RESUME_MAY_CHANGE may differ from it, and --iterations
+    may not fall below the iteration it has reached."""
     config = dict(vars(args))
-    out = Path(args.out or default_out(config))
     ckpt_path = out / "ckpt.pt"
-    refuse_to_overwrite(out, out.exists() and any(out.glob("*.pt")), args.resume, "a run")
+    refuse_to_overwrite(out, any(out.glob("*.pt")), args.resume, "a run")
     if not args.resume:
         return {**config, **data.dataset_defaults(args.data, args.image_size, args.rotations), "out": str(out)}, None
     if not ckpt_path.exists():
@@ -642,7 +807,13 @@ def start_run(args):
                 f"{saved.get(key)}; drop the flag to resume, or start a new --out"
             )
     changed = {k: config[k] for k in RESUME_MAY_CHANGE if k in config and config[k] != defaults.get(k)}
-    return {**defaults, **saved, **changed, "out": str(out)}, resumed  # defaults: flags newer than the run
+    merged = {**defaults, **saved, **changed, "out": str(out)}  # defaults: flags newer than the run
+    if merged["iterations"] < resumed["iteration"]:
+        raise ConfigError(
+            f"--iterations {merged['iterations']} is below iteration {resumed['iteration']}, which {ckpt_path} "
+            f"has reached; give at least {resumed['iteration']}"
+        )
+    return merged, resumed
 
 
 def run_splits(config, names, progress):
@@ -653,17 +824,20 @@ def run_splits(config, names, progress):
     )  # fmt: skip
 
 
-def load_train_val(config, progress, quiet=False):
-    """The training and validation splits, checked against the task shape before any work starts."""
+def load_run_splits(config, progress, quiet=False):
+    """The train, val and test splits, checked before any work starts: classes in one split only,
+    and enough classes and images for the training and evaluation tasks (the test split is used
+    only at the end, so a problem with it would otherwise surface after the whole run)."""
     if not config["data"] and not quiet:
         print(f"no --data given: using the built-in synthetic dataset ({config['image_size']}px glyphs, "
               f"64/16/20 classes, seed {config['seed']})")  # fmt: skip
-    if config.get("omniglot_split"):
+    if config.get("omniglot_split") and not quiet:
         print(f"Omniglot, {config['omniglot_split']} split, rotations {'on' if config['rotations'] else 'off'}, "
               f"{config['image_size']}px, 1 channel (strokes bright)")  # fmt: skip
-    splits = run_splits(config, ["train", "val"], progress)
+    splits = run_splits(config, ["train", "val", "test"], progress)
     data.check_episode_shape(splits["train"], config["ways"], config["shots"], config["queries"], "train split")
-    data.check_episode_shape(splits["val"], config["ways"], config["shots"], config["eval_queries"], "val split")
+    for name in ("val", "test"):
+        data.check_episode_shape(splits[name], config["ways"], config["shots"], config["eval_queries"], f"{name} split")
     return splits
 
 
@@ -708,13 +882,17 @@ def restore_state(resumed, config, device, dtype, rank=0, world=1):
     run.optimizer.load_state_dict(resumed["optimizer"])
     run.episodes.set_state(resumed["generator"])
     run.iteration, run.elapsed, run.best = resumed["iteration"], resumed["elapsed"], tuple(resumed["best_val"])
+    if "loss_sum" in resumed:  # checkpoints before these were kept start the sums afresh
+        run.loss_sum, run.acc_sum = resumed["loss_sum"].to(device), resumed["acc_sum"].to(device)
+        run.since_eval = resumed["since_eval"]
     return run
 
 
 def start_files(run, config, out, resumed, val_split, norm):
     """Under torchrun, first make every process start from rank 0's parameters, and let every
     process finish its checks before rank 0 writes anything. Then (rank 0) the run folder: logs cut
-    back to the checkpoint a resumed run continues from, or iteration 0's validation and checkpoint."""
+    back to the checkpoint a resumed run continues from (a torn or garbage tail dropped), or
+    iteration 0's validation and checkpoint."""
     if run.world > 1:
         with torch.no_grad():
             for t in [*run.params.values(), *run.inner_lrs.values()]:
@@ -722,8 +900,12 @@ def start_files(run, config, out, resumed, val_split, norm):
         dist.barrier()
     if run.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        for log in ("metrics.csv", "lr_stats.csv"):
-            drop_rows_after(out / log, run.iteration if resumed else -1)
+        logs = [out / "metrics.csv", out / "lr_stats.csv"]
+        if resumed:
+            repair_logs(logs, run.iteration)
+        else:
+            for log in logs:  # logs of an earlier start that never wrote a checkpoint
+                log.unlink(missing_ok=True)
     if not resumed:
         validate_and_log(run, config, out, val_split, norm)
         if run.rank == 0:
@@ -738,6 +920,10 @@ def checkpoint(run, config):
         "optimizer": run.optimizer.state_dict(), "generator": run.episodes.get_state(),
         "generator_device": run.episodes.device.type, "norm": run.norm, "elapsed": run.elapsed,
         "best_val": list(run.best), "classes": run.classes,
+        # the training means' running sums since the last evaluation, so the next metrics.csv row of a
+        # resumed run is the uninterrupted run's
+        "loss_sum": run.loss_sum.detach().cpu().clone(), "acc_sum": run.acc_sum.detach().cpu().clone(),
+        "since_eval": run.since_eval,
     }  # fmt: skip
 
 
@@ -825,10 +1011,8 @@ def end_of_step(run, config, out, val_split, norm, bar, stopping):
         save_checkpoint(checkpoint(run, config), out / "ckpt.pt")
 
 
-def test_best(config, out, run, dtype, norm, progress):
+def test_best(config, out, run, dtype, norm, test_split):
     """Test accuracy of best.pt on fixed test tasks, as MAML reports it; written to test.json."""
-    test_split = run_splits(config, ["test"], progress)["test"]
-    data.check_episode_shape(test_split, config["ways"], config["shots"], config["eval_queries"], "test split")
     best = broadcast_from_rank0(load_checkpoint(out / "best.pt") if run.rank == 0 else None, run.world)
     device = run.device
     accuracies = evaluate(
@@ -887,27 +1071,55 @@ def stop_on_signal():
 # ----------------------------------------------------------------------------------------------
 
 
+RUN_FILES = ("ckpt.pt", "best.pt", "metrics.csv", "lr_stats.csv", "test.json")  # what a run folder holds
+
+
 def train(args):
     """Meta-train as configured by `args` (see build_parser). Returns the run folder. Under torchrun,
-    every process runs this on its own slice of each meta-batch."""
-    config, resumed = start_run(args)
+    every process runs this on its own slice of each meta-batch, and rank 0 writes every file. The
+    folder is locked for the whole run (`lock_outputs`); a write that fails ends the run saying which
+    checkpoint is left."""
+    check_config(args)
+    out = Path(args.out or default_out(vars(args)))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if config["meta_batch"] % world:
-        raise ConfigError(f"--meta-batch {config['meta_batch']} cannot be split evenly over {world} processes; "
+    if args.meta_batch % world:
+        raise ConfigError(f"--meta-batch {args.meta_batch} cannot be split evenly over {world} processes; "
                           f"use a multiple of {world}")  # fmt: skip
-    rank, world, device = join_processes(resolve_device(config["device"]))
-    with processes_joined(world), precision_applied(config["precision"], device) as precision:
-        config["precision"] = precision
-        if rank == 0:
-            print(f"precision: {precision} ({PRECISIONS[precision]}), {config['dtype']} parameters")
-        return train_process(config, resumed, rank, world, device)
+    writer = int(os.environ.get("RANK", "0")) == 0
+    with lock_outputs(out, "run.lock", "a training run") if writer else contextlib.nullcontext():
+        removed = data.remove_stale_temporaries(out, RUN_FILES) if writer else []
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) that a killed run left in {out}: {', '.join(removed)}")
+        config, resumed = start_run(args, out)
+        rank, world, device = join_processes(resolve_device(config["device"]))
+        with processes_joined(world), precision_applied(config["precision"], device) as precision:
+            config["precision"] = precision
+            if rank == 0:
+                print(f"precision: {precision} ({PRECISIONS[precision]}), {config['dtype']} parameters")
+            try:
+                return train_process(config, resumed, rank, world, device)
+            except data.WriteError as e:
+                raise data.WriteError(f"{e}; {checkpoint_left(out)}") from e
+
+
+def checkpoint_left(out):
+    """What a run stopped by a failed write (a full disk) can continue from, in words."""
+    try:
+        iteration = load_checkpoint(out / "ckpt.pt")["iteration"]
+    except CheckpointError:
+        return "no checkpoint was written yet: make space, then start the run again"
+    return (
+        f"the last checkpoint {out / 'ckpt.pt'} (iteration {iteration}) is intact: make space, then "
+        f"python maml.py --resume --out {out}"
+    )
 
 
 def train_process(config, resumed, rank, world, device):
+    """The training run itself, in the run folder that rank 0 has locked."""
     out, progress = Path(config["out"]), not config["no_progress"] and rank == 0
     dtype = getattr(torch, config["dtype"])
     together = config["task_batching"] == "grouped" or (config["task_batching"] == "auto" and device.type == "cuda")
-    splits = load_train_val(config, progress, quiet=rank != 0)
+    splits = load_run_splits(config, progress, quiet=rank != 0)
     # The first conv takes the data's channel count (3, or 1 for Omniglot); the checkpoint records it.
     config["channels"] = config.get("channels", int(splits["train"]["images"].shape[1]))
     if resumed:
@@ -944,7 +1156,7 @@ def train_process(config, resumed, rank, world, device):
             print(f"interrupted: saved iteration {run.iteration} to {out / 'ckpt.pt'}; continue with "
                   f"python maml.py --resume --out {out}")  # fmt: skip
         return out
-    test_best(config, out, run, dtype, norm, progress)
+    test_best(config, out, run, dtype, norm, splits["test"])
     return out
 
 
@@ -954,7 +1166,7 @@ def run_cli(main_fn, argv=None, errors=()):
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         return main_fn(argv)
-    except (data.DataError, CheckpointError, ConfigError, FloatingPointError, *errors) as e:
+    except (data.DataError, data.WriteError, CheckpointError, ConfigError, FloatingPointError, *errors) as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -964,6 +1176,11 @@ def run_cli(main_fn, argv=None, errors=()):
             raise
         print(f"error: rank {os.environ.get('RANK', 0)} of {os.environ.get('WORLD_SIZE', 1)}: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:  # a file that vanished or could not be read or written where no check expected it
+        if debug:
+            raise
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

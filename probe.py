@@ -14,7 +14,6 @@ the most cosine-similar prototype. One probe iteration:
 The design is paired: on-task change = on_A - pre_A and off-task change = off_B - pre_B, per iteration.
 """
 
-import argparse
 import contextlib
 import csv
 import json
@@ -164,9 +163,9 @@ PAIR_COLUMNS = ("chunk_seed", "classes_A", "classes_B")  # what identifies an it
 
 
 def read_records(path):
-    """A records CSV as {column: list}: the regimes as floats, the task-pair columns as strings."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """A records CSV as {column: list}: the regimes as floats, the task-pair columns as strings. A damaged
+    file is named, with its line."""
+    rows = maml.read_log_strictly(path)
     records = {k: [float(r[k]) for r in rows] for k in REGIMES}
     records.update({k: [r.get(k, "") for r in rows] for k in PAIR_COLUMNS})
     return records
@@ -178,11 +177,10 @@ def read_records(path):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        description="Three-regime embedding probe of a trained checkpoint: prototype accuracy of the encoder "
+    p = maml.argument_parser(
+        "Three-regime embedding probe of a trained checkpoint: prototype accuracy of the encoder "
         "before adaptation, after adapting on task A (on A), and after adapting on A (on another "
-        "task B). Writes every iteration to a CSV and a summary with t-tests to a JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "task B). Writes every iteration to a CSV and a summary with t-tests to a JSON."
     )
     a = p.add_argument
     a("checkpoint", help="a checkpoint written by maml.py (best.pt or ckpt.pt)")
@@ -253,19 +251,26 @@ def check_flags(args):
 
 def finished_rows(records_path, summary_path, settings, resume):
     """On --resume, the rows of the whole chunks an interrupted probe wrote (a kill can leave the last
-    chunk half-written); with no earlier records, none."""
+    chunk half-written, or a torn or NUL-padded last row, which is dropped and said so); with no
+    earlier records, none. Damage followed by good rows is refused, naming the line."""
     maml.refuse_to_overwrite(records_path, records_path.exists(), resume, "probe records")
     if not records_path.exists():
         return []
-    saved = json.loads(summary_path.read_text())["settings"] if summary_path.exists() else None
+    saved = maml.read_json(summary_path).get("settings") if summary_path.exists() else None
 
     def comparable(s):
         return {k: v for k, v in s.items() if k not in ("iterations", "checkpoint_file")}  # older probes lack the file
 
     if saved is not None and comparable(saved) != comparable(settings):
         raise maml.ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
-    with open(records_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows, damage = maml.read_log(records_path)
+    if damage and not damage[2]:
+        raise data.DataError(
+            f"{records_path} line {damage[0]} is damaged ({damage[1]}) and whole rows follow it; fix or remove "
+            f"that line, then --resume again"
+        )
+    if damage:
+        print(f"repaired {records_path}: dropped its damaged tail from line {damage[0]} on ({damage[1]})")
     batch, iterations = settings["batch"], settings["iterations"]
     rows_in = {}
     for row in rows:
@@ -361,33 +366,69 @@ def probe_chunks(probe_one, first_chunk, n_chunks, rank, world):
         yield [row for part in gathered for row in part]
 
 
+def write_json(path, content):
+    data.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2) + "\n"))
+
+
+def write_records(path, rows):
+    """Start the records file with the finished rows kept from an interrupted probe (atomically: a
+    failed write leaves the old file as it was)."""
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    data.atomic_write(path, write)
+
+
+def append_chunk(f, records_path, rows):
+    """Append one chunk's records to the open records file, flushed to disk so a kill keeps every
+    finished chunk. A failed write (a full disk) ends in one line saying that --resume continues."""
+    try:
+        csv.DictWriter(f, fieldnames=COLUMNS).writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as e:
+        raise data.WriteError(
+            f"{data.write_failure(records_path, e)}; its finished chunks are kept: make space, then run the "
+            f"same command with --resume"
+        ) from None
+
+
 def run(args):
+    """The probe of `args.checkpoint`. Its outputs are locked for the whole probe (one writer: rank 0
+    under torchrun); inputs are checked before anything is written."""
     check_flags(args)
     ckpt = maml.load_checkpoint(args.checkpoint)
     config = ckpt["config"]
-    rank, world, device = maml.join_processes(maml.resolve_device(args.device))
-    with maml.processes_joined(world), maml.precision_applied(config.get("precision", "auto"), device):
-        return probe_process(args, ckpt, config, rank, world, device)
-
-
-def probe_process(args, ckpt, config, rank, world, device):
-    inner_lrs = probe_rates(ckpt["inner_lrs"], args.rates, args.inner_lr, meta_sgd=config["learn_lr"])
-    settings = probe_settings(args, ckpt, batch=args.batch or (64 if device.type == "cuda" else 8))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
-    records_path, summary_path = out / f"{stem}.csv", out / f"{stem}.json"
+    writer = int(os.environ.get("RANK", "0")) == 0
+    with maml.lock_outputs(out, f"{stem}.lock", f"{stem}.csv") if writer else contextlib.nullcontext():
+        if writer:
+            data.remove_stale_temporaries(out, [f"{stem}.csv", f"{stem}.json"])
+        rank, world, device = maml.join_processes(maml.resolve_device(args.device))
+        with maml.processes_joined(world), maml.precision_applied(config.get("precision", "auto"), device):
+            return probe_process(args, ckpt, out / f"{stem}.csv", out / f"{stem}.json", rank, world, device)
+
+
+def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
+    config = ckpt["config"]
+    inner_lrs = probe_rates(ckpt["inner_lrs"], args.rates, args.inner_lr, meta_sgd=config["learn_lr"])
+    settings = probe_settings(args, ckpt, batch=args.batch or (64 if device.type == "cuda" else 8))
     done_rows = finished_rows(records_path, summary_path, settings, args.resume)
     split = data.split_to(load_probe_split(args, config, quiet=rank != 0), device)
     if world > 1:
         dist.barrier()  # every process has read the old records and checked its inputs
-    if rank == 0:  # every input is checked: only now is anything written
-        out.mkdir(parents=True, exist_ok=True)
-        started = json.dumps({"settings": settings}, indent=2) + "\n"
-        data.atomic_write(summary_path, lambda tmp: tmp.write_text(started))
-        with open(records_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(done_rows)
+    if rank == 0:
+        # Every input is checked: only now is anything written. A resumed probe's summary is kept until
+        # the new one replaces it (it may be a finished one); a new probe's settings are written first,
+        # for --resume to compare.
+        if not (records_path.exists() and summary_path.exists()):
+            write_json(summary_path, {"settings": settings})
+        write_records(records_path, done_rows)
 
     dtype = getattr(torch, config.get("dtype", "float32"))
     params = {n: p.to(device, dtype) for n, p in ckpt["params"].items()}
@@ -405,9 +446,7 @@ def probe_process(args, ckpt, config, rank, world, device):
     with bar, open(records_path, "a", newline="") if rank == 0 else contextlib.nullcontext() as f:
         for rows in probe_chunks(probe_one, start // batch, math.ceil(args.iterations / batch), rank, world):
             if rank == 0:
-                csv.DictWriter(f, fieldnames=COLUMNS).writerows(rows)
-                f.flush()
-                os.fsync(f.fileno())
+                append_chunk(f, records_path, rows)
             bar.update(len(rows))
     if rank != 0:
         return None
@@ -418,7 +457,7 @@ def write_summary(settings, records_path, summary_path, args, seconds, start):
     speed = round((args.iterations - start) / seconds, 2) if seconds > 0 else None
     summary = {"settings": settings, **summarize(read_records(records_path)),
                "seconds_this_session": round(seconds, 2), "iterations_per_second": speed}  # fmt: skip
-    data.atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    write_json(summary_path, summary)
     title = f"{settings['method']} probe of {args.checkpoint} ({args.iterations} iterations, {args.split} split, "
     print(format_summary(summary, title + f"rates {args.rates}, {settings['steps']} steps)"))
     print(f"records: {records_path}\nsummary: {summary_path}")

@@ -24,6 +24,12 @@ CLASSES = ["n01", "n02", "n03"]  # the training classes of `make_jpegs`; its val
 PER_CLASS = 4  # images per class and split of `make_jpegs`
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "limit(size): run the case in a subprocess that may write at most size bytes a file"
+    )
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own image cache and a quiet, 2-thread torch. The suite is a CPU suite, also

@@ -298,3 +298,14 @@ def test_bad_inputs_end_with_one_line(tmp_path):
     torch.save({"something": 1}, tmp_path / "foreign.pt")
     with pytest.raises(analyze.AnalysisError, match="not a checkpoint of this project"):
         analyze.analyze([tmp_path / "foreign.pt"], tmp_path / "r")
+
+
+def test_hint_for_a_run_without_best_pt_says_to_resume_it_not_to_probe_a_missing_file(tmp_path):
+    make_run(tmp_path / "killed", "maml", 0, with_probe=False)
+    (tmp_path / "killed" / "best.pt").unlink()  # a run killed before its first evaluation: ckpt.pt, no best.pt
+    text = analyze.analyze([tmp_path / "killed"], tmp_path / "report").read_text()
+    assert "best.pt`" not in text
+    assert f"python maml.py --resume --out {tmp_path / 'killed'}" in text
+    torch.save(torch.load(tmp_path / "killed" / "ckpt.pt", weights_only=True), tmp_path / "killed" / "best.pt")
+    text = analyze.analyze([tmp_path / "killed"], tmp_path / "report").read_text()
+    assert f"python probe.py {tmp_path / 'killed'}/best.pt" in text

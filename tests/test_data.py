@@ -445,10 +445,12 @@ def test_pickle_of_float_images_in_0_1_is_scaled_and_says_so(tmp_path, capsys):
     pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
     float_pickle(tmp_path / "u8", pixels)
     float_pickle(tmp_path / "f", pixels.astype(np.float32) / 255)
+    float_pickle(tmp_path / "whole", pixels.astype(np.float64))  # floats holding 0..255
     as_uint8 = data.load_split(tmp_path / "u8", "train", image_size=8)["images"]
     as_float = data.load_split(tmp_path / "f", "train", image_size=8)["images"]
     assert torch.equal(as_uint8, as_float) and int(as_float.max()) > 200
     assert "float images in [0, 1]; they are scaled by 255" in capsys.readouterr().out
+    assert torch.equal(as_uint8, data.load_split(tmp_path / "whole", "train", image_size=8)["images"])
 
 
 def test_pickle_of_floats_in_no_known_range_is_refused(tmp_path):

@@ -3,6 +3,7 @@ and refusal to write over an existing run."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,9 +148,9 @@ def test_ctrl_c_saves_and_resume_ends_identical_to_uninterrupted(tmp_path):
     stopped_at = maml.load_checkpoint(out / "ckpt.pt")["iteration"]
     assert 0 < stopped_at < 300
     maml.main(tiny_flags(out, *flags, "--resume"))
-    a, b = final_params(tmp_path / "whole"), final_params(out)
     assert maml.load_checkpoint(out / "ckpt.pt")["iteration"] == 300
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    metrics, lr_stats = logs(tmp_path / "whole")
+    assert_same_run(out, {"params": final_params(tmp_path / "whole"), "metrics": metrics, "lr_stats": lr_stats})
 
 
 def test_help_explains_every_flag():
@@ -172,10 +173,13 @@ marker, which, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
 real_save, seen = torch.save, [0]
 def slow_save(obj, f, *a, **k):
     real_save(obj, f, *a, **k)
-    if which in str(f):
+    path = f.name if hasattr(f, "write") else str(f)  # maml.py saves through a file, the image cache to a path
+    if which in path:
         seen[0] += 1
         if seen[0] == nth:
-            os.truncate(f, os.path.getsize(f) // 2)
+            if hasattr(f, "flush"):
+                f.flush()
+            os.truncate(path, os.path.getsize(path) // 2)
             open(marker, "w").close()
             time.sleep(600)
 torch.save = slow_save
@@ -184,11 +188,32 @@ maml.run_cli(maml.main, sys.argv[4:])
 """
 
 
+def logs(out):
+    """metrics.csv and lr_stats.csv rows, elapsed seconds aside (the one column that may differ)."""
+    metrics = [{k: v for k, v in row.items() if k != "elapsed_s"} for row in read_csv(out / "metrics.csv")]
+    lr_stats = read_csv(out / "lr_stats.csv") if (out / "lr_stats.csv").exists() else []
+    return metrics, lr_stats
+
+
+def assert_same_run(out, reference):
+    """The run in `out` ended with the reference run's tensors and logs, with no row twice and no
+    temporary file left."""
+    params, (metrics, lr_stats) = final_params(out), logs(out)
+    assert all(torch.equal(reference["params"][n], params[n]) for n in params)
+    assert metrics == reference["metrics"]
+    assert lr_stats == reference["lr_stats"]
+    iterations = [int(r["iteration"]) for r in metrics]
+    assert iterations == sorted(set(iterations)), "a metrics.csv row is there twice"
+    assert not list(out.glob("*.tmp*"))
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("whole") / "run"
     maml.main(tiny_flags(out, *KILL_FLAGS))
-    return final_params(out)
+    metrics, lr_stats = logs(out)
+    assert [int(r["iteration"]) for r in metrics] == [0, 20, 40, 60]
+    return {"params": final_params(out), "metrics": metrics, "lr_stats": lr_stats}
 
 
 def kill_when(proc, condition, timeout=120):
@@ -233,10 +258,17 @@ def test_sigkill_at_any_point_then_resume_ends_identical(point, tmp_path, uninte
         assert any(p.name.startswith(which) for p in out.iterdir())  # the half-written file is there
     maml.load_checkpoint(out / "ckpt.pt")  # what is on disk is still a whole checkpoint
     maml.main(tiny_flags(out, *KILL_FLAGS, "--resume"))
-    resumed = final_params(out)
-    assert all(torch.equal(uninterrupted[n], resumed[n]) for n in resumed)
-    iterations = [int(r["iteration"]) for r in read_csv(out / "metrics.csv")]
-    assert iterations == [0, 20, 40, 60]  # rows written after the checkpoint were not duplicated
+    assert_same_run(out, uninterrupted)  # tensors, metrics.csv and lr_stats.csv; stale temporaries removed
+
+
+def test_sigkill_after_the_iteration_0_checkpoint_then_resume_writes_row_0_once(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    flags = tiny_flags(out, *KILL_FLAGS, "--save-every", "1000")  # no save between iterations 0 and 20
+    proc = subprocess.Popen([sys.executable, str(ROOT / "maml.py"), *flags], cwd=tmp_path, stderr=subprocess.PIPE)
+    kill_when(proc, (out / "ckpt.pt").exists)
+    assert maml.load_checkpoint(out / "ckpt.pt")["iteration"] == 0
+    maml.main([*flags, "--resume"])
+    assert_same_run(out, uninterrupted)
 
 
 def test_sigkill_while_writing_the_image_cache_then_rerun_rebuilds_it(tmp_path):
@@ -318,3 +350,133 @@ def test_precision_is_applied_during_the_run_recorded_in_the_checkpoint_and_put_
     assert "precision: highest" in capsys.readouterr().out
     maml.main(tiny_flags(tmp_path / "auto", "--iterations", "1", "--eval-every", "1"))
     assert maml.load_checkpoint(tmp_path / "auto" / "ckpt.pt")["config"]["precision"] == "fast"  # 'auto' on a CPU
+
+
+# --------------------------------------------------------------------------- one writer per run, a full disk
+
+
+def one_line_refusal(main_fn, argv, capsys):
+    """Run a script's main as its command line does; return its one stderr line (exit code 2)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        maml.run_cli(main_fn, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_second_writer_is_refused_while_the_first_lives_and_allowed_after_it_is_killed(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = tiny_flags(out, "--iterations", "100000", "--eval-every", "50", "--save-every", "5")
+    first = subprocess.Popen([sys.executable, str(ROOT / "maml.py"), *flags], cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (out / "ckpt.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        for argv in ([*flags, "--resume"], flags):  # a resume and a fresh start are both refused
+            line = one_line_refusal(maml.main, argv, capsys)
+            assert f"is in use: another process (PID {first.pid})" in line, line
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    done = maml.load_checkpoint(out / "ckpt.pt")["iteration"]
+    maml.main([*flags, "--resume", "--iterations", str(done + 2)])
+    assert maml.load_checkpoint(out / "ckpt.pt")["iteration"] == done + 2
+
+
+def test_second_probe_is_refused_while_the_first_lives_and_allowed_after_it_is_killed(tmp_path, capsys):
+    import probe
+
+    maml.main(tiny_flags(tmp_path / "run", "--iterations", "2", "--eval-every", "2"))
+    flags = [str(tmp_path / "run" / "best.pt"), "--batch", "4", "--queries", "3", "--no-progress"]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "probe.py"), *flags, "--iterations", "1000000"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+    )
+    records = tmp_path / "run" / "probe.csv"
+    try:
+        deadline = time.time() + 120
+        while not (records.exists() and len(read_csv(records)) >= 4) and time.time() < deadline:
+            time.sleep(0.05)
+        line = one_line_refusal(probe.main, [*flags, "--iterations", "1000000", "--resume"], capsys)
+        assert f"is in use: another process (PID {first.pid})" in line, line
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    kept = len(read_csv(records)) // 4 * 4
+    probe.main([*flags, "--iterations", str(kept + 4), "--resume"])
+    assert len(read_csv(records)) == kept + 4
+
+
+# Runs maml.py with every file limited to LIMIT bytes, as a full disk would stop writes (SIGXFSZ
+# ignored, so a write past the limit fails with EFBIG instead of killing the process).
+WITH_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+import maml
+maml.run_cli(maml.main, sys.argv[2:])
+"""
+
+
+def test_full_disk_mid_run_ends_in_one_line_and_resume_is_bit_identical(tmp_path, capsys):
+    flags = ["--learn-lr", "--iterations", "40", "--eval-every", "1", "--save-every", "5"]
+    whole = tmp_path / "whole"
+    maml.main(tiny_flags(whole, *flags))
+    metrics, lr_stats = logs(whole)
+    reference = {"params": final_params(whole), "metrics": metrics, "lr_stats": lr_stats}
+    # A limit that every checkpoint fits under but lr_stats.csv outgrows half-way through the run.
+    limit = max((whole / name).stat().st_size for name in ("ckpt.pt", "best.pt", "metrics.csv")) + 2000
+    assert (whole / "lr_stats.csv").stat().st_size > limit + 10000
+    out = tmp_path / "run"
+    cut = subprocess.run(
+        [sys.executable, "-c", WITH_FILE_SIZE_LIMIT, str(limit), *tiny_flags(out, *flags)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert cut.returncode == 2 and "Traceback" not in cut.stderr, cut.stderr
+    (line,) = cut.stderr.strip().splitlines()
+    iteration = maml.load_checkpoint(out / "ckpt.pt")["iteration"]
+    assert 0 < iteration < 40
+    assert re.fullmatch(
+        rf"error: cannot write {re.escape(str(out / 'lr_stats.csv'))}: File too large; the last checkpoint "
+        rf"{re.escape(str(out / 'ckpt.pt'))} \(iteration {iteration}\) is intact: make space, then python maml.py "
+        rf"--resume --out {re.escape(str(out))}",
+        line,
+    ), line
+    assert not list(out.glob("*.tmp*"))
+    maml.main(tiny_flags(out, *flags, "--resume"))  # the limit lifted
+    assert "repaired" in capsys.readouterr().out  # the torn lr_stats.csv row was dropped, and said so
+    assert_same_run(out, reference)
+
+
+# --------------------------------------------------------------------------- damaged logs on --resume
+
+GOOD_LOG = "iteration,train_loss,train_acc,val_acc,val_ci95,elapsed_s\r\n0,,,0.5,0.1,0.0\r\n2,0.7,0.5,0.6,0.1,1.5\r\n"
+
+
+@pytest.mark.parametrize(
+    "tail, line, what",
+    [
+        pytest.param("4,0.6,0.5,0.6,0.1,2.", 4, "a torn last row, without a line end", id="torn last row"),
+        pytest.param("\0" * 100, 4, "NUL bytes", id="NUL padding"),
+        pytest.param("#%garbage\r\n\0\0", 4, "1 fields where the header has 6", id="garbage row at the end"),
+        pytest.param("4,0.6,0.5,oops,0.1,2.0\r\n", 4, "val_acc is 'oops', not a number", id="row with a bad number"),
+    ],
+)
+def test_resume_drops_a_damaged_tail_of_a_log_and_says_so_in_one_line(tail, line, what, tmp_path, capsys):
+    path = tmp_path / "metrics.csv"
+    path.write_text(GOOD_LOG + tail, newline="")
+    maml.repair_logs([path], 2)
+    (note,) = capsys.readouterr().out.splitlines()
+    assert note == f"repaired {path}: dropped its damaged tail from line {line} on ({what})"
+    assert path.read_bytes() == GOOD_LOG.encode()
+
+
+def test_resume_refuses_damage_followed_by_good_rows_naming_file_and_line(tmp_path):
+    path = tmp_path / "metrics.csv"
+    lines = GOOD_LOG.split("\r\n")
+    path.write_text("\r\n".join([lines[0], "garbage", *lines[1:]]), newline="")
+    with pytest.raises(maml.CheckpointError, match=rf"{re.escape(str(path))} line 2 is damaged .*whole rows follow"):
+        maml.repair_logs([path], 2)
+    assert "garbage" in path.read_text()  # left as it was
