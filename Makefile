@@ -8,11 +8,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-# Demo scale: 32x32 glyphs, 32 filters, 600 meta-iterations; everything else is the paper's setting.
+# Demo scale: 32x32 glyphs, 32 filters, 400 meta-iterations; everything else is the paper's setting.
 # At this size the grouped task batching measured faster than the loop on a 2-core CPU (bench.py).
-DEMO_FLAGS := --image-size 32 --hidden 32 --synthetic-per-class 60 --iterations 600 --eval-every 200 \
+# Sized for about 10 minutes on a 2-core CPU (RESULTS.md, Demo).
+DEMO_FLAGS := --image-size 32 --hidden 32 --synthetic-per-class 60 --iterations 400 --eval-every 200 \
               --val-tasks 100 --test-tasks 200 --task-batching grouped
-DEMO_PROBE := --iterations 1000 --queries 5
+DEMO_PROBE := --iterations 800 --queries 5
 
 .PHONY: test lint format demo paper gpu-check
 
@@ -41,8 +42,9 @@ demo: $(STAMP)
 	$(PY) analyze.py runs/demo/maml runs/demo/metasgd --out report/demo
 	@echo "demo report: report/demo/report.md"
 
-# make paper DATA=... SEEDS="0 1 2": both methods per seed, each best.pt probed, one report over all seeds.
-# PAPER_FLAGS and PROBE_FLAGS add flags (e.g. --clip-grad 10, --no-conv-bias); RUNS and REPORT move the outputs.
+# make paper DATA=... SEEDS="0 1 2": both methods, all seeds of a method in one process (--seeds),
+# each best.pt probed, one report over all seeds. PAPER_FLAGS and PROBE_FLAGS add flags (e.g. --clip-grad 10,
+# --no-conv-bias); RUNS and REPORT move the outputs. Run folders: $(RUNS)/<method>/seed<s>.
 SEEDS ?= 0
 PAPER_FLAGS ?=
 PROBE_FLAGS ?=
@@ -51,15 +53,12 @@ REPORT ?= report/paper
 
 paper: $(STAMP)
 	@test -n "$(DATA)" || { echo 'usage: make paper DATA=/path/to/data [SEEDS="0 1 2"]'; exit 2; }
-	for seed in $(SEEDS); do \
-	  for method in maml metasgd; do \
-	    flags="$(PAPER_FLAGS) --seed $$seed --out $(RUNS)/$$method-seed$$seed"; \
-	    if [ $$method = metasgd ]; then flags="$$flags --learn-lr"; fi; \
-	    $(PY) maml.py --data $(DATA) $$flags || exit 1; \
-	    $(PY) probe.py $(RUNS)/$$method-seed$$seed/best.pt --data $(DATA) $(PROBE_FLAGS) || exit 1; \
-	  done; \
+	$(PY) maml.py --data $(DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/maml
+	$(PY) maml.py --data $(DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/metasgd --learn-lr
+	for run in $(foreach seed,$(SEEDS),$(RUNS)/maml/seed$(seed) $(RUNS)/metasgd/seed$(seed)); do \
+	  $(PY) probe.py $$run/best.pt --data $(DATA) $(PROBE_FLAGS) || exit 1; \
 	done
-	$(PY) analyze.py $(foreach seed,$(SEEDS),$(RUNS)/maml-seed$(seed) $(RUNS)/metasgd-seed$(seed)) --out $(REPORT)
+	$(PY) analyze.py $(foreach seed,$(SEEDS),$(RUNS)/maml/seed$(seed) $(RUNS)/metasgd/seed$(seed)) --out $(REPORT)
 	@echo "report: $(REPORT)/report.md"
 
 gpu-check:

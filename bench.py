@@ -11,6 +11,11 @@ variant's meta-gradient from the loop's on the same episode (on a GPU it should 
     grouped  maml.meta_loss(tasks_together=True): all tasks as one grouped-convolution network
     vmap     torch.func.vmap over tasks with torch.func.grad in the inner loop (defined below; it needs
              BatchNorm written out, as F.batch_norm under vmap is not correctly second order)
+    graphed  (CUDA only) maml.train_iteration, the training loop's own step, captured once as a CUDA
+             graph and replayed: episode sampling, the grouped meta-step and Adam. Its meta-gradient is
+             the grouped one (the same function), so its difference columns repeat the grouped row's.
+Then (--seeds N, default 8 on a GPU) the training step of one model against N models stepped together
+(maml.py --seeds), and the ratio of their times.
 """
 
 import resource
@@ -169,8 +174,50 @@ def agreement(variants, precisions, params, inner_lrs, episode, steps, first_ord
     return out
 
 
+def training_step(cfg, device, method, first_order, precision, seeds=1):
+    """The training loop's own step for `seeds` fresh models of this config (`maml.train_iteration`, or
+    `maml.train_iteration_seeds` for several; sampling included), captured as one CUDA graph on a GPU.
+    Returns the function one iteration calls, and what it is ('graphed', or 'eager' when there is no
+    GPU or the capture failed, which then says why)."""
+    config = {"ways": cfg["ways"], "shots": cfg["shots"], "queries": cfg["queries"],
+              "meta_batch": cfg["tasks"], "hidden": cfg["hidden"], "image_size": cfg["image_size"], "inner_lr": 0.01,
+              "lr_init_range": None, "meta_lr": 1e-3, "inner_steps": cfg["steps"], "first_order": first_order,
+              "precision": precision, "clip_grad": None, "learn_lr": method == "metasgd"}  # fmt: skip
+    split = data.split_to(data.synthetic_split("train", cfg["image_size"], per_class=30), device)
+    norm = data.channel_stats(split)
+    runs = []
+    for seed in range(seeds):
+        run = maml.new_state({**config, "seed": seed}, device, torch.float32, norm, split["classes"], capturable=True)
+        run.train_split, run.device_norm = split, norm
+        runs.append(run)
+    step = maml.iteration_of(runs, config, together=True)
+    replay = maml.capture_iteration(step, runs) if device.type == "cuda" else None
+    return (replay, "graphed") if replay else (step, "eager")
+
+
+def bench_seeds(name, cfg, device, seeds, warmup, repeats):
+    """One model's training step against `seeds` models stepped together (--seeds), MAML second order."""
+    rows = []
+    for n in (1, seeds):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with maml.precision_applied(maml.default_precision(device), device):
+            step, label = training_step(cfg, device, "maml", False, maml.default_precision(device), n)
+            seconds = time_it(step, device, warmup, repeats)
+        rows.append({"config": name, "what": f"maml 2nd, {n} seed{'s' if n > 1 else ''}", "variant": label,
+                     "precision": maml.default_precision(device), "ms": 1000 * seconds, "per_s": 1 / seconds,
+                     "memory_mb": peak_memory_mb(device), "vs_loop": float("nan"),
+                     "grad_rel_diff": float("nan")})  # fmt: skip
+        print_row(rows[-1])
+    ratio = rows[1]["ms"] / rows[0]["ms"]
+    print(f"  {seeds} seeds in one process take {ratio:.2f}x the time of one ({name}; the target on a GPU: at most 2x)")
+    return rows
+
+
 def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats, precisions):
     assert variants[0] == "loop", "the loop is the reference every other variant is compared with"
+    graphed = "graphed" in variants
+    variants = [v for v in variants if v != "graphed"]
     split, norm, g, episodes, params = setup(cfg, device)
     rows = []
     for method, first_order in ((m, o) for m in methods for o in orders):
@@ -192,6 +239,17 @@ def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats
                              "memory_mb": peak_memory_mb(device), "vs_loop": reference / seconds,
                              "grad_rel_diff": diffs[precision, variant][0],
                              "grad_vs_float64": diffs[precision, variant][1]})  # fmt: skip
+                print_row(rows[-1])
+            if graphed:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                with maml.precision_applied(precision, device):
+                    iteration, label = training_step(cfg, device, method, first_order, precision)
+                    seconds = time_it(iteration, device, warmup, repeats)
+                rows.append({**rows[-len(variants)], "variant": label, "ms": 1000 * seconds, "per_s": 1 / seconds,
+                             "memory_mb": peak_memory_mb(device), "vs_loop": reference / seconds,
+                             "grad_rel_diff": diffs[precision, "grouped"][0],
+                             "grad_vs_float64": diffs[precision, "grouped"][1]})  # fmt: skip
                 print_row(rows[-1])
     sample_s = time_it(lambda: data.sample_episodes(split, **episode_shape(cfg), generator=g, norm=norm), device, 2, 20)
     loop_ms = next(r["ms"] for r in rows if r["variant"] == "loop")
@@ -260,6 +318,14 @@ def main(argv=None):
         default=None,
         help="precisions to time and compare with float64 (default: highest fast, and bf16 on a GPU)",
     )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time N models stepped together "
+        "(maml.py --seeds) against one, at the first config (default: 8 on a GPU, skipped on the CPU)",
+    )
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = p.parse_args(argv)
     device = maml.resolve_device(args.device)
@@ -268,20 +334,25 @@ def main(argv=None):
     repeats = args.repeats or (2 if args.quick else 5)
     precisions = args.precisions or (["highest", "fast", "bf16"] if device.type == "cuda" else ["highest", "fast"])
     probe_batch = 8 if device.type == "cpu" else 64
+    graphed = ["graphed"] if device.type == "cuda" else []  # CUDA graphs need a GPU
     rows = []
     if args.quick:  # vmap is left out at the paper's size, where it is slowest and needs the most memory
         paper, small = (
-            (["loop", "grouped"], ["maml"], [False]),
+            (["loop", "grouped", *graphed], ["maml"], [False]),
             (["loop", "grouped", "vmap"], ["maml", "metasgd"], [False]),
         )
         rows += bench_training("paper", CONFIGS["paper"], device, *paper, 1, repeats, precisions)
         rows += bench_training("small", CONFIGS["small"], device, *small, 1, repeats, ["fast"])
         rows.append(bench_probe("paper", CONFIGS["paper"], device, probe_batch // 2, 1, 1))
     else:
-        every = (["loop", "grouped", "vmap"], ["maml", "metasgd"], [False, True])
+        every = (["loop", "grouped", "vmap", *graphed], ["maml", "metasgd"], [False, True])
         for cfg in args.configs:
             rows += bench_training(cfg, CONFIGS[cfg], device, *every, 2, repeats, precisions)
             rows.append(bench_probe(cfg, CONFIGS[cfg], device, probe_batch, 1, repeats))
+    seeds = args.seeds if args.seeds is not None else (8 if device.type == "cuda" else 0)
+    if seeds > 1:
+        first = "paper" if args.quick else args.configs[0]
+        rows += bench_seeds(first, CONFIGS[first], device, seeds, 2, repeats)
     return rows
 
 

@@ -58,7 +58,8 @@ def stages(args, out):
     runs = out / "runs"
     train = SMOKE_RUN if args.smoke else ["--iterations", "2000", "--eval-every", "500"]
     probe = ["--iterations", "20" if args.smoke else "2000", "--no-progress", "--device", device]
-    bench = ["--configs", "tiny", "--precisions", "fast", "--repeats", "1"] if args.smoke else []
+    bench = ["--configs", "tiny", "--precisions", "fast", "--repeats", "1", "--seeds", "2"] if args.smoke else []
+    bench = bench or ["--configs", "paper"]  # and 8 seeds against one, at the paper's size
     tests = ["tests/test_gpu.py"] if args.smoke else ["tests"]
     result = [("tests", [python, "-m", "pytest", "-q", *tests], LIMITS["tests"]),
               ("bench", [python, "bench.py", "--device", device, *bench], LIMITS["bench"])]  # fmt: skip

@@ -202,13 +202,46 @@ def meta_step(
     loss.backward()
     if world > 1:
         loss, accuracy = average_over_ranks(optimizer, loss, accuracy, world)
+    clipped_step(optimizer, clip_grad)
+    return loss.detach(), accuracy.detach()
+
+
+def clipped_step(optimizer, clip_grad=None):
+    """The optimizer's step, after clipping every meta-gradient entry to [-clip_grad, clip_grad]."""
     if clip_grad is not None:
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     p.grad.clamp_(-clip_grad, clip_grad)
     optimizer.step()
-    return loss.detach(), accuracy.detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# Several independent models (seeds) at once: stacked as extra groups of the grouped network
+# ----------------------------------------------------------------------------------------------
+
+
+def stacked(dicts, tasks):
+    """Per-model tensors {name: tensor} of S models -> {name: [S * tasks, ...]}: model s's tensor
+    repeated for each of its tasks (in order: model 0's tasks first)."""
+    return {name: torch.stack([d[name] for d in dicts]).repeat_interleave(tasks, 0) for name in dicts[0]}
+
+
+def meta_loss_seeds(params_per_seed, inner_lrs_per_seed, episode, steps, first_order=False):
+    """`meta_loss` of S independent models at once: the episode holds S meta-batches one after another
+    (model s's tasks are [s*T, (s+1)*T)). Returns each model's loss and accuracy [S]. The models share
+    nothing, so the gradient of losses.sum() reaches each model as the gradient of its own loss."""
+    models = len(params_per_seed)
+    tasks = episode["support_x"].shape[0] // models
+    params = stacked(params_per_seed, tasks)
+    rates = stacked(inner_lrs_per_seed, tasks)
+    for name, r in rates.items():  # MAML's 0-d alpha, now [S * T]: broadcast it over the parameter's dims
+        rates[name] = r.view(-1, *[1] * (params[name].dim() - 1)) if r.dim() == 1 < params[name].dim() else r
+    adapted = adapt(params, rates, episode["support_x"], episode["support_y"], steps, not first_order, conv4_tasks)
+    logits = conv4_tasks(adapted, episode["query_x"])
+    per_query = F.cross_entropy(logits.flatten(0, 1), episode["query_y"].flatten(), reduction="none")
+    accuracy = (logits.argmax(-1) == episode["query_y"]).float()
+    return per_query.view(models, -1).mean(1), accuracy.view(models, -1).mean(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -703,6 +736,10 @@ def add_run_flags(g):
       "split, off for the lake split)")  # fmt: skip
     g("--cache-dir", default="default", help="where decoded images are cached ('none' disables; default "
       "$MAML_CACHE_DIR or ~/.cache/negative-lr-maml)")  # fmt: skip
+    g("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+      help="train one independent model per seed in this one process, as extra groups of one grouped network "
+      "(a GPU that one small Conv-4 leaves idle fits several); each seed gets its own run folder, the one "
+      "--seed would give it (with --out DIR: DIR/seed<SEED>)")  # fmt: skip
     g("--out", default=None, help="run folder (default runs/<maml|metasgd>-<N>w<K>s-seed<seed>)")
     g("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     g("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1', ...")
@@ -710,6 +747,9 @@ def add_run_flags(g):
     g("--precision", choices=["auto", *PRECISIONS], default="auto", help="float32 kernels: "
       + "; ".join(f"'{k}': {v}" for k, v in PRECISIONS.items()) + "; 'auto': 'fast' on the CPU, 'highest' on a "
       "GPU (README, Precision). Recorded in the checkpoint")  # fmt: skip
+    g("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="replay each meta-iteration as one "
+      "captured CUDA graph (no launch overhead); 'auto': on for one process on a GPU, else off. A capture that "
+      "fails says why in one line and the run continues eagerly")  # fmt: skip
     g("--no-progress", action="store_true", help="no progress bars (for logs)")
     g("--debug", action="store_true", help="show full tracebacks on errors")
 
@@ -743,7 +783,7 @@ def build_parser():
 
 # Flags that may change when a run is resumed; every other flag must match the checkpoint.
 RESUME_MAY_CHANGE = {"iterations", "device", "eval_every", "save_every", "log_every", "no_progress",
-                     "debug", "resume", "out", "cache_dir", "data", "task_batching"}  # fmt: skip
+                     "debug", "resume", "out", "cache_dir", "data", "task_batching", "cuda_graph"}  # fmt: skip
 AT_LEAST_ONE = ("ways", "shots", "queries", "meta_batch", "iterations", "hidden", "val_tasks",
                 "test_tasks", "eval_every", "save_every", "log_every", "synthetic_per_class")  # fmt: skip
 
@@ -841,10 +881,11 @@ def load_run_splits(config, progress, quiet=False):
     return splits
 
 
-def new_state(config, device, dtype, norm, classes, rank=0, world=1):
+def new_state(config, device, dtype, norm, classes, rank=0, world=1, capturable=False):
     """Everything a run changes as it trains, seeded by --seed: theta, alpha, Adam, the episode
-    generator, the iteration, elapsed seconds, the best validation accuracy and running sums; and
-    which of `world` processes this is (rank 0 writes every file)."""
+    generator, the iteration (on the host, and on the device for `train_iteration`), elapsed seconds,
+    the best validation accuracy and running sums; and which of `world` processes this is (rank 0
+    writes every file). `capturable` keeps Adam's step count on the GPU, for a CUDA graph."""
     init_gen = torch.Generator().manual_seed(config["seed"])
     params = init_params(
         config["ways"], config["hidden"], config["image_size"], channels=config.get("channels", 3),
@@ -857,15 +898,17 @@ def new_state(config, device, dtype, norm, classes, rank=0, world=1):
     learned = [r for r in inner_lrs.values() if r.requires_grad]
     return SimpleNamespace(
         params=params, inner_lrs=inner_lrs, norm=norm, classes=classes, rank=rank, world=world, device=device,
-        optimizer=torch.optim.Adam(list(params.values()) + learned, lr=config["meta_lr"]),
+        optimizer=torch.optim.Adam(list(params.values()) + learned, lr=config["meta_lr"], capturable=capturable),
         episodes=torch.Generator(device).manual_seed(config["seed"] + 12345),
         iteration=0, elapsed=0.0, best=(-1.0, -1), tic=time.time(),
         loss_sum=torch.zeros((), device=device), acc_sum=torch.zeros((), device=device), since_eval=0,
-        bad_iteration=torch.full((), -1, device=device, dtype=torch.long),
+        bad_iteration=torch.full((), -1, device=device, dtype=torch.long), dtype=dtype,
+        step=torch.zeros((), device=device, dtype=torch.long), last_loss=torch.zeros((), device=device, dtype=dtype),
+        last_acc=torch.zeros((), device=device),
     )  # fmt: skip
 
 
-def restore_state(resumed, config, device, dtype, rank=0, world=1):
+def restore_state(resumed, config, device, dtype, rank=0, world=1, capturable=False):
     """`new_state`, then everything the checkpoint holds put back."""
     saved_on = resumed.get("generator_device", "cpu")
     if saved_on != device.type:
@@ -873,7 +916,7 @@ def restore_state(resumed, config, device, dtype, rank=0, world=1):
             f"this run drew its episodes from a {saved_on} random generator; resume it with --device "
             f"{saved_on} (or start a new run)"
         )
-    run = new_state(config, device, dtype, resumed["norm"], resumed["classes"], rank, world)
+    run = new_state(config, device, dtype, resumed["norm"], resumed["classes"], rank, world, capturable)
     with torch.no_grad():
         for name, p in run.params.items():
             p.copy_(resumed["params"][name])
@@ -882,8 +925,10 @@ def restore_state(resumed, config, device, dtype, rank=0, world=1):
     run.optimizer.load_state_dict(resumed["optimizer"])
     run.episodes.set_state(resumed["generator"])
     run.iteration, run.elapsed, run.best = resumed["iteration"], resumed["elapsed"], tuple(resumed["best_val"])
+    run.step.fill_(run.iteration)
     if "loss_sum" in resumed:  # checkpoints before these were kept start the sums afresh
-        run.loss_sum, run.acc_sum = resumed["loss_sum"].to(device), resumed["acc_sum"].to(device)
+        run.loss_sum.copy_(resumed["loss_sum"])
+        run.acc_sum.copy_(resumed["acc_sum"])
         run.since_eval = resumed["since_eval"]
     return run
 
@@ -973,16 +1018,56 @@ def validate_and_log(run, config, out, val_split, norm, train_means=None):
     return val_acc, val_ci
 
 
-def record_step(run, loss, accuracy):
-    """Running sums for the training means, and the first non-finite iteration, kept on the device so
-    the hot loop never waits for it."""
-    run.iteration += 1
-    run.since_eval += 1
-    run.loss_sum += loss
-    run.acc_sum += accuracy
-    run.last = (loss, accuracy)
+def train_iteration(run, config, train_split, norm, together):
+    """One meta-iteration: Algorithm 1 on a freshly drawn meta-batch, then the running sums for the
+    training means and the first non-finite iteration, all on the device with no host sync. It reads
+    and writes only tensors that live as long as the run (parameters, rates, Adam's state, the episode
+    generator, the data, the sums), in place, so on a GPU it can be captured once as a CUDA graph and
+    replayed (`capture_iteration`); everywhere else the loop calls it as it is."""
+    # ---- Algorithm 1: sample a meta-batch of tasks; adapt to each; one meta-update ----
+    episode = data.sample_episodes(
+        train_split, tasks=config["meta_batch"], ways=config["ways"], shots=config["shots"],
+        queries=config["queries"], generator=run.episodes, norm=norm, dtype=run.dtype,
+    )  # fmt: skip
+    if run.world > 1:  # every process drew the same meta-batch; each adapts to its own slice
+        episode = tasks_of_rank(episode, run.rank, run.world)
+    with autocast(config["precision"], run.device):
+        loss, accuracy = meta_step(run.params, run.inner_lrs, run.optimizer, episode, config["inner_steps"],
+                                   config["first_order"], together, run.world, config.get("clip_grad"))  # fmt: skip
+    add_to_sums(run, loss, accuracy)
+
+
+def add_to_sums(run, loss, accuracy):
+    """The running sums for the training means, and the first non-finite iteration (read every
+    --log-every), updated in place on the device."""
+    run.step.add_(1)
+    run.loss_sum.add_(loss)
+    run.acc_sum.add_(accuracy)
+    run.last_loss.copy_(loss)
+    run.last_acc.copy_(accuracy)
     first_bad = (run.bad_iteration < 0) & ~torch.isfinite(loss)
-    run.bad_iteration = torch.where(first_bad, run.iteration, run.bad_iteration)
+    run.bad_iteration.copy_(torch.where(first_bad, run.step, run.bad_iteration))
+
+
+def train_iteration_seeds(runs, config):
+    """`train_iteration` for several independent models (--seeds): each draws its own meta-batch with
+    its own generator from its own data, all adapt at once as groups of one grouped network
+    (`meta_loss_seeds`), and each takes its own Adam step. Also a function of static buffers only."""
+    episodes = [
+        data.sample_episodes(run.train_split, tasks=config["meta_batch"], ways=config["ways"], shots=config["shots"],
+                             queries=config["queries"], generator=run.episodes, norm=run.device_norm, dtype=run.dtype)
+        for run in runs
+    ]  # fmt: skip
+    episode = {k: torch.cat([e[k] for e in episodes]) for k in ("support_x", "support_y", "query_x", "query_y")}
+    for run in runs:
+        run.optimizer.zero_grad(set_to_none=True)
+    with autocast(config["precision"], runs[0].device):
+        losses, accuracies = meta_loss_seeds([run.params for run in runs], [run.inner_lrs for run in runs], episode,
+                                             config["inner_steps"], config["first_order"])  # fmt: skip
+    losses.sum().backward()
+    for run, loss, accuracy in zip(runs, losses.detach(), accuracies, strict=True):
+        clipped_step(run.optimizer, config.get("clip_grad"))
+        add_to_sums(run, loss, accuracy)
 
 
 def end_of_step(run, config, out, val_split, norm, bar, stopping):
@@ -994,7 +1079,7 @@ def end_of_step(run, config, out, val_split, norm, bar, stopping):
     if i % config["log_every"] == 0 or at_save:
         check_finite(run, config, out / "ckpt.pt")
         best = f"{run.best[0]:.3f}" if run.best[1] >= 0 else "-"
-        bar.set_postfix(loss=f"{run.last[0].item():.3f}", acc=f"{run.last[1].item():.3f}", best_val=best)
+        bar.set_postfix(loss=f"{run.last_loss.item():.3f}", acc=f"{run.last_acc.item():.3f}", best_val=best)
     if at_eval:
         means = ((run.loss_sum / run.since_eval).item(), (run.acc_sum / run.since_eval).item())
         val_acc, val_ci = validate_and_log(run, config, out, val_split, norm, means)
@@ -1003,7 +1088,7 @@ def end_of_step(run, config, out, val_split, norm, bar, stopping):
         run.since_eval = 0
         if run.rank == 0:
             bar.write(
-                f"iteration {i}: val accuracy {100 * val_acc:.2f} +- {100 * val_ci:.2f}% "
+                f"{run.label}iteration {i}: val accuracy {100 * val_acc:.2f} +- {100 * val_ci:.2f}% "
                 f"(best {100 * run.best[0]:.2f}% at {run.best[1]})"
             )
     if at_save and run.rank == 0:
@@ -1067,6 +1152,66 @@ def stop_on_signal():
 
 
 # ----------------------------------------------------------------------------------------------
+# Speed: one meta-iteration as one CUDA graph (beside the loop, not inside it)
+# ----------------------------------------------------------------------------------------------
+
+
+def wants_cuda_graph(choice, device, world):
+    """--cuda-graph: 'auto' graphs one process on a GPU; 'on' insists (a CUDA device, no torchrun)."""
+    if choice == "on" and device.type != "cuda":
+        raise ConfigError(f"--cuda-graph on needs a CUDA device, and this run is on {device}; use --cuda-graph off")
+    if choice == "on" and world > 1:
+        raise ConfigError("--cuda-graph on is for one process; under torchrun use --cuda-graph off")
+    return choice != "off" and device.type == "cuda" and world == 1
+
+
+def run_state_tensors(run):
+    """The tensors besides Adam's state that `train_iteration` changes in place."""
+    return [*run.params.values(), *run.inner_lrs.values(), run.step, run.loss_sum, run.acc_sum, run.last_loss,
+            run.last_acc, run.bad_iteration]  # fmt: skip
+
+
+def capture_iteration(step, runs):
+    """`step` (a function of the static buffers of `runs`, one per model) captured once as a CUDA graph;
+    returns the graph's replay, or None after one line saying why capture failed. As the CUDA-graph docs
+    ask, a few warm-up calls run first on a side stream (they allocate Adam's state and pick cuDNN
+    kernels); their updates are then undone, so the runs go on from exactly where they were."""
+    generator_states = [run.episodes.get_state() for run in runs]
+    saved = [t.detach().clone() for run in runs for t in run_state_tensors(run)]
+    saved_adam = {
+        p: {k: v.clone() for k, v in state.items()} for run in runs for p, state in run.optimizer.state.items()
+    }
+    device = runs[0].device
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        for run in runs:
+            graph.register_generator_state(run.episodes)  # our episode generators, not the default one
+        with torch.cuda.graph(graph):
+            step()
+        error = None
+    except Exception as e:  # an op that cannot be captured, an older torch: eager works anyway
+        graph, error = None, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    with torch.no_grad():
+        for t, old in zip([t for run in runs for t in run_state_tensors(run)], saved, strict=True):
+            t.copy_(old)
+        for p, state in (item for run in runs for item in run.optimizer.state.items()):
+            for k, v in state.items():  # state the warm-up created starts from zero, as Adam's own does
+                v.copy_(saved_adam[p][k]) if p in saved_adam else v.zero_()
+    for run, state in zip(runs, generator_states, strict=True):
+        run.episodes.set_state(state)
+    if error is not None:
+        print(f"cuda graph: capture failed ({error}); the run continues eagerly")
+        return None
+    return graph.replay
+
+
+# ----------------------------------------------------------------------------------------------
 # Training script: the loop
 # ----------------------------------------------------------------------------------------------
 
@@ -1075,89 +1220,172 @@ RUN_FILES = ("ckpt.pt", "best.pt", "metrics.csv", "lr_stats.csv", "test.json")  
 
 
 def train(args):
-    """Meta-train as configured by `args` (see build_parser). Returns the run folder. Under torchrun,
-    every process runs this on its own slice of each meta-batch, and rank 0 writes every file. The
-    folder is locked for the whole run (`lock_outputs`); a write that fails ends the run saying which
-    checkpoint is left."""
+    """Meta-train as configured by `args` (see build_parser). Returns the run folder (with --seeds, the
+    list of them). Under torchrun, every process runs this on its own slice of each meta-batch, and
+    rank 0 writes every file. Each folder is locked for the whole run (`lock_outputs`); a write that
+    fails ends the run saying which checkpoint is left."""
     check_config(args)
-    out = Path(args.out or default_out(vars(args)))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.meta_batch % world:
         raise ConfigError(f"--meta-batch {args.meta_batch} cannot be split evenly over {world} processes; "
                           f"use a multiple of {world}")  # fmt: skip
+    if args.seeds and world > 1:
+        raise ConfigError("--seeds trains several models in one process; under torchrun train one seed per job")
     writer = int(os.environ.get("RANK", "0")) == 0
-    with lock_outputs(out, "run.lock", "a training run") if writer else contextlib.nullcontext():
-        removed = data.remove_stale_temporaries(out, RUN_FILES) if writer else []
-        if removed:
-            print(f"removed {len(removed)} temporary file(s) that a killed run left in {out}: {', '.join(removed)}")
-        config, resumed = start_run(args, out)
+    with contextlib.ExitStack() as locks:
+        starts = []
+        for seed_args in per_seed_args(args):
+            out = Path(seed_args.out)
+            if writer:
+                locks.enter_context(lock_outputs(out, "run.lock", "a training run"))
+                removed = data.remove_stale_temporaries(out, RUN_FILES)
+                if removed:
+                    print(f"removed {len(removed)} temporary file(s) that a killed run left in {out}: "
+                          f"{', '.join(removed)}")  # fmt: skip
+            starts.append(start_run(seed_args, out))
+        check_seeds_level(starts)
+        config = starts[0][0]
         rank, world, device = join_processes(resolve_device(config["device"]))
         with processes_joined(world), precision_applied(config["precision"], device) as precision:
-            config["precision"] = precision
+            for config, _ in starts:
+                config["precision"] = precision
             if rank == 0:
                 print(f"precision: {precision} ({PRECISIONS[precision]}), {config['dtype']} parameters")
+            outs = [c["out"] for c, _ in starts]
             try:
-                return train_process(config, resumed, rank, world, device)
+                outs = train_process(starts, rank, world, device, resume_command(args, outs))
             except data.WriteError as e:
-                raise data.WriteError(f"{e}; {checkpoint_left(out)}") from e
+                raise data.WriteError(f"{e}; {checkpoint_left(outs, args)}") from e
+    return outs if args.seeds else outs[0]
 
 
-def checkpoint_left(out):
+def per_seed_args(args):
+    """The flags of each run: `args` itself, or with --seeds one copy per seed, with that --seed and its
+    own folder (the default folder of that seed, or --out/seed<SEED>)."""
+    if not args.seeds:
+        return [argparse.Namespace(**{**vars(args), "out": args.out or default_out(vars(args))})]
+    if len(set(args.seeds)) < len(args.seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))} names a seed twice; give each seed once")
+    runs = []
+    for seed in args.seeds:
+        flags = {**vars(args), "seed": seed, "seeds": None}
+        flags["out"] = str(Path(args.out) / f"seed{seed}") if args.out else default_out(flags)
+        runs.append(argparse.Namespace(**flags))
+    return runs
+
+
+def check_seeds_level(starts):
+    """Resumed seeds must continue from one iteration (a kill between two seeds' saves can leave them
+    apart); say how to bring a lagging seed level."""
+    reached = {Path(c["out"]).name: (r["iteration"] if r else 0) for c, r in starts}
+    if len(set(reached.values())) > 1:
+        top = max(reached.values())
+        raise ConfigError(
+            "the seeds' checkpoints are at different iterations ("
+            + ", ".join(f"{name}: {i}" for name, i in reached.items())
+            + f"); bring each lagging one to {top} alone (python maml.py --resume --out FOLDER --iterations {top}), "
+            "then resume them together"
+        )
+
+
+def checkpoint_left(outs, args):
     """What a run stopped by a failed write (a full disk) can continue from, in words."""
     try:
-        iteration = load_checkpoint(out / "ckpt.pt")["iteration"]
+        iterations = [load_checkpoint(Path(out) / "ckpt.pt")["iteration"] for out in outs]
     except CheckpointError:
         return "no checkpoint was written yet: make space, then start the run again"
-    return (
-        f"the last checkpoint {out / 'ckpt.pt'} (iteration {iteration}) is intact: make space, then "
-        f"python maml.py --resume --out {out}"
-    )
+    where = f"the last checkpoint {Path(outs[0]) / 'ckpt.pt'} (iteration {iterations[0]}) is intact"
+    if len(outs) > 1:
+        where = f"each seed's last checkpoint is intact (iterations {', '.join(map(str, iterations))})"
+    return f"{where}: make space, then {resume_command(args, outs)}"
 
 
-def train_process(config, resumed, rank, world, device):
-    """The training run itself, in the run folder that rank 0 has locked."""
-    out, progress = Path(config["out"]), not config["no_progress"] and rank == 0
-    dtype = getattr(torch, config["dtype"])
+def resume_command(args, outs):
+    """The command that continues this run (all its seeds)."""
+    if not args.seeds:
+        return f"python maml.py --resume --out {outs[0]}"
+    seeds = f"--seeds {' '.join(map(str, args.seeds))}"
+    if args.out:
+        return f"python maml.py --resume {seeds} --out {args.out}"
+    method = " --learn-lr" if args.learn_lr else ""  # the default folders are named by method and task shape
+    return f"python maml.py --resume {seeds}{method} --ways {args.ways} --shots {args.shots}"
+
+
+def train_process(starts, rank, world, device, resume_hint):
+    """The training itself, in the run folders that rank 0 has locked: one model, or with --seeds one
+    per seed, stepped together. `starts` holds each model's (config, checkpoint it resumes or None)."""
+    config = starts[0][0]  # the seeds differ only in their seed and folder
+    progress = not config["no_progress"] and rank == 0
     together = config["task_batching"] == "grouped" or (config["task_batching"] == "auto" and device.type == "cuda")
-    splits = load_run_splits(config, progress, quiet=rank != 0)
-    # The first conv takes the data's channel count (3, or 1 for Omniglot); the checkpoint records it.
-    config["channels"] = config.get("channels", int(splits["train"]["images"].shape[1]))
-    if resumed:
-        run = restore_state(resumed, config, device, dtype, rank, world)
-    else:
-        norm, classes = data.channel_stats(splits["train"]), splits["train"]["classes"]
-        run = new_state(config, device, dtype, norm, classes, rank, world)
-    train_split, val_split = (data.split_to(s, device) for s in (splits["train"], splits["val"]))
-    norm = data.split_to(run.norm, device)  # on the device: a host-to-device copy per episode would sync
-    method = "meta-SGD" if config["learn_lr"] else "MAML"
-    steps, first_order, stopping = config["inner_steps"], config["first_order"], False
-    bar = tqdm(total=config["iterations"], initial=run.iteration, desc=method, disable=not progress, unit="it",
+    graphed = wants_cuda_graph(config.get("cuda_graph", "off"), device, world)
+    runs = prepare_runs(starts, rank, world, device, graphed, progress)
+    method = ("meta-SGD" if config["learn_lr"] else "MAML") + (f" x{len(runs)} seeds" if len(runs) > 1 else "")
+    bar = tqdm(total=config["iterations"], initial=runs[0].iteration, desc=method, disable=not progress, unit="it",
                dynamic_ncols=True)  # fmt: skip
+    stopping = False
     with stop_on_signal() as stop, bar:  # from the first file written on, Ctrl-C stops at a saved iteration
-        start_files(run, config, out, resumed, val_split, norm)
-        while run.iteration < config["iterations"] and not stopping:
-            # ---- Algorithm 1: sample a meta-batch of tasks; adapt to each; one meta-update ----
-            episode = data.sample_episodes(
-                train_split, tasks=config["meta_batch"], ways=config["ways"], shots=config["shots"],
-                queries=config["queries"], generator=run.episodes, norm=norm, dtype=dtype,
-            )  # fmt: skip
-            if world > 1:  # every process drew the same meta-batch; each adapts to its own slice
-                episode = tasks_of_rank(episode, rank, world)
-            with autocast(config["precision"], device):
-                loss, accuracy = meta_step(run.params, run.inner_lrs, run.optimizer, episode, steps, first_order,
-                                           together, world, config.get("clip_grad"))  # fmt: skip
-            # ---- plumbing: running means, progress, periodic evaluation, logs and checkpoints ----
-            record_step(run, loss, accuracy)
+        for run, (_, resumed) in zip(runs, starts, strict=True):
+            start_files(run, run.config, run.out, resumed, run.val_split, run.device_norm)
+        step = iteration_of(runs, config, together)
+        if graphed and runs[0].iteration < config["iterations"]:
+            step = capture_iteration(step, runs) or step
+        while runs[0].iteration < config["iterations"] and not stopping:
+            step()  # one meta-iteration: Algorithm 1 (train_iteration), or its CUDA graph replayed
+            # ---- plumbing: progress, periodic evaluation, logs and checkpoints ----
+            for run in runs:
+                run.iteration += 1
+                run.since_eval += 1
             bar.update(1)
-            stopping = agreed_stop(stop, run, config)
-            end_of_step(run, config, out, val_split, norm, bar, stopping)
+            stopping = agreed_stop(stop, runs[0], config)
+            for run in runs:
+                end_of_step(run, run.config, run.out, run.val_split, run.device_norm, bar, stopping)
     if stopping:
         if rank == 0:
-            print(f"interrupted: saved iteration {run.iteration} to {out / 'ckpt.pt'}; continue with "
-                  f"python maml.py --resume --out {out}")  # fmt: skip
-        return out
-    test_best(config, out, run, dtype, norm, splits["test"])
-    return out
+            saved = ", ".join(str(run.out / "ckpt.pt") for run in runs)
+            print(f"interrupted: saved iteration {runs[0].iteration} to {saved}; continue with {resume_hint}")
+        return [run.out for run in runs]
+    for run in runs:
+        test_best(run.config, run.out, run, run.dtype, run.device_norm, run.test_split)
+    return [run.out for run in runs]
+
+
+def prepare_runs(starts, rank, world, device, capturable, progress):
+    """Each model's state (new, or restored from its checkpoint) with its data on the device. The
+    seeds of --seeds share the data, except the synthetic dataset: it depends on the seed, and each
+    seed gets the one its own single-seed run would."""
+    dtype = getattr(torch, starts[0][0]["dtype"])
+    loaded, runs = {}, []
+    for config, resumed in starts:
+        key = config["data"] or f"synthetic, seed {config['seed']}"
+        if key not in loaded:
+            splits = load_run_splits(config, progress, quiet=rank != 0 or bool(loaded))
+            loaded[key] = splits, {name: data.split_to(splits[name], device) for name in ("train", "val")}
+        splits, on_device = loaded[key]
+        # The first conv takes the data's channel count (3, or 1 for Omniglot); the checkpoint records it.
+        config["channels"] = config.get("channels", int(splits["train"]["images"].shape[1]))
+        if resumed:
+            run = restore_state(resumed, config, device, dtype, rank, world, capturable)
+        else:
+            norm, classes = data.channel_stats(splits["train"]), splits["train"]["classes"]
+            run = new_state(config, device, dtype, norm, classes, rank, world, capturable)
+        run.config, run.out, run.label = (
+            config,
+            Path(config["out"]),
+            f"seed {config['seed']}, " if len(starts) > 1 else "",
+        )
+        run.train_split, run.val_split, run.test_split = on_device["train"], on_device["val"], splits["test"]
+        run.device_norm = data.split_to(run.norm, device)  # on the device: a host copy per episode would sync
+        runs.append(run)
+    return runs
+
+
+def iteration_of(runs, config, together):
+    """The function one meta-iteration calls: `train_iteration` for one model, `train_iteration_seeds`
+    for several."""
+    if len(runs) > 1:
+        return lambda: train_iteration_seeds(runs, config)
+    run = runs[0]
+    return lambda: train_iteration(run, config, run.train_split, run.device_norm, together)
 
 
 def run_cli(main_fn, argv=None, errors=()):

@@ -588,6 +588,14 @@ CASES = [
     pytest.param("maml", train_flags("--device", "cuda:0"), "no CUDA GPU", id="gpu that is not there", marks=NO_GPU),
     pytest.param("maml", train_flags("--device", "tpu?"), "is not a device name", id="device that is no name"),
     pytest.param(
+        "maml",
+        train_flags("--cuda-graph", "on"),
+        "--cuda-graph on needs a CUDA device",
+        id="cuda graph on without a gpu",
+        marks=NO_GPU,
+    ),  # fmt: skip
+    pytest.param("maml", train_flags("--seeds", "1", "2", "1"), "names a seed twice", id="a seed given twice"),
+    pytest.param(
         "maml", train_flags("--clip-grad", "0"), "--clip-grad must be a positive", id="clip grad that is not positive"
     ),
     pytest.param(

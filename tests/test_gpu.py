@@ -42,3 +42,23 @@ def test_gpu_meta_gradient_against_float64_on_the_cpu(precision, tasks_together)
     difference = bench.relative_difference(grad.cpu(), exact)
     print(f"{precision} {'grouped' if tasks_together else 'loop'}: {difference:.1e} from float64")
     assert difference < (1e-4 if precision == "highest" else 1e-2)
+
+
+def test_graphed_training_draws_the_eager_episodes_and_ends_near_the_eager_run(tmp_path, capsys):
+    flags = ["--device", "cuda", "--iterations", "6", "--eval-every", "3", "--learn-lr", "--precision", "highest"]
+    maml.main(tiny_flags(tmp_path / "eager", *flags, "--cuda-graph", "off"))
+    maml.main(tiny_flags(tmp_path / "graphed", *flags, "--cuda-graph", "on"))
+    assert "capture failed" not in capsys.readouterr().out
+    eager, graphed = (maml.load_checkpoint(tmp_path / run / "ckpt.pt") for run in ("eager", "graphed"))
+    assert torch.equal(eager["generator"], graphed["generator"])  # the same random numbers were drawn
+    for name, p in eager["params"].items():
+        torch.testing.assert_close(graphed["params"][name], p, rtol=1e-3, atol=1e-4)
+
+
+def test_graphed_run_resumes_and_several_seeds_are_graphed_together(tmp_path, capsys):
+    flags = ["--device", "cuda", "--eval-every", "2", "--cuda-graph", "on"]
+    maml.main(tiny_flags(tmp_path / "run", *flags, "--iterations", "2", "--seeds", "0", "1"))
+    maml.main(tiny_flags(tmp_path / "run", *flags, "--iterations", "4", "--seeds", "0", "1", "--resume"))
+    assert "capture failed" not in capsys.readouterr().out
+    for seed in (0, 1):
+        assert maml.load_checkpoint(tmp_path / "run" / f"seed{seed}" / "ckpt.pt")["iteration"] == 4

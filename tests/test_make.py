@@ -1,5 +1,5 @@
-"""The Makefile's study over seeds: `make paper` trains both methods per seed, probes each best.pt and
-writes one report with per-seed and across-seed rows."""
+"""The Makefile's study over seeds: `make paper` trains each method's seeds in one process (--seeds),
+probes each best.pt and writes one report with per-seed and across-seed rows."""
 
 import json
 import shutil
@@ -23,8 +23,9 @@ def test_make_paper_over_two_seeds_writes_one_report_with_per_seed_and_across_se
                f"PY={sys.executable}", "STAMP=requirements.txt"]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert sorted(p.name for p in runs.iterdir()) == ["maml-seed0", "maml-seed1", "metasgd-seed0", "metasgd-seed1"]
-    for run in runs.iterdir():
+    folders = sorted(str(p.relative_to(runs)) for p in runs.glob("*/seed*"))
+    assert folders == ["maml/seed0", "maml/seed1", "metasgd/seed0", "metasgd/seed1"]  # one process per method
+    for run in runs.glob("*/seed*"):
         assert json.loads((run / "probe.json").read_text())["settings"]["checkpoint_file"] == "best.pt"
     result = json.loads((report / "stats.json").read_text())
     for method in ("maml", "metasgd"):

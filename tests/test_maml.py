@@ -1,12 +1,15 @@
 """The algorithm: Conv-4, the inner loop, the meta-loss and its gradients against independent
 computations, the inner rates and checkpoint loading. The training script is tests/test_train.py."""
 
+import contextlib
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import data
 import maml
 from conftest import DT, ROOT, flat, learnable, meta_sgd_rates, method_rates, micro_problem
 
@@ -209,3 +212,80 @@ def test_clip_grad_clips_every_meta_gradient_entry_before_the_step():
     assert flat(expected).abs().max() > 1e-3  # something was clipped
     for b, a, g in zip(before, after, expected):
         assert torch.allclose(b - a, g.clamp(-1e-3, 1e-3), atol=1e-12)
+
+
+# ---------------------------------------------------------------- the graphed step, run eagerly on the CPU
+
+STEP_CONFIG = {"seed": 3, "ways": 3, "shots": 1, "queries": 2, "meta_batch": 2, "hidden": 6, "image_size": 16,
+               "inner_lr": 0.05, "lr_init_range": None, "meta_lr": 1e-3, "inner_steps": 2, "first_order": False,
+               "precision": "fast", "clip_grad": None}  # fmt: skip
+
+
+def step_setup(learn_lr):
+    config = {**STEP_CONFIG, "learn_lr": learn_lr}
+    split = data.synthetic_split("train", 16, per_class=6)
+    norm = data.channel_stats(split)
+    return config, split, norm, maml.new_state(config, torch.device("cpu"), torch.float32, norm, split["classes"])
+
+
+def run_tensors(run):
+    adam = [t for state in run.optimizer.state.values() for t in state.values()]
+    return [*run.params.values(), *run.inner_lrs.values(), *adam]
+
+
+@pytest.mark.parametrize("learn_lr", [False, True])
+@pytest.mark.parametrize("together", [False, True])
+def test_train_iteration_is_sample_episodes_and_meta_step_bit_for_bit(learn_lr, together):
+    config, split, norm, run = step_setup(learn_lr)
+    _, _, _, reference = step_setup(learn_lr)
+    losses = []
+    for _ in range(4):
+        maml.train_iteration(run, config, split, norm, together)
+        episode = data.sample_episodes(split, tasks=2, ways=3, shots=1, queries=2, generator=reference.episodes,
+                                       norm=norm, dtype=torch.float32)  # fmt: skip
+        loss, _ = maml.meta_step(
+            reference.params, reference.inner_lrs, reference.optimizer, episode, 2, False, together
+        )
+        losses.append(loss)
+    assert all(torch.equal(a, b) for a, b in zip(run_tensors(run), run_tensors(reference), strict=True))
+    assert torch.equal(run.last_loss, losses[-1]) and int(run.step) == 4 and int(run.bad_iteration) == -1
+    assert torch.equal(run.loss_sum, sum(losses[1:], losses[0]).float())
+
+
+def test_a_failed_capture_says_why_in_one_line_and_undoes_its_warm_up(monkeypatch, capsys):
+    """capture_iteration's warm-up runs real steps; when the capture then fails (here: CUDA faked away
+    on the CPU), the run must go on exactly as if no capture had been tried."""
+    config, split, norm, run = step_setup(True)
+    _, _, _, reference = step_setup(True)
+    no_stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: no_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: no_stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+
+    class NoGraph:
+        def __init__(self):
+            raise RuntimeError("CUDA graphs need a CUDA device\nsecond line")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", NoGraph)
+    step = lambda: maml.train_iteration(run, config, split, norm, False)
+    assert maml.capture_iteration(step, [run]) is None
+    assert capsys.readouterr().out == (
+        "cuda graph: capture failed (RuntimeError: CUDA graphs need a CUDA device); the run continues eagerly\n"
+    )
+    assert int(run.step) == 0 and float(run.loss_sum) == 0
+    for _ in range(3):
+        step()
+        maml.train_iteration(reference, config, split, norm, False)
+    assert all(torch.equal(a, b) for a, b in zip(run_tensors(run), run_tensors(reference), strict=True))
+
+
+def test_cuda_graph_on_is_refused_without_a_gpu_or_under_torchrun():
+    with pytest.raises(maml.ConfigError, match="--cuda-graph on needs a CUDA device"):
+        maml.wants_cuda_graph("on", torch.device("cpu"), 1)
+    with pytest.raises(maml.ConfigError, match="for one process"):
+        maml.wants_cuda_graph("on", torch.device("cuda"), 2)
+    assert not maml.wants_cuda_graph("auto", torch.device("cpu"), 1)
+    assert not maml.wants_cuda_graph("auto", torch.device("cuda"), 2)
+    assert maml.wants_cuda_graph("auto", torch.device("cuda"), 1) and not maml.wants_cuda_graph(
+        "off", torch.device("cuda"), 1
+    )

@@ -480,3 +480,53 @@ def test_resume_refuses_damage_followed_by_good_rows_naming_file_and_line(tmp_pa
     with pytest.raises(maml.CheckpointError, match=rf"{re.escape(str(path))} line 2 is damaged .*whole rows follow"):
         maml.repair_logs([path], 2)
     assert "garbage" in path.read_text()  # left as it was
+
+
+# --------------------------------------------------------------------------- several seeds in one process
+
+
+def seed_run(folder, *extra):
+    """The tensors and validation rows a finished run left in `folder`."""
+    ckpt = maml.load_checkpoint(folder / "ckpt.pt")
+    val = [(r["iteration"], r["val_acc"]) for r in read_csv(folder / "metrics.csv")]
+    return ckpt, val
+
+
+@pytest.mark.parametrize("method", [[], ["--learn-lr"]], ids=["maml", "metasgd"])
+def test_each_seed_of_seeds_equals_its_single_seed_run(method, tmp_path):
+    # float64, and no conv biases: their meta-gradient is pure rounding noise, which Adam would blow up
+    # into full steps that differ with the summation order (README, Decisions)
+    flags = ["--iterations", "4", "--eval-every", "2", "--dtype", "float64", "--no-conv-bias", *method]
+    outs = maml.main(tiny_flags(tmp_path / "seeds", "--seeds", "3", "5", *flags))
+    assert outs == [tmp_path / "seeds" / "seed3", tmp_path / "seeds" / "seed5"]
+    for seed in (3, 5):
+        alone = tmp_path / f"alone{seed}"
+        maml.main(tiny_flags(alone, "--seed", str(seed), "--task-batching", "grouped", *flags))
+        (together, val_together), (single, val_single) = seed_run(outs[seed == 5]), seed_run(alone)
+        assert together["config"]["seed"] == seed and together["iteration"] == 4
+        for key in ("params", "inner_lrs"):
+            for name, t in single[key].items():
+                torch.testing.assert_close(together[key][name], t, rtol=1e-10, atol=1e-12)
+        assert [i for i, _ in val_together] == [i for i, _ in val_single]
+        assert all(abs(float(a) - float(b)) < 1e-9 for (_, a), (_, b) in zip(val_together, val_single, strict=True))
+        assert (outs[seed == 5] / "test.json").exists() and (outs[seed == 5] / "best.pt").exists()
+    first, second = (maml.load_checkpoint(out / "ckpt.pt")["params"]["conv1.weight"] for out in outs)
+    assert not torch.allclose(first, second)  # two models, not one model twice
+
+
+def test_seeds_resume_to_the_uninterrupted_run_and_refuse_seeds_at_different_iterations(tmp_path, capsys):
+    flags = ["--seeds", "0", "1", "--learn-lr", "--eval-every", "2", "--save-every", "1"]
+    maml.main(tiny_flags(tmp_path / "whole", *flags, "--iterations", "4"))
+    maml.main(tiny_flags(tmp_path / "cut", *flags, "--iterations", "2"))
+    maml.main(tiny_flags(tmp_path / "cut", *flags, "--iterations", "4", "--resume"))
+    for seed in ("seed0", "seed1"):
+        reference, resumed = (maml.load_checkpoint(tmp_path / run / seed / "ckpt.pt") for run in ("whole", "cut"))
+        assert all(torch.equal(reference["params"][n], p) for n, p in resumed["params"].items())
+        assert logs(tmp_path / "cut" / seed) == logs(tmp_path / "whole" / seed)
+    # one seed brought further alone: the pair no longer continues from one iteration
+    maml.main(tiny_flags(tmp_path / "cut" / "seed1", "--resume", "--iterations", "5"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        maml.run_cli(maml.main, tiny_flags(tmp_path / "cut", *flags, "--iterations", "6", "--resume"))
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "at different iterations (seed0: 4, seed1: 5)" in line and "--iterations 5" in line
