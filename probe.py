@@ -247,6 +247,8 @@ def check_flags(args):
         raise maml.ConfigError("--iterations and --queries must be at least 1, --batch and --steps not negative")
     if args.inner_lr is not None and not math.isfinite(args.inner_lr):
         raise maml.ConfigError(f"--inner-lr must be a finite number (got {args.inner_lr})")
+    if args.rates == "fixed" and args.inner_lr is None:
+        raise maml.ConfigError("--rates fixed needs --inner-lr")
 
 
 def finished_rows(records_path, summary_path, settings, resume):
@@ -383,13 +385,14 @@ def write_records(path, rows):
     data.atomic_write(path, write)
 
 
-def append_chunk(f, records_path, rows):
-    """Append one chunk's records to the open records file, flushed to disk so a kill keeps every
-    finished chunk. A failed write (a full disk) ends in one line saying that --resume continues."""
+def append_chunk(records_path, rows):
+    """Append one chunk's records, flushed to disk so a kill keeps every finished chunk. A failed write
+    (a full disk) ends in one line saying that --resume continues."""
     try:
-        csv.DictWriter(f, fieldnames=COLUMNS).writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
+        with open(records_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=COLUMNS).writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as e:
         raise data.WriteError(
             f"{data.write_failure(records_path, e)}; its finished chunks are kept: make space, then run the "
@@ -443,10 +446,10 @@ def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
     desc = f"probe ({settings['method']}, rates {args.rates})"
     bar = tqdm(total=args.iterations, initial=start, desc=desc, unit="it", disable=args.no_progress or rank != 0,
                dynamic_ncols=True)  # fmt: skip
-    with bar, open(records_path, "a", newline="") if rank == 0 else contextlib.nullcontext() as f:
+    with bar:
         for rows in probe_chunks(probe_one, start // batch, math.ceil(args.iterations / batch), rank, world):
             if rank == 0:
-                append_chunk(f, records_path, rows)
+                append_chunk(records_path, rows)
             bar.update(len(rows))
     if rank != 0:
         return None
