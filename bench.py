@@ -13,7 +13,8 @@ variant's meta-gradient from the loop's on the same episode (on a GPU it should 
              BatchNorm written out, as F.batch_norm under vmap is not correctly second order)
     graphed  (CUDA only) maml.train_iteration, the training loop's own step, captured once as a CUDA
              graph and replayed: episode sampling, the grouped meta-step and Adam. Its meta-gradient is
-             the grouped one (the same function), so its difference columns repeat the grouped row's.
+             the grouped one (the same function), so its difference columns repeat the grouped row's;
+             its time includes drawing the episodes, which the other rows leave out (a few kernels).
 Then (--seeds N, default 8 on a GPU) the training step of one model against N models stepped together
 (maml.py --seeds), and the ratio of their times.
 """
@@ -187,7 +188,8 @@ def training_step(cfg, device, method, first_order, precision, seeds=1):
     norm = data.channel_stats(split)
     runs = []
     for seed in range(seeds):
-        run = maml.new_state({**config, "seed": seed}, device, torch.float32, norm, split["classes"], capturable=True)
+        run = maml.new_state({**config, "seed": seed}, device, torch.float32, norm, split["classes"],
+                             capturable=device.type == "cuda")  # fmt: skip
         run.train_split, run.device_norm = split, norm
         runs.append(run)
     step = maml.iteration_of(runs, config, together=True)

@@ -748,8 +748,9 @@ def add_run_flags(g):
       + "; ".join(f"'{k}': {v}" for k, v in PRECISIONS.items()) + "; 'auto': 'fast' on the CPU, 'highest' on a "
       "GPU (README, Precision). Recorded in the checkpoint")  # fmt: skip
     g("--cuda-graph", choices=["auto", "on", "off"], default="auto", help="replay each meta-iteration as one "
-      "captured CUDA graph (no launch overhead); 'auto': on for one process on a GPU, else off. A capture that "
-      "fails says why in one line and the run continues eagerly")  # fmt: skip
+      "captured CUDA graph (no launch overhead); 'auto': for one process on a GPU; 'on': the same, but refused "
+      "without a GPU or under torchrun. A capture that fails says why in one line and the run continues "
+      "eagerly")  # fmt: skip
     g("--no-progress", action="store_true", help="no progress bars (for logs)")
     g("--debug", action="store_true", help="show full tracebacks on errors")
 
@@ -922,7 +923,10 @@ def restore_state(resumed, config, device, dtype, rank=0, world=1, capturable=Fa
             p.copy_(resumed["params"][name])
         for name, r in run.inner_lrs.items():
             r.copy_(resumed["inner_lrs"][name])
-    run.optimizer.load_state_dict(resumed["optimizer"])
+    optimizer_state = resumed["optimizer"]
+    for group in optimizer_state["param_groups"]:  # the saved setting would win over this run's
+        group["capturable"] = capturable
+    run.optimizer.load_state_dict(optimizer_state)
     run.episodes.set_state(resumed["generator"])
     run.iteration, run.elapsed, run.best = resumed["iteration"], resumed["elapsed"], tuple(resumed["best_val"])
     run.step.fill_(run.iteration)
@@ -1070,14 +1074,21 @@ def train_iteration_seeds(runs, config):
         add_to_sums(run, loss, accuracy)
 
 
+def due(iteration, config, stopping):
+    """What the plumbing does after this iteration: (divergence check and progress bar, validation,
+    checkpoint)."""
+    at_eval = iteration % config["eval_every"] == 0 or iteration == config["iterations"]
+    at_save = at_eval or iteration % config["save_every"] == 0 or stopping
+    return iteration % config["log_every"] == 0 or at_save, at_eval, at_save
+
+
 def end_of_step(run, config, out, val_split, norm, bar, stopping):
-    """The plumbing after each meta-step: every --log-every the divergence check and progress bar,
-    every --eval-every validation and logs, every --save-every (and when stopping) ckpt.pt."""
+    """The plumbing after each meta-step (after train_process's divergence check): every --log-every
+    the progress bar, every --eval-every validation and logs, every --save-every (and when stopping)
+    ckpt.pt."""
     i = run.iteration
-    at_eval = i % config["eval_every"] == 0 or i == config["iterations"]
-    at_save = at_eval or i % config["save_every"] == 0 or stopping
-    if i % config["log_every"] == 0 or at_save:
-        check_finite(run, config, out / "ckpt.pt")
+    at_log, at_eval, at_save = due(i, config, stopping)
+    if at_log:  # check_finite has run (train_process), so these reads are of finite numbers
         best = f"{run.best[0]:.3f}" if run.best[1] >= 0 else "-"
         bar.set_postfix(loss=f"{run.last_loss.item():.3f}", acc=f"{run.last_acc.item():.3f}", best_val=best)
     if at_eval:
@@ -1157,7 +1168,8 @@ def stop_on_signal():
 
 
 def wants_cuda_graph(choice, device, world):
-    """--cuda-graph: 'auto' graphs one process on a GPU; 'on' insists (a CUDA device, no torchrun)."""
+    """--cuda-graph: 'auto' graphs one process on a GPU; 'on' is refused where no graph can be (no CUDA
+    device, torchrun). Under either, a capture that fails falls back to eager (`capture_iteration`)."""
     if choice == "on" and device.type != "cuda":
         raise ConfigError(f"--cuda-graph on needs a CUDA device, and this run is on {device}; use --cuda-graph off")
     if choice == "on" and world > 1:
@@ -1185,10 +1197,13 @@ def capture_iteration(step, runs):
     try:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream(device).wait_stream(side)
+        try:
+            with torch.cuda.stream(side), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*capturable=True.*")  # eager warm-up steps, on purpose
+                for _ in range(3):
+                    step()
+        finally:  # the undoing below must wait for the warm-up, even one that failed
+            torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         for run in runs:
             graph.register_generator_state(run.episodes)  # our episode generators, not the default one
@@ -1231,6 +1246,8 @@ def train(args):
                           f"use a multiple of {world}")  # fmt: skip
     if args.seeds and world > 1:
         raise ConfigError("--seeds trains several models in one process; under torchrun train one seed per job")
+    if args.seeds and args.task_batching == "loop":
+        raise ConfigError("--seeds always runs its models as groups of one grouped network; drop --task-batching loop")
     writer = int(os.environ.get("RANK", "0")) == 0
     with contextlib.ExitStack() as locks:
         starts = []
@@ -1242,6 +1259,8 @@ def train(args):
                 if removed:
                     print(f"removed {len(removed)} temporary file(s) that a killed run left in {out}: "
                           f"{', '.join(removed)}")  # fmt: skip
+            if args.seeds and args.resume and not (out / "ckpt.pt").exists():
+                seed_args.resume = False  # a start that failed before this seed's first save: it begins afresh
             starts.append(start_run(seed_args, out))
         check_seeds_level(starts)
         config = starts[0][0]
@@ -1275,17 +1294,24 @@ def per_seed_args(args):
 
 
 def check_seeds_level(starts):
-    """Resumed seeds must continue from one iteration (a kill between two seeds' saves can leave them
-    apart); say how to bring a lagging seed level."""
-    reached = {Path(c["out"]).name: (r["iteration"] if r else 0) for c, r in starts}
+    """Resumed seeds must continue from one iteration towards one total (a kill or a failed write
+    between two seeds' saves can leave them apart); say how to bring a lagging seed level."""
+    reached = {c["out"]: (r["iteration"] if r else 0) for c, r in starts}
     if len(set(reached.values())) > 1:
         top = max(reached.values())
+        config, resumed = next((c, r) for c, r in starts if reached[c["out"]] < top)
+        alone = (f"python maml.py --resume --out {config['out']} --iterations {top}" if resumed else
+                 f"python maml.py --seed {config['seed']} --out {config['out']} --iterations {top} and this run's "
+                 f"other flags")  # fmt: skip
         raise ConfigError(
             "the seeds' checkpoints are at different iterations ("
-            + ", ".join(f"{name}: {i}" for name, i in reached.items())
-            + f"); bring each lagging one to {top} alone (python maml.py --resume --out FOLDER --iterations {top}), "
-            "then resume them together"
+            + ", ".join(f"{Path(out).name}: {i}" for out, i in reached.items())
+            + f"); bring each lagging one level alone ({alone}), then resume them together with --iterations"
         )
+    totals = {c["iterations"] for c, _ in starts}
+    if len(totals) > 1:
+        raise ConfigError(f"the seeds' runs aim at different totals ({', '.join(map(str, sorted(totals)))} "
+                          f"iterations); give --iterations to set one for all")  # fmt: skip
 
 
 def checkpoint_left(outs, args):
@@ -1318,6 +1344,8 @@ def train_process(starts, rank, world, device, resume_hint):
     progress = not config["no_progress"] and rank == 0
     together = config["task_batching"] == "grouped" or (config["task_batching"] == "auto" and device.type == "cuda")
     graphed = wants_cuda_graph(config.get("cuda_graph", "off"), device, world)
+    if graphed:  # a graph captures the current device's stream: make it this run's (cuda:1, say)
+        torch.cuda.set_device(device)
     runs = prepare_runs(starts, rank, world, device, graphed, progress)
     method = ("meta-SGD" if config["learn_lr"] else "MAML") + (f" x{len(runs)} seeds" if len(runs) > 1 else "")
     bar = tqdm(total=config["iterations"], initial=runs[0].iteration, desc=method, disable=not progress, unit="it",
@@ -1337,6 +1365,9 @@ def train_process(starts, rank, world, device, resume_hint):
                 run.since_eval += 1
             bar.update(1)
             stopping = agreed_stop(stop, runs[0], config)
+            if due(runs[0].iteration, config, stopping)[0]:
+                for run in runs:  # every model before any saves: a diverged seed stops them all, level
+                    check_finite(run, run.config, run.out / "ckpt.pt")
             for run in runs:
                 end_of_step(run, run.config, run.out, run.val_split, run.device_norm, bar, stopping)
     if stopping:

@@ -596,6 +596,12 @@ CASES = [
     ),  # fmt: skip
     pytest.param("maml", train_flags("--seeds", "1", "2", "1"), "names a seed twice", id="a seed given twice"),
     pytest.param(
+        "maml",
+        train_flags("--seeds", "1", "2", "--task-batching", "loop"),
+        "drop --task-batching loop",
+        id="seeds with the task loop",
+    ),  # fmt: skip
+    pytest.param(
         "maml", train_flags("--clip-grad", "0"), "--clip-grad must be a positive", id="clip grad that is not positive"
     ),
     pytest.param(

@@ -62,3 +62,11 @@ def test_graphed_run_resumes_and_several_seeds_are_graphed_together(tmp_path, ca
     assert "capture failed" not in capsys.readouterr().out
     for seed in (0, 1):
         assert maml.load_checkpoint(tmp_path / "run" / f"seed{seed}" / "ckpt.pt")["iteration"] == 4
+
+
+def test_a_run_begun_eagerly_is_graphed_after_resume(tmp_path, capsys):
+    flags = ["--device", "cuda", "--eval-every", "2", "--learn-lr"]
+    maml.main(tiny_flags(tmp_path / "run", *flags, "--iterations", "2", "--cuda-graph", "off"))
+    maml.main(tiny_flags(tmp_path / "run", *flags, "--iterations", "4", "--cuda-graph", "on", "--resume"))
+    assert "capture failed" not in capsys.readouterr().out
+    assert maml.load_checkpoint(tmp_path / "run" / "ckpt.pt")["iteration"] == 4

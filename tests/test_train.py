@@ -4,6 +4,7 @@ and refusal to write over an existing run."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -530,3 +531,16 @@ def test_seeds_resume_to_the_uninterrupted_run_and_refuse_seeds_at_different_ite
         maml.run_cli(maml.main, tiny_flags(tmp_path / "cut", *flags, "--iterations", "6", "--resume"))
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "at different iterations (seed0: 4, seed1: 5)" in line and "--iterations 5" in line
+
+
+def test_seeds_resume_with_a_seed_that_never_saved_names_the_command_that_starts_it(tmp_path, capsys):
+    flags = ["--seeds", "0", "1", "--iterations", "2", "--eval-every", "2"]
+    maml.main(tiny_flags(tmp_path / "run", *flags))
+    shutil.rmtree(tmp_path / "run" / "seed1")  # as if its start had failed before its first save
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        maml.run_cli(maml.main, tiny_flags(tmp_path / "run", *flags, "--resume"))
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "(seed0: 2, seed1: 0)" in line
+    assert f"python maml.py --seed 1 --out {tmp_path / 'run' / 'seed1'} --iterations 2" in line
+    assert not (tmp_path / "run" / "seed1" / "ckpt.pt").exists()  # refused before anything was written
