@@ -4,7 +4,8 @@
 
 Reads only files on disk, from each run folder (or checkpoint path): the checkpoint (config), the
 checkpoint the probe used (its learned rates make Table 1), metrics.csv, lr_stats.csv, test.json and
-the probe records probe*.csv. Statistics fit the design: per seed, over that seed's probe iterations;
+the probe records probe*.csv; it never imports the training script. The statistics (stats.py) fit the
+design: per seed, over that seed's probe iterations;
 across seeds, over the per-seed means (the unit of a claim about a method); between methods, paired
 over the identical task pairs that runs of one seed were probed on, then over seeds. Writes into --out:
 table1_learned_rates.{md,csv}, fig5_training.png, fig6_learned_rates.png, fig6_rates_over_training.png,
@@ -17,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
-import data
-import maml
-import probe
+import cli
+import figures
+import logs
+import run_folder
+import stats
+from cli import AnalysisError
+from stats import LAYERS, METHOD_NAMES, ONE_SEED
 
-LAYERS = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "logits"]
 PAPER_TABLE1 = {
     "conv1": ("-0.006", "0.032"),
     "conv2": ("-0.004", "0.027"),
@@ -31,11 +34,6 @@ PAPER_TABLE1 = {
     "conv4": ("-0.018", "0.030"),
     "logits": ("0.043", "0.072"),
 }
-METHOD_NAMES = {"maml": "MAML", "metasgd": "Meta-SGD"}
-
-
-class AnalysisError(Exception):
-    """Missing, foreign or mismatched inputs."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,8 +61,8 @@ def table1_source(folder, probes):
     """The learned rates of the checkpoint `probed_checkpoint` picks, with its name, iteration and why."""
     path, why, probed_iteration = probed_checkpoint(folder, probes)
     try:
-        ckpt = maml.load_checkpoint(path)
-    except maml.CheckpointError as e:
+        ckpt = run_folder.load_checkpoint(path)
+    except cli.CheckpointError as e:
         raise AnalysisError(str(e)) from None
     if probed_iteration is not None and probed_iteration != ckpt["iteration"]:
         why += f"; the probe used iteration {probed_iteration}, the file now holds {ckpt['iteration']}"
@@ -89,8 +87,8 @@ def load_run(path):
     else:
         raise AnalysisError(f"{path} does not exist; expected a run folder or a checkpoint written by maml.py")
     try:
-        ckpt = maml.load_checkpoint(ckpt_path)
-    except maml.CheckpointError as e:
+        ckpt = run_folder.load_checkpoint(ckpt_path)
+    except cli.CheckpointError as e:
         raise AnalysisError(str(e)) from None
     config = ckpt["config"]
     run = {
@@ -99,15 +97,15 @@ def load_run(path):
         "config": config,
         "iteration": ckpt["iteration"],
         "method": "metasgd" if config["learn_lr"] else "maml",
-        "metrics": maml.read_log_strictly(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
-        "lr_stats": maml.read_log_strictly(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
-        "test": maml.read_json(folder / "test.json") if (folder / "test.json").exists() else None,
+        "metrics": logs.read_log_strictly(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
+        "lr_stats": logs.read_log_strictly(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
+        "test": logs.read_json(folder / "test.json") if (folder / "test.json").exists() else None,
         "probes": {},
     }
     for records in sorted(folder.glob("probe*.csv")):
         summary = records.with_suffix(".json")
-        settings = maml.read_json(summary).get("settings", {}) if summary.exists() else {}
-        run["probes"][records.stem] = {"records": probe.read_records(records), "settings": settings}
+        settings = logs.read_json(summary).get("settings", {}) if summary.exists() else {}
+        run["probes"][records.stem] = {"records": logs.read_records(records), "settings": settings}
     run["table1"] = table1_source(folder, run["probes"]) if config["learn_lr"] else None
     return run
 
@@ -144,144 +142,7 @@ def check_compatible(runs):
 
 
 # ----------------------------------------------------------------------------------------------
-# Numbers
-# ----------------------------------------------------------------------------------------------
-
-
-def across_seeds(values):
-    """Mean and std (ddof=1; 0 for one run) of a list of numbers."""
-    values = np.asarray(values, dtype=np.float64)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Statistics: per seed (unit: probe iterations), across seeds (unit: seeds), between methods (paired)
-# ----------------------------------------------------------------------------------------------
-
-# The probe settings that fix the task pairs: two probes that agree on these drew the same pairs.
-PAIRING_SETTINGS = ("split", "iterations", "queries", "off_task", "batch", "seed", "ways", "shots", "data")
-ONE_SEED = "one seed: no across-seed claim can be made"
-
-
-def t_test_of_mean(values, test, unit):
-    """Mean, 95% t-interval and one-sample t-test against 0 of `values` (for differences, that is the
-    paired t-test), labelled with the test's name, its unit (iterations or seeds) and n."""
-    values = np.asarray(values, dtype=np.float64)
-    result = {**probe.mean_t_ci95(values), "test": test, "unit": unit, "t": float("nan"), "df": len(values) - 1}
-    result["p"] = float("nan")
-    if len(values) >= 2:
-        t = stats.ttest_1samp(values, 0.0)
-        result.update(t=float(t.statistic), p=float(t.pvalue))
-    return result
-
-
-def per_seed_probe(run, stem):
-    """One seed's probe: probe.summarize's numbers, each test labelled (unit: the probe's iterations)."""
-    s = probe.summarize(run["probes"][stem]["records"])
-    n = s["iterations"]
-    label = {"paired_t_on_vs_off": "paired t-test, on- vs off-task change",
-             "on_change_vs_zero": "one-sample t-test, on-task change vs 0",
-             "off_change_vs_zero": "one-sample t-test, off-task change vs 0"}  # fmt: skip
-    for key, test in label.items():
-        s[key].update(test=test, unit="iterations", n=n)
-    queries = run["probes"][stem]["settings"].get("queries")
-    return {"seed": run["config"]["seed"], "folder": str(run["folder"]), "queries": queries, **s}
-
-
-def across_seed_tests(per_seed):
-    """The claim about a method: each seed contributes its mean change; t-interval and one-sample t-test
-    over seeds. With one seed there is no such claim, and the result says so."""
-    if len(per_seed) < 2:
-        return {"seeds": len(per_seed), "note": ONE_SEED}
-    means = {
-        "on_change": [s["on_change"]["mean"] for s in per_seed],
-        "off_change": [s["off_change"]["mean"] for s in per_seed],
-        "on_minus_off": [s["on_change"]["mean"] - s["off_change"]["mean"] for s in per_seed],
-    }
-    test = "one-sample t-test of the per-seed means vs 0"
-    return {"seeds": len(per_seed), **{k: t_test_of_mean(v, test, "seeds") for k, v in means.items()}}
-
-
-def method_stats(runs, stems):
-    """Test and validation accuracy, and every probe's per-seed and across-seed statistics, of one method."""
-    m = {"runs": len(runs), "probes": {}}
-    tests = [r["test"] for r in runs if r["test"]]
-    if tests:
-        m["test_acc"] = {"per_run": [(t["test_acc"], t["test_ci95"]) for t in tests],
-                         "mean_std": across_seeds([t["test_acc"] for t in tests])}  # fmt: skip
-    vals = [max(float(row["val_acc"]) for row in r["metrics"]) for r in runs if r["metrics"]]
-    if vals:
-        m["best_val_acc"] = {"per_run": vals, "mean_std": across_seeds(vals)}
-    for stem in stems:
-        per_seed = [per_seed_probe(r, stem) for r in runs if stem in r["probes"]]
-        if per_seed:
-            m["probes"][stem] = {"per_seed": per_seed, "across_seeds": across_seed_tests(per_seed)}
-    return m
-
-
-def same_task_pairs(maml_run, sgd_run, stem):
-    """Whether the two runs' probes can be paired: None if so, else why not. Same settings must mean the
-    same task pairs; records that say otherwise are refused (AnalysisError), never paired."""
-    a, b = maml_run["probes"][stem], sgd_run["probes"][stem]
-    differ = [k for k in PAIRING_SETTINGS if a["settings"].get(k) != b["settings"].get(k)]
-    if differ:
-        return f"probed with different settings ({', '.join(differ)}), so on different task pairs"
-    for key in probe.PAIR_COLUMNS:
-        if a["records"][key] != b["records"][key]:
-            i = next((i for i, (x, y) in enumerate(zip(a["records"][key], b["records"][key])) if x != y), None)
-            where = f"at iteration {i}" if i is not None else "in length"
-            raise AnalysisError(
-                f"{stem}: the MAML and Meta-SGD probes of seed {maml_run['config']['seed']} have the same settings "
-                f"but different task pairs ({key} differs {where}); probe both again with the same flags"
-            )
-    return None
-
-
-def between_methods(by_method, stem):
-    """Meta-SGD − MAML on the same task pairs: the off-task change, and the interaction (on − off change),
-    as paired t-tests over a seed's task pairs, then over seeds."""
-    runs = {m: {r["config"]["seed"]: r for r in by_method[m] if stem in r["probes"]} for m in ("maml", "metasgd")}
-    per_seed, unpaired = [], []
-    for seed in sorted(set(runs["maml"]) & set(runs["metasgd"])):
-        why_not = same_task_pairs(runs["maml"][seed], runs["metasgd"][seed], stem)
-        if why_not:
-            unpaired.append(f"seed {seed}: {why_not}")
-            continue
-        (on_m, off_m), (on_s, off_s) = (
-            probe.changes(runs[m][seed]["probes"][stem]["records"]) for m in ("maml", "metasgd")
-        )
-        test = "paired t-test over task pairs, Meta-SGD − MAML"
-        per_seed.append({
-            "seed": seed,
-            "off_difference": {**t_test_of_mean(off_s - off_m, test, "iterations"),
-                               "scipy_ttest_rel_p": float(stats.ttest_rel(off_s, off_m).pvalue)},
-            "interaction": t_test_of_mean((on_s - off_s) - (on_m - off_m), test, "iterations"),
-        })  # fmt: skip
-    unpaired += [f"seed {s}: probed with one method only" for s in sorted(set(runs["maml"]) ^ set(runs["metasgd"]))]
-    across = {"seeds": len(per_seed), "note": ONE_SEED if len(per_seed) < 2 else None}
-    if len(per_seed) >= 2:
-        test = "one-sample t-test of the per-seed mean differences vs 0"
-        for key in ("off_difference", "interaction"):
-            across[key] = t_test_of_mean([s[key]["mean"] for s in per_seed], test, "seeds")
-    return {"per_seed": per_seed, "across_seeds": across, "unpaired": unpaired}
-
-
-def compute_stats(by_method):
-    """Every test the report shows, as plain numbers."""
-    for method, runs in by_method.items():
-        seeds = [r["config"]["seed"] for r in runs]
-        if len(set(seeds)) < len(seeds):
-            raise AnalysisError(f"two {METHOD_NAMES[method]} runs have the same seed ({seeds}); give one run per seed")
-    stems = sorted({s for runs in by_method.values() for r in runs for s in r["probes"]})
-    out = {"methods": {m: method_stats(runs, stems) for m, runs in by_method.items()}, "between_methods": {}}
-    if len(by_method) == 2:
-        for stem in stems:
-            out["between_methods"][stem] = between_methods(by_method, stem)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing
+# Table 1: the learned rates
 # ----------------------------------------------------------------------------------------------
 
 
@@ -297,14 +158,14 @@ def table1_row_names(layer):
 
 def rate_table(rates):
     """Table 1's numbers (count, mean, std, fraction negative, min, max) per row: each layer's weights,
-    and its bias on a row of its own, as maml.rate_statistics computes them per parameter tensor. A conv
+    and its bias on a row of its own, as stats.rate_statistics computes them per parameter tensor. A conv
     bias sits before batch-statistics BatchNorm, so its rates only see rounding noise: kept apart, they
     cannot dilute the weights' row. `rates` maps parameter name -> array."""
-    rows = maml.rate_statistics({n: torch.from_numpy(np.asarray(r)) for n, r in rates.items()})
+    rows = stats.rate_statistics({n: torch.from_numpy(np.asarray(r)) for n, r in rates.items()})
     table = {}
     for row in rows:
         if row["kind"] == "tensor":
-            layer, kind = maml.layer_of(row["name"]), row["name"].split(".", 1)[1]
+            layer, kind = stats.layer_of(row["name"]), row["name"].split(".", 1)[1]
             table[layer if kind == "weight" else f"{layer} bias"] = row
     order = [name for layer in LAYERS for name in table1_row_names(layer)]
     return {name: table[name] for name in order if name in table}
@@ -324,30 +185,38 @@ def table1_caption(runs):
     )
 
 
+TABLE1_COLUMNS = ["layer", "count", "mean", "mean_seed_std", "std", "frac_negative", "min", "max", "paper_mean",
+                  "paper_std", "runs", "checkpoints"]  # fmt: skip
+
+
 def write_table1(runs, out):
     """Table 1 for the Meta-SGD runs, from the checkpoint each run's probe used: across seeds, mean ± sd
-    of each statistic."""
-    tables = [rate_table(r["table1"]["rates"]) for r in runs if r["table1"]]
+    of each statistic. Written as table1_learned_rates.csv and .md; returns its rows."""
+    runs = [r for r in runs if r["table1"]]
+    tables = [rate_table(r["table1"]["rates"]) for r in runs]
     if not tables:
         return None
     rows = []
     for name in [n for n in tables[0] if all(n in t for t in tables)]:  # runs with and without conv biases
         row = {"layer": name, "runs": len(tables)}
         for key in ("mean", "std", "frac_negative", "min", "max", "count"):
-            row[key] = across_seeds([t[name][key] for t in tables])
+            row[key] = stats.across_seeds([t[name][key] for t in tables])
         rows.append(row)
-    columns = ["layer", "count", "mean", "mean_seed_std", "std", "frac_negative", "min", "max", "paper_mean",
-               "paper_std", "runs", "checkpoints"]  # fmt: skip
-    checkpoints = " ".join(f"{r['table1']['path']}@{r['table1']['iteration']}" for r in runs if r["table1"])
+    checkpoints = " ".join(f"{r['table1']['path']}@{r['table1']['iteration']}" for r in runs)
     with open(out / "table1_learned_rates.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(columns)
+        w.writerow(TABLE1_COLUMNS)
         for r in rows:
+            numbers = [r["mean"][0], r["mean"][1], r["std"][0], r["frac_negative"][0], r["min"][0], r["max"][0]]
             paper = PAPER_TABLE1.get(r["layer"], ("", ""))
-            w.writerow([r["layer"], int(r["count"][0]), r["mean"][0], r["mean"][1], r["std"][0],
-                        r["frac_negative"][0], r["min"][0], r["max"][0], *paper, len(tables), checkpoints])  # fmt: skip
+            w.writerow([r["layer"], int(r["count"][0]), *numbers, *paper, len(tables), checkpoints])
+    (out / "table1_learned_rates.md").write_text(table1_markdown(rows, runs))
+    return rows
+
+
+def table1_markdown(rows, runs):
     lines = [
-        table1_caption([r for r in runs if r["table1"]]),
+        table1_caption(runs),
         "",
         "| row | entries | mean | std | fraction negative | min | max | paper mean | paper std |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -359,157 +228,12 @@ def write_table1(runs, out):
             f"{fmt(r['frac_negative'], digits=3)} | {fmt(r['min'], digits=4)} | {fmt(r['max'], digits=4)} | "
             f"{paper[0]} | {paper[1]} |"
         )
-    (out / "table1_learned_rates.md").write_text("\n".join(lines) + "\n")
-    return rows
+    return "\n".join(lines) + "\n"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 10, "figure.dpi": 120})
-    return plt
-
-
-def run_label(run):
-    return f"{METHOD_NAMES[run['method']]} seed {run['config']['seed']}"
-
-
-def fig5(runs, out):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for run in runs:
-        rows = run["metrics"]
-        if not rows:
-            continue
-        train = [(int(r["iteration"]), 100 * float(r["train_acc"])) for r in rows if r["train_acc"] not in ("", None)]
-        val = [(int(r["iteration"]), 100 * float(r["val_acc"])) for r in rows]
-        if train:
-            axes[0].plot(*zip(*train), marker=".", label=run_label(run))
-        axes[1].plot(*zip(*val), marker=".", label=run_label(run))
-    chance = 100 / runs[0]["config"]["ways"]
-    for ax, title in zip(axes, ("training query accuracy (mean since last evaluation)", "validation accuracy")):
-        ax.axhline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:.0f}%)")
-        ax.set_xlabel("meta-iteration")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("accuracy (%)")
-    fig.suptitle(f"Figure 5: {runs[0]['config']['ways']}-way {runs[0]['config']['shots']}-shot training")
-    fig.tight_layout()
-    fig.savefig(out / "fig5_training.png")
-    plt.close(fig)
-
-
-def fig6(runs, out):
-    sgd = [r for r in runs if r["table1"] is not None]
-    if not sgd:
-        return False
-    plt = _plt()
-    layers = [layer for layer in LAYERS if any(maml.layer_of(n) == layer for n in sgd[0]["table1"]["rates"])]
-    fig, axes = plt.subplots(3, 3, figsize=(12, 9))
-    for ax, layer in zip(axes.flat, layers):
-        for run in sgd:
-            rates = run["table1"]["rates"]
-            r = np.concatenate([v.ravel() for n, v in rates.items() if maml.layer_of(n) == layer and "weight" in n])
-            ax.hist(r, bins=60, alpha=0.6, label=f"seed {run['config']['seed']}")
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_title(layer)
-        ax.set_xlabel("learned inner rate")
-        ax.set_ylabel("parameters")
-    for ax in axes.flat[len(layers) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    source = ", ".join(sorted({r["table1"]["checkpoint"] for r in sgd}))
-    fig.suptitle(f"Figure 6: Meta-SGD's learned inner-loop rates per layer, weights only (from {source}, as Table 1)")
-    fig.tight_layout()
-    fig.savefig(out / "fig6_learned_rates.png")
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for run in sgd:
-        rows = [r for r in run["lr_stats"] if r["kind"] == "layer"]
-        for layer in layers:
-            pts = [
-                (int(r["iteration"]), float(r["mean"]), float(r["frac_negative"])) for r in rows if r["name"] == layer
-            ]
-            if pts:
-                it, mean, neg = zip(*pts)
-                label = layer if len(sgd) == 1 else f"{layer} (seed {run['config']['seed']})"
-                axes[0].plot(it, mean, label=label)
-                axes[1].plot(it, [100 * n for n in neg], label=label)
-    axes[0].axhline(0, color="k", lw=0.8)
-    axes[0].set_ylabel("mean learned rate")
-    axes[1].set_ylabel("entries with a negative rate (%)")
-    for ax in axes:
-        ax.set_xlabel("meta-iteration")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle("Figure 6b: when do the rates turn negative? (statistics logged at every evaluation)")
-    fig.tight_layout()
-    fig.savefig(out / "fig6_rates_over_training.png")
-    plt.close(fig)
-    return True
-
-
-def figure_numbers(probe_stats):
-    """Each regime's and change's mean and 95% CI for a figure: over seeds (t-interval of the per-seed
-    means) when there are several, else the one seed's per-iteration interval."""
-    per_seed = probe_stats["per_seed"]
-    if len(per_seed) == 1:
-        return {
-            **per_seed[0]["regimes"],
-            "on_change": per_seed[0]["on_change"],
-            "off_change": per_seed[0]["off_change"],
-        }
-    keys = ["pre_A", "on_A", "off_B"]
-    out = {k: probe.mean_t_ci95([s["regimes"][k]["mean"] for s in per_seed]) for k in keys}
-    for k in ("on_change", "off_change"):
-        out[k] = probe.mean_t_ci95([s[k]["mean"] for s in per_seed])
-    return out
-
-
-def fig7(by_method, stats_out, out, stem="probe"):
-    have = {m: figure_numbers(s["probes"][stem]) for m, s in stats_out["methods"].items() if stem in s["probes"]}
-    if not have:
-        return False
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    regimes = [("pre_A", "pre-adaptation"), ("on_A", "on-task"), ("off_B", "off-task")]
-    width = 0.8 / len(have)
-    for i, (method, s) in enumerate(have.items()):
-        xs = np.arange(3) + i * width
-        means = [100 * s[k]["mean"] for k, _ in regimes]
-        errs = [100 * s[k]["ci95"] for k, _ in regimes]
-        axes[0].bar(xs, means, width, yerr=errs, capsize=4, label=METHOD_NAMES[method])
-        changes = [s["on_change"], s["off_change"]]
-        axes[1].bar(
-            np.arange(2) + i * width,
-            [100 * c["mean"] for c in changes],
-            width,
-            yerr=[100 * c["ci95"] for c in changes],
-            capsize=4,
-            label=METHOD_NAMES[method],
-        )
-    axes[0].set_xticks(np.arange(3) + width * (len(have) - 1) / 2, [n for _, n in regimes])
-    axes[0].set_ylabel("prototype accuracy (%), 95% CI")
-    low = min(100 * s[k]["mean"] for s in have.values() for k, _ in regimes)
-    axes[0].set_ylim(max(0, low - 10), None)
-    axes[1].set_xticks(
-        np.arange(2) + width * (len(have) - 1) / 2, ["on-task change (on_A - pre_A)", "off-task change (off_B - pre_B)"]
-    )
-    axes[1].axhline(0, color="k", lw=0.8)
-    axes[1].set_ylabel("accuracy change (percentage points), 95% CI")
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, axis="y")
-    fig.suptitle("Figure 7: embedding probe, cosine nearest-prototype accuracy of the encoder")
-    fig.tight_layout()
-    fig.savefig(out / "fig7_probe.png")
-    plt.close(fig)
-    return True
+# ----------------------------------------------------------------------------------------------
+# The statistics as markdown, and the paper's numbers beside ours
+# ----------------------------------------------------------------------------------------------
 
 
 def pct(d):
@@ -690,12 +414,17 @@ def comparison_table(by_method, stats_out, table1_rows):
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------
+
+
 def data_label(config):
     """The data a run trained on, with the Omniglot split and rotations where they apply."""
     if not config["data"]:
         return "synthetic glyphs"
-    if config.get("omniglot_split"):
-        rotations = "rotations as classes" if config.get("rotations") else "no rotations"
+    if config["omniglot_split"]:
+        rotations = "rotations as classes" if config["rotations"] else "no rotations"
         return f"{config['data']} (Omniglot, {config['omniglot_split']} split, {rotations})"
     return str(config["data"])
 
@@ -708,12 +437,12 @@ def provenance(runs):
     ]
     for r in runs:
         c = r["config"]
-        clip = f"to ±{c['clip_grad']:g}" if c.get("clip_grad") else "off"
+        clip = f"to ±{c['clip_grad']:g}" if c["clip_grad"] else "off"
         rates_from = f"{r['table1']['checkpoint']} (iteration {r['table1']['iteration']})" if r["table1"] else "—"
         lines.append(
             f"| {r['folder']} | {METHOD_NAMES[r['method']]} | {data_label(c)} | {r['iteration']} of "
-            f"{c['iterations']} | {c['seed']} | {c['image_size']} | {c.get('channels', 3)} | {c['hidden']} | "
-            f"{'yes' if c.get('conv_bias', True) else 'no'} | {clip} | {rates_from} | "
+            f"{c['iterations']} | {c['seed']} | {c['image_size']} | {c['channels']} | {c['hidden']} | "
+            f"{'yes' if c['conv_bias'] else 'no'} | {clip} | {rates_from} | "
             f"{', '.join(r['probes']) or 'none'} |"
         )
     return "\n".join(lines) + "\n"
@@ -761,11 +490,11 @@ def analyze(paths, out):
     if not runs:
         raise AnalysisError("give at least one run folder")
     check_compatible(runs)
-    maml.check_out_folder(out)
+    cli.check_out_folder(out)
     try:
         return write_report(runs, Path(out))
     except OSError as e:  # a full disk, say: name the file
-        raise data.WriteError(data.write_failure(e.filename or out, e)) from None
+        raise cli.WriteError(cli.write_failure(e.filename or out, e)) from None
 
 
 def write_report(runs, out):
@@ -773,13 +502,13 @@ def write_report(runs, out):
     for run in runs:
         by_method.setdefault(run["method"], []).append(run)
     by_method = {m: by_method[m] for m in ("maml", "metasgd") if m in by_method}
-    stats_out = compute_stats(by_method)
+    stats_out = stats.compute_stats(by_method)
     (out / "stats.json").write_text(json.dumps(stats_out, indent=2) + "\n")
     (out / "stats.md").write_text(stats_markdown(stats_out))
     table1 = write_table1(by_method.get("metasgd", []), out)
-    fig5(runs, out)
-    have_fig6 = fig6(runs, out)
-    have_fig7 = fig7(by_method, stats_out, out)
+    figures.fig5(runs, out)
+    have_fig6 = figures.fig6(runs, out)
+    have_fig7 = figures.fig7(stats_out, out)
 
     missing, warnings = report_notes(runs, by_method)
     c = runs[0]["config"]
@@ -818,7 +547,7 @@ def write_report(runs, out):
 
 
 def main(argv=None):
-    p = maml.argument_parser(
+    p = cli.argument_parser(
         "Write the paper's tables, figures and t-tests for finished runs, beside the paper's numbers, into one report."
     )
     p.add_argument("runs", nargs="+", help="run folders (or checkpoints) written by maml.py, probed by probe.py")
@@ -831,4 +560,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    maml.run_cli(main, errors=(AnalysisError,))
+    cli.run_cli(main)

@@ -7,13 +7,13 @@ All variants time the same episodes in the same process. Each row: ms per meta-i
 repeats after warm-up, device synchronised), iterations/s, peak memory, the ratio of the per-task
 loop's time to the variant's (>1 = faster than the loop), and the relative difference (L2) of the
 variant's meta-gradient from the loop's on the same episode (on a GPU it should stay under 1e-3). Variants:
-    loop     maml.meta_loss(tasks_together=False): tasks one after another (the reference)
-    grouped  maml.meta_loss(tasks_together=True): all tasks as one grouped-convolution network
+    loop     maml.meta_loss(grouped=False): tasks one after another (the reference)
+    grouped  maml.meta_loss(grouped=True): all tasks as one grouped-convolution network
     vmap     torch.func.vmap over tasks with torch.func.grad in the inner loop (defined below; it needs
              BatchNorm written out, as F.batch_norm under vmap is not correctly second order)
-    graphed  (CUDA only) maml.train_iteration, the training loop's own step, captured once as a CUDA
-             graph and replayed: episode sampling, the grouped meta-step and Adam. Its meta-gradient is
-             the grouped one (the same function), so its difference columns repeat the grouped row's;
+    cuda-graph  (CUDA only) maml.train_iteration, the training loop's own step, captured once as a
+             CUDA graph and replayed: episode sampling, the grouped meta-step and Adam. Its meta-gradient
+             is the grouped one (the same function), so its difference columns repeat the grouped row's;
              its time includes drawing the episodes, which the other rows leave out (a few kernels).
 Then (--seeds N, default 8 on a GPU) the training step of one model against N models stepped together
 (maml.py --seeds), and the ratio of their times.
@@ -26,9 +26,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+import cli
 import data
+import flags
+import gpu
 import maml
 import probe
+import run_folder
 
 CONFIGS = {  # the paper's: 5-way 1-shot, 10 queries, 3 tasks, 5 inner steps, 84 px, 64 filters
     "paper": dict(image_size=84, hidden=64, ways=5, shots=1, queries=10, tasks=3, steps=5),
@@ -79,8 +83,8 @@ def meta_loss_vmap(params, inner_lrs, episode, steps, first_order=False, net=con
 
 
 VARIANTS = {
-    "loop": lambda p, lr, ep, steps, fo: maml.meta_loss(p, lr, ep, steps, fo, tasks_together=False),
-    "grouped": lambda p, lr, ep, steps, fo: maml.meta_loss(p, lr, ep, steps, fo, tasks_together=True),
+    "loop": lambda p, lr, ep, steps, fo: maml.meta_loss(p, lr, ep, steps, fo, grouped=False),
+    "grouped": lambda p, lr, ep, steps, fo: maml.meta_loss(p, lr, ep, steps, fo, grouped=True),
     "vmap": meta_loss_vmap,
 }
 
@@ -130,11 +134,11 @@ def meta_iteration(variant, params, inner_lrs, optimizer, episodes, steps, first
     calls = iter(range(10**9))
 
     def iteration():
-        optimizer.zero_grad(set_to_none=True)
-        with maml.autocast(precision, device):
-            loss, _ = VARIANTS[variant](params, inner_lrs, episodes[next(calls) % len(episodes)], steps, first_order)
-        loss.backward()
-        optimizer.step()
+        with gpu.autocast(precision, device):
+            loss, accuracy = VARIANTS[variant](
+                params, inner_lrs, episodes[next(calls) % len(episodes)], steps, first_order
+            )
+            maml.meta_step([optimizer], loss, accuracy)
 
     return iteration
 
@@ -167,34 +171,52 @@ def agreement(variants, precisions, params, inner_lrs, episode, steps, first_ord
     exact = float64_meta_gradient(params, inner_lrs, episode, steps, first_order)
     out = {}
     for precision in precisions:
-        with maml.precision_applied(precision, device), maml.autocast(precision, device):
+        with gpu.precision_applied(precision, device), gpu.autocast(precision, device):
             grads = meta_gradients(variants, params, inner_lrs, episode, steps, first_order)
         for variant in variants:
-            out[precision, variant] = (relative_difference(grads[variant], grads["loop"]),
-                                       relative_difference(grads[variant], exact))  # fmt: skip
+            out[precision, variant] = (
+                relative_difference(grads[variant], grads["loop"]),
+                relative_difference(grads[variant], exact),
+            )
     return out
 
 
 def training_step(cfg, device, method, first_order, precision, seeds=1):
-    """The training loop's own step for `seeds` fresh models of this config (`maml.train_iteration`, or
-    `maml.train_iteration_seeds` for several; sampling included), captured as one CUDA graph on a GPU.
-    Returns the function one iteration calls, and what it is ('graphed', or 'eager' when there is no
-    GPU or the capture failed, which then says why)."""
-    config = {"ways": cfg["ways"], "shots": cfg["shots"], "queries": cfg["queries"],
-              "meta_batch": cfg["tasks"], "hidden": cfg["hidden"], "image_size": cfg["image_size"], "inner_lr": 0.01,
-              "lr_init_range": None, "meta_lr": 1e-3, "inner_steps": cfg["steps"], "first_order": first_order,
-              "precision": precision, "clip_grad": None, "learn_lr": method == "metasgd"}  # fmt: skip
-    split = data.split_to(data.synthetic_split("train", cfg["image_size"], per_class=30), device)
-    norm = data.channel_stats(split)
-    runs = []
-    for seed in range(seeds):
-        run = maml.new_state({**config, "seed": seed}, device, torch.float32, norm, split["classes"],
-                             capturable=device.type == "cuda")  # fmt: skip
-        run.train_split, run.device_norm = split, norm
-        runs.append(run)
-    step = maml.iteration_of(runs, config, together=True)
-    replay = maml.capture_iteration(step, runs) if device.type == "cuda" else None
-    return (replay, "graphed") if replay else (step, "eager")
+    """The training loop's own step for `seeds` fresh models of this config, built as maml.py builds them
+    (`run_folder.new_runs`, synthetic data, each seed its own) and run as it runs them
+    (`maml.train_iteration`, sampling included), captured as one CUDA graph on a GPU. Returns the
+    function one iteration calls, and what it is ('cuda-graph', or 'eager' when there is no GPU or the
+    capture failed, which then says why)."""
+    shape = [
+        "--ways",
+        cfg["ways"],
+        "--shots",
+        cfg["shots"],
+        "--queries",
+        cfg["queries"],
+        "--meta-batch",
+        cfg["tasks"],
+        "--hidden",
+        cfg["hidden"],
+        "--image-size",
+        cfg["image_size"],
+        "--inner-steps",
+        cfg["steps"],
+        "--synthetic-per-class",
+        30,
+        "--no-progress",
+        "--cache-dir",
+        "none",
+    ]
+    shape += (["--learn-lr"] if method == "metasgd" else []) + (["--first-order"] if first_order else [])
+    config = vars(flags.build_parser().parse_args([str(flag) for flag in shape]))
+    config.update(data.dataset_defaults(None, cfg["image_size"]), precision=precision, out="")
+    starts = [({**config, "seed": seed}, None) for seed in range(seeds)]
+    cuda_graph = device.type == "cuda"
+    runs = run_folder.new_runs(starts, maml.init_model, device, 0, 1, cuda_graph)
+    step = lambda: maml.train_iteration(runs, seeds > 1, grouped=True)
+    replay = gpu.capture_cuda_graph(step, runs) if cuda_graph else None
+    return (replay, "cuda-graph") if replay else (step, "eager")
 
 
 def bench_seeds(name, cfg, device, seeds, warmup, repeats):
@@ -203,13 +225,22 @@ def bench_seeds(name, cfg, device, seeds, warmup, repeats):
     for n in (1, seeds):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with maml.precision_applied(maml.default_precision(device), device):
-            step, label = training_step(cfg, device, "maml", False, maml.default_precision(device), n)
+        with gpu.precision_applied(gpu.default_precision(device), device):
+            step, label = training_step(cfg, device, "maml", False, gpu.default_precision(device), n)
             seconds = time_it(step, device, warmup, repeats)
-        rows.append({"config": name, "what": f"maml 2nd, {n} seed{'s' if n > 1 else ''}", "variant": label,
-                     "precision": maml.default_precision(device), "ms": 1000 * seconds, "per_s": 1 / seconds,
-                     "memory_mb": peak_memory_mb(device), "vs_loop": float("nan"),
-                     "grad_rel_diff": float("nan")})  # fmt: skip
+        rows.append(
+            {
+                "config": name,
+                "what": f"maml 2nd, {n} seed{'s' if n > 1 else ''}",
+                "variant": label,
+                "precision": gpu.default_precision(device),
+                "ms": 1000 * seconds,
+                "per_s": 1 / seconds,
+                "memory_mb": peak_memory_mb(device),
+                "vs_loop": float("nan"),
+                "grad_rel_diff": float("nan"),
+            }
+        )
         print_row(rows[-1])
     ratio = rows[1]["ms"] / rows[0]["ms"]
     print(f"  {seeds} seeds in one process take {ratio:.2f}x the time of one ({name}; the target on a GPU: at most 2x)")
@@ -218,40 +249,42 @@ def bench_seeds(name, cfg, device, seeds, warmup, repeats):
 
 def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats, precisions):
     assert variants[0] == "loop", "the loop is the reference every other variant is compared with"
-    graphed = "graphed" in variants
-    variants = [v for v in variants if v != "graphed"]
     split, norm, g, episodes, params = setup(cfg, device)
     rows = []
     for method, first_order in ((m, o) for m in methods for o in orders):
-        inner_lrs = maml.init_inner_lrs(params, 0.01, learn=method == "metasgd")
+        inner_lrs = maml.init_inner_lrs(params, 0.01, learn_lr=method == "metasgd")
         optimizer = torch.optim.Adam([*params.values(), *(r for r in inner_lrs.values() if r.requires_grad)], lr=1e-3)
-        diffs = agreement(variants, precisions, params, inner_lrs, episodes[0], cfg["steps"], first_order, device)
+        graded = [v for v in variants if v != "cuda-graph"]  # the cuda-graph step's meta-gradient is grouped's
+        diffs = agreement(graded, precisions, params, inner_lrs, episodes[0], cfg["steps"], first_order, device)
         for precision in precisions:
             reference = None
             for variant in variants:
-                iteration = meta_iteration(variant, params, inner_lrs, optimizer, episodes, cfg["steps"], first_order,
-                                           precision, device)  # fmt: skip
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                with maml.precision_applied(precision, device):
+                with gpu.precision_applied(precision, device):
+                    if variant == "cuda-graph":
+                        iteration, label = training_step(cfg, device, method, first_order, precision)
+                    else:
+                        step = (variant, params, inner_lrs, optimizer, episodes, cfg["steps"], first_order, precision)
+                        iteration, label = meta_iteration(*step, device), variant
                     seconds = time_it(iteration, device, warmup, repeats)
                 reference = reference or seconds
-                rows.append({"config": name, "what": f"{method} {'1st' if first_order else '2nd'}-order",
-                             "variant": variant, "precision": precision, "ms": 1000 * seconds, "per_s": 1 / seconds,
-                             "memory_mb": peak_memory_mb(device), "vs_loop": reference / seconds,
-                             "grad_rel_diff": diffs[precision, variant][0],
-                             "grad_vs_float64": diffs[precision, variant][1]})  # fmt: skip
-                print_row(rows[-1])
-            if graphed:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                with maml.precision_applied(precision, device):
-                    iteration, label = training_step(cfg, device, method, first_order, precision)
-                    seconds = time_it(iteration, device, warmup, repeats)
-                rows.append({**rows[-len(variants)], "variant": label, "ms": 1000 * seconds, "per_s": 1 / seconds,
-                             "memory_mb": peak_memory_mb(device), "vs_loop": reference / seconds,
-                             "grad_rel_diff": diffs[precision, "grouped"][0],
-                             "grad_vs_float64": diffs[precision, "grouped"][1]})  # fmt: skip
+                diff = diffs[precision, "grouped" if variant == "cuda-graph" else variant]
+                what = f"{method} {'1st' if first_order else '2nd'}-order"
+                rows.append(
+                    {
+                        "config": name,
+                        "what": what,
+                        "variant": label,
+                        "precision": precision,
+                        "ms": 1000 * seconds,
+                        "per_s": 1 / seconds,
+                        "memory_mb": peak_memory_mb(device),
+                        "vs_loop": reference / seconds,
+                        "grad_rel_diff": diff[0],
+                        "grad_vs_float64": diff[1],
+                    }
+                )
                 print_row(rows[-1])
     sample_s = time_it(lambda: data.sample_episodes(split, **episode_shape(cfg), generator=g, norm=norm), device, 2, 20)
     loop_ms = next(r["ms"] for r in rows if r["variant"] == "loop")
@@ -298,8 +331,8 @@ def print_row(r):
     )
 
 
-def main(argv=None):
-    p = maml.argument_parser(
+def build_parser():
+    p = cli.argument_parser(
         __doc__.split("\n")[0] + " Prints ms/iteration, iterations/s, peak "
         "memory and the speed-up over the per-task loop, measured in this run."
     )
@@ -316,7 +349,7 @@ def main(argv=None):
     p.add_argument(
         "--precisions",
         nargs="+",
-        choices=list(maml.PRECISIONS),
+        choices=list(gpu.PRECISIONS),
         default=None,
         help="precisions to time and compare with float64 (default: highest fast, and bf16 on a GPU)",
     )
@@ -329,25 +362,29 @@ def main(argv=None):
         "(maml.py --seeds) against one, at the first config (default: 8 on a GPU, skipped on the CPU)",
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    args = p.parse_args(argv)
-    device = maml.resolve_device(args.device)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device = cli.resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); torch {torch.__version__}")
     repeats = args.repeats or (2 if args.quick else 5)
     precisions = args.precisions or (["highest", "fast", "bf16"] if device.type == "cuda" else ["highest", "fast"])
     probe_batch = 8 if device.type == "cpu" else 64
-    graphed = ["graphed"] if device.type == "cuda" else []  # CUDA graphs need a GPU
+    cuda_graph = ["cuda-graph"] if device.type == "cuda" else []  # CUDA graphs need a GPU
     rows = []
     if args.quick:  # vmap is left out at the paper's size, where it is slowest and needs the most memory
         paper, small = (
-            (["loop", "grouped", *graphed], ["maml"], [False]),
+            (["loop", "grouped", *cuda_graph], ["maml"], [False]),
             (["loop", "grouped", "vmap"], ["maml", "metasgd"], [False]),
         )
         rows += bench_training("paper", CONFIGS["paper"], device, *paper, 1, repeats, precisions)
         rows += bench_training("small", CONFIGS["small"], device, *small, 1, repeats, ["fast"])
         rows.append(bench_probe("paper", CONFIGS["paper"], device, probe_batch // 2, 1, 1))
     else:
-        every = (["loop", "grouped", "vmap", *graphed], ["maml", "metasgd"], [False, True])
+        every = (["loop", "grouped", "vmap", *cuda_graph], ["maml", "metasgd"], [False, True])
         for cfg in args.configs:
             rows += bench_training(cfg, CONFIGS[cfg], device, *every, 2, repeats, precisions)
             rows.append(bench_probe(cfg, CONFIGS[cfg], device, probe_batch, 1, repeats))
@@ -359,4 +396,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    maml.run_cli(main)
+    cli.run_cli(main)

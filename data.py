@@ -1,6 +1,6 @@
 """Images in, N-way K-shot episodes out.
 
-This file knows about files and episodes and nothing about models. It reads a Mini-ImageNet split in
+This file knows about images and episodes and nothing about models or runs. It reads a Mini-ImageNet split in
 any of the four layouts people have (see `detect_layout`), or builds a synthetic dataset of the same
 shape, and keeps each split as ONE uint8 tensor [images, channels, H, W] plus class ids (3 channels;
 1 for Omniglot, which it also reads as it ships). `sample_episodes`
@@ -14,7 +14,6 @@ goes back to the host for an episode.
     ep["support_x"].shape  # [3, 5, 3, 84, 84]  (tasks, ways*shots, channels, H, W)
 """
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cli import DataError, WriteError, atomic_write, printable
+
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 LAYOUTS = (
@@ -42,14 +43,6 @@ OMNIGLOT_PARTS = ("images_background", "images_evaluation")
 OMNIGLOT_SIZE = 28  # the few-shot literature's Omniglot size; Mini-ImageNet's is 84
 OMNIGLOT_VAL_FRACTION, OMNIGLOT_VAL_SEED = 0.15, 0  # lake split: background characters held out for validation
 SYNTHETIC_CLASSES = {"train": 64, "val": 16, "test": 20}  # Mini-ImageNet's split sizes
-
-
-class DataError(Exception):
-    """Bad input: the message is one sentence saying what was expected."""
-
-
-class WriteError(Exception):
-    """A file could not be written (a full disk, a read-only place): the message names the file."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,12 +136,6 @@ def _ravi_files(root, split):
             f"{path} names {len(missing)} image(s) that are not in {root / 'images'}, e.g. {missing[0].name}"
         )
     return files, labels
-
-
-def printable(name):
-    """A file or folder name as text that can be printed and saved: bytes that are not UTF-8 (which
-    Python keeps as surrogates) become backslash escapes, e.g. caf\\xe9."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _folder_files(root, split):
@@ -347,50 +334,6 @@ def default_cache_dir():
     return Path(os.environ.get("MAML_CACHE_DIR", Path.home() / ".cache" / "negative-lr-maml"))
 
 
-def write_failure(path, error):
-    """The one-line reason a file could not be written, for a WriteError. torch.save reports a failed
-    write as a RuntimeError about stream positions, with the OSError that says why as its context."""
-    cause = error
-    while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__cause__ or cause.__context__
-    reason = (cause.strerror or str(cause)) if cause is not None else f"the write failed ({type(error).__name__})"
-    return f"cannot write {printable(str(path))}: {reason}"
-
-
-def atomic_write(path, write):
-    """The project's one way of writing a file: `write(tmp)` writes a temporary file beside `path`,
-    which is flushed to disk and renamed over `path`, so a kill at any moment leaves either the old
-    or the new file whole, never a torn one. A write that fails (a full disk, say) removes the
-    temporary file and raises WriteError naming `path`; the old file is untouched."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, Exception):
-            raise WriteError(write_failure(path, e)) from e
-        raise
-
-
-def remove_stale_temporaries(folder, names):
-    """Remove the temporary files (`<name>.tmp<pid>`) that a process killed in the middle of
-    `atomic_write` left in `folder`. Only for a process that holds the folder's lock, so that no other
-    process can be writing them."""
-    removed = []
-    for name in names:
-        for tmp in Path(folder).glob(f"{name}.tmp*"):
-            if tmp.name[len(name) + 4 :].isdigit():
-                tmp.unlink()
-                removed.append(tmp.name)
-    return removed
-
-
 def _cached(cache_dir, name, root, signature, build):
     """`build()` -> (images, labels, class names), kept in `cache_dir` under `name` and the folder,
     with the source files' `signature`: a cache whose files changed, or that is truncated or foreign,
@@ -563,8 +506,14 @@ def make_split(images, labels, classes, left_out=()):
     for c in range(len(classes)):
         idx = (labels == c).nonzero().flatten()
         by_class[c, : len(idx)] = idx
-    return {"images": images, "labels": labels, "classes": list(classes), "counts": counts, "by_class": by_class,
-            "left_out": list(left_out)}  # fmt: skip
+    return {
+        "images": images,
+        "labels": labels,
+        "classes": list(classes),
+        "counts": counts,
+        "by_class": by_class,
+        "left_out": list(left_out),
+    }
 
 
 def split_to(split, device):
@@ -779,3 +728,15 @@ def sample_episodes(split, *, tasks, ways, shots, queries, generator, norm=None,
         "support_idx": support_idx.reshape(tasks, -1),
         "query_idx": query_idx.reshape(tasks, -1),
     }
+
+
+def fixed_episodes(split, *, tasks, chunk, seed, ways, shots, queries, norm=None, dtype=torch.float32):
+    """`tasks` fixed tasks (the same ones for a seed), drawn in meta-batches of at most `chunk` tasks
+    from one generator seeded with `seed` on the split's device: validation and test tasks, in pieces
+    that bound the memory their adaptation takes."""
+    generator = torch.Generator(split["images"].device).manual_seed(seed)
+    for start in range(0, tasks, chunk):
+        size = min(chunk, tasks - start)
+        yield sample_episodes(
+            split, tasks=size, ways=ways, shots=shots, queries=queries, generator=generator, norm=norm, dtype=dtype
+        )

@@ -16,25 +16,26 @@ The design is paired: on-task change = on_A - pre_A and off-task change = off_B 
 
 import contextlib
 import csv
-import json
 import math
 import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from scipy import stats
 from tqdm import tqdm
 
+import cli
 import data
-import maml
+import distributed
+import gpu
+import logs
+import run_folder
+import stats
+from cli import ConfigError, DataError, WriteError
+from maml import adapt, as_inner_lrs, conv4_tasks, features_tasks, per_task
 
 RATE_MODES = ("learned", "negative", "positive", "abs", "flipped", "fixed")
-REGIMES = ("pre_A", "on_A", "pre_B", "off_B", "head_A")
-COLUMNS = ["iteration", "chunk", "chunk_seed", "pre_A", "on_A", "pre_B", "off_B", "head_A", "classes_A", "classes_B"]
 
 
 def prototype_accuracy(support_f, support_y, query_f, query_y, ways):
@@ -51,21 +52,21 @@ def encoder_accuracy(task_params, episode, ways):
     """Prototype accuracy of the encoder on each task; support and query forwarded separately, so
     BatchNorm uses each set's own batch statistics, as in training."""
     with torch.no_grad():
-        support_f = maml.features_tasks(task_params, episode["support_x"])
-        query_f = maml.features_tasks(task_params, episode["query_x"])
+        support_f = features_tasks(task_params, episode["support_x"])
+        query_f = features_tasks(task_params, episode["query_x"])
     return prototype_accuracy(support_f, episode["support_y"], query_f, episode["query_y"], ways)
 
 
 def probe_tasks(params, rates, task_a, task_b, steps, ways):
     """One probe iteration for each of a batch of task pairs: dict of per-pair accuracies."""
     tasks = task_a["support_x"].shape[0]
-    initial = maml.per_task(params, tasks)
-    adapted = maml.adapt(
-        initial, rates, task_a["support_x"], task_a["support_y"], steps, create_graph=False, net=maml.conv4_tasks
+    initial = per_task(params, tasks)
+    adapted = adapt(
+        initial, rates, task_a["support_x"], task_a["support_y"], steps, create_graph=False, net=conv4_tasks
     )
     adapted = {n: p.detach() for n, p in adapted.items()}
     with torch.no_grad():
-        head = (maml.conv4_tasks(adapted, task_a["query_x"]).argmax(-1) == task_a["query_y"]).float().mean(1)
+        head = (conv4_tasks(adapted, task_a["query_x"]).argmax(-1) == task_a["query_y"]).float().mean(1)
     return {
         "pre_A": encoder_accuracy(initial, task_a, ways),
         "on_A": encoder_accuracy(adapted, task_a, ways),
@@ -81,11 +82,11 @@ def probe_rates(inner_lrs, mode, fixed_lr=None, meta_sgd=True):
     and -alpha, fixed is one scalar (`fixed_lr`) for every parameter."""
     if mode == "fixed":
         if fixed_lr is None:
-            raise maml.ConfigError("--rates fixed needs --inner-lr")
-        return maml.as_inner_lrs(fixed_lr, inner_lrs)
+            raise ConfigError("--rates fixed needs --inner-lr")
+        return as_inner_lrs(fixed_lr, inner_lrs)
     if mode in ("negative", "positive") and not meta_sgd:
         alpha = f"{next(iter(inner_lrs.values())).item():g}"
-        raise maml.ConfigError(
+        raise ConfigError(
             f"--rates {mode} needs a Meta-SGD checkpoint (learned per-parameter rates); "
             f"this is a MAML checkpoint with one fixed rate {alpha}"
         )
@@ -97,49 +98,6 @@ def probe_rates(inner_lrs, mode, fixed_lr=None, meta_sgd=True):
         "flipped": lambda r: -r,
     }[mode]
     return {n: transform(r) for n, r in inner_lrs.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# Statistics of the records
-# ----------------------------------------------------------------------------------------------
-
-
-def mean_t_ci95(values):
-    """Mean and half-width of the Student-t 95% confidence interval (maml.mean_normal_ci95 is the
-    normal-approximation one that MAML reports for test accuracy)."""
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    if n < 2:
-        return {"mean": float(values.mean()) if n else float("nan"), "ci95": float("nan"), "n": n}
-    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return {"mean": float(values.mean()), "ci95": float(half), "n": n}
-
-
-def changes(records):
-    """Per-iteration on-task change (on_A - pre_A) and off-task change (off_B - pre_B)."""
-    on = np.asarray(records["on_A"], dtype=np.float64) - np.asarray(records["pre_A"], dtype=np.float64)
-    off = np.asarray(records["off_B"], dtype=np.float64) - np.asarray(records["pre_B"], dtype=np.float64)
-    return on, off
-
-
-def summarize(records):
-    """The probe's summary: every regime's mean and 95% CI, both changes, the paired t-test of
-    on-task change against off-task change (the paper's p = 0.00044 test) and one-sample t-tests
-    of each change against zero. `records` maps column name -> sequence of per-iteration values."""
-    on_change, off_change = changes(records)
-
-    def test(result):
-        return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(result.df)}
-
-    return {
-        "iterations": len(on_change),
-        "regimes": {k: mean_t_ci95(records[k]) for k in REGIMES},
-        "on_change": mean_t_ci95(on_change),
-        "off_change": mean_t_ci95(off_change),
-        "paired_t_on_vs_off": test(stats.ttest_rel(on_change, off_change)),
-        "on_change_vs_zero": test(stats.ttest_1samp(on_change, 0.0)),
-        "off_change_vs_zero": test(stats.ttest_1samp(off_change, 0.0)),
-    }
 
 
 def format_summary(summary, title):
@@ -159,25 +117,13 @@ def format_summary(summary, title):
     return "\n".join(lines)
 
 
-PAIR_COLUMNS = ("chunk_seed", "classes_A", "classes_B")  # what identifies an iteration's task pair
-
-
-def read_records(path):
-    """A records CSV as {column: list}: the regimes as floats, the task-pair columns as strings. A damaged
-    file is named, with its line."""
-    rows = maml.read_log_strictly(path)
-    records = {k: [float(r[k]) for r in rows] for k in REGIMES}
-    records.update({k: [r.get(k, "") for r in rows] for k in PAIR_COLUMNS})
-    return records
-
-
 # ----------------------------------------------------------------------------------------------
 # Script
 # ----------------------------------------------------------------------------------------------
 
 
 def build_parser():
-    p = maml.argument_parser(
+    p = cli.argument_parser(
         "Three-regime embedding probe of a trained checkpoint: prototype accuracy of the encoder "
         "before adaptation, after adapting on task A (on A), and after adapting on A (on another "
         "task B). Writes every iteration to a CSV and a summary with t-tests to a JSON."
@@ -244,35 +190,29 @@ def output_stem(args, steps_default):
 
 def check_flags(args):
     if args.iterations < 1 or args.queries < 1 or args.batch < 0 or (args.steps is not None and args.steps < 0):
-        raise maml.ConfigError("--iterations and --queries must be at least 1, --batch and --steps not negative")
+        raise ConfigError("--iterations and --queries must be at least 1, --batch and --steps not negative")
     if args.inner_lr is not None and not math.isfinite(args.inner_lr):
-        raise maml.ConfigError(f"--inner-lr must be a finite number (got {args.inner_lr})")
+        raise ConfigError(f"--inner-lr must be a finite number (got {args.inner_lr})")
     if args.rates == "fixed" and args.inner_lr is None:
-        raise maml.ConfigError("--rates fixed needs --inner-lr")
+        raise ConfigError("--rates fixed needs --inner-lr")
 
 
 def finished_rows(records_path, summary_path, settings, resume):
     """On --resume, the rows of the whole chunks an interrupted probe wrote (a kill can leave the last
     chunk half-written, or a torn or NUL-padded last row, which is dropped and said so); with no
     earlier records, none. Damage followed by good rows is refused, naming the line."""
-    maml.refuse_to_overwrite(records_path, records_path.exists(), resume, "probe records")
+    cli.refuse_to_overwrite(records_path, records_path.exists(), resume, "probe records")
     if not records_path.exists():
         return []
-    saved = maml.read_json(summary_path).get("settings") if summary_path.exists() else None
+    saved = logs.read_json(summary_path).get("settings") if summary_path.exists() else None
 
     def comparable(s):
         return {k: v for k, v in s.items() if k not in ("iterations", "checkpoint_file")}  # older probes lack the file
 
     if saved is not None and comparable(saved) != comparable(settings):
-        raise maml.ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
-    rows, damage = maml.read_log(records_path)
-    if damage and not damage[2]:
-        raise data.DataError(
-            f"{records_path} line {damage[0]} is damaged ({damage[1]}) and whole rows follow it; fix or remove "
-            f"that line, then --resume again"
-        )
-    if damage:
-        print(f"repaired {records_path}: dropped its damaged tail from line {damage[0]} on ({damage[1]})")
+        raise ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
+    rows, damage = logs.repairable(records_path, DataError)
+    logs.note_repair(records_path, damage)
     batch, iterations = settings["batch"], settings["iterations"]
     rows_in = {}
     for row in rows:
@@ -289,22 +229,27 @@ def load_probe_split(args, config, quiet=False):
     if not root and not quiet:
         print(f"probing on the built-in synthetic dataset ({args.split} split), as the checkpoint was trained on it")
     split = data.load_splits(
-        root, [args.split], image_size=config["image_size"], cache_dir=args.cache_dir,
-        synthetic_per_class=config["synthetic_per_class"], seed=config["seed"],
-        progress=not (args.no_progress or quiet), rotations=config.get("rotations"),
-    )[args.split]  # fmt: skip
+        root,
+        [args.split],
+        image_size=config["image_size"],
+        cache_dir=args.cache_dir,
+        synthetic_per_class=config["synthetic_per_class"],
+        seed=config["seed"],
+        progress=not (args.no_progress or quiet),
+        rotations=config["rotations"],
+    )[args.split]
     if split["images"].shape[-1] != config["image_size"]:
-        raise maml.ConfigError(
+        raise ConfigError(
             f"the data is {split['images'].shape[-1]}px but the checkpoint expects {config['image_size']}px"
         )
-    if split["images"].shape[1] != config.get("channels", 3):
-        raise maml.ConfigError(
-            f"the data has {split['images'].shape[1]} channel(s) but the checkpoint expects {config.get('channels', 3)}"
+    if split["images"].shape[1] != config["channels"]:
+        raise ConfigError(
+            f"the data has {split['images'].shape[1]} channel(s) but the checkpoint expects {config['channels']}"
         )
     ways = config["ways"]
     need_ways = 2 * ways if args.off_task == "disjoint" else ways
     if len(split["classes"]) < need_ways:
-        raise data.DataError(
+        raise DataError(
             f"the {args.split} split has {len(split['classes'])} classes; disjoint {ways}-way tasks A "
             f"and B need at least {need_ways} (or pass --off-task any)"
         )
@@ -324,19 +269,33 @@ def probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype):
     else:
         classes_a, classes_b = data.sample_classes(split, n, ways, g), data.sample_classes(split, n, ways, g)
     task_a, task_b = (
-        data.sample_episodes(split, tasks=n, ways=ways, shots=shots, queries=queries, generator=g, norm=norm,
-                             classes=classes, dtype=dtype)
+        data.sample_episodes(
+            split,
+            tasks=n,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            generator=g,
+            norm=norm,
+            classes=classes,
+            dtype=dtype,
+        )
         for classes in (classes_a, classes_b)
-    )  # fmt: skip
+    )
     result = probe_tasks(params, inner_lrs, task_a, task_b, settings["steps"], ways)
     result = {k: v.cpu().tolist() for k, v in result.items()}
     ca, cb = task_a["classes"].cpu().tolist(), task_b["classes"].cpu().tolist()
     return [
-        {"iteration": chunk * settings["batch"] + i, "chunk": chunk, "chunk_seed": chunk_seed,
-         **{k: repr(v[i]) for k, v in result.items()},
-         "classes_A": " ".join(map(str, sorted(ca[i]))), "classes_B": " ".join(map(str, sorted(cb[i])))}
+        {
+            "iteration": chunk * settings["batch"] + i,
+            "chunk": chunk,
+            "chunk_seed": chunk_seed,
+            **{k: repr(v[i]) for k, v in result.items()},
+            "classes_A": " ".join(map(str, sorted(ca[i]))),
+            "classes_B": " ".join(map(str, sorted(cb[i]))),
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def probe_settings(args, ckpt, batch):
@@ -344,45 +303,24 @@ def probe_settings(args, ckpt, batch):
     config = ckpt["config"]
     # The checkpoint is named twice: as given, and by its file name, which analyze.py looks up in the run
     # folder, so Table 1 shows the rates of the checkpoint that was probed.
-    return {"checkpoint": str(args.checkpoint), "checkpoint_file": Path(args.checkpoint).name,
-            "method": "metasgd" if config["learn_lr"] else "maml",
-            "split": args.split, "iterations": args.iterations, "queries": args.queries, "off_task": args.off_task,
-            "rates": args.rates, "inner_lr": args.inner_lr,
-            "steps": config["inner_steps"] if args.steps is None else args.steps, "batch": batch, "seed": args.seed,
-            "ways": config["ways"], "shots": config["shots"], "checkpoint_iteration": ckpt["iteration"],
-            "data": args.data or config["data"] or "synthetic"}  # fmt: skip
-
-
-def probe_chunks(probe_one, first_chunk, n_chunks, rank, world):
-    """Yields the records of each chunk in order. One process probes every chunk; under torchrun each
-    process probes every world-th chunk and all of them receive every chunk's records, so the records
-    do not depend on the world size (each chunk has its own seed)."""
-    for first in range(first_chunk, n_chunks, world):
-        chunk = first + rank
-        rows = probe_one(chunk) if chunk < n_chunks else []
-        if world == 1:
-            yield rows
-            continue
-        gathered = [None] * world
-        dist.all_gather_object(gathered, rows)
-        yield [row for part in gathered for row in part]
-
-
-def write_json(path, content):
-    data.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2) + "\n"))
-
-
-def write_records(path, rows):
-    """Start the records file with the finished rows kept from an interrupted probe (atomically: a
-    failed write leaves the old file as it was)."""
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    data.atomic_write(path, write)
+    return {
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_file": Path(args.checkpoint).name,
+        "method": "metasgd" if config["learn_lr"] else "maml",
+        "split": args.split,
+        "iterations": args.iterations,
+        "queries": args.queries,
+        "off_task": args.off_task,
+        "rates": args.rates,
+        "inner_lr": args.inner_lr,
+        "steps": config["inner_steps"] if args.steps is None else args.steps,
+        "batch": batch,
+        "seed": args.seed,
+        "ways": config["ways"],
+        "shots": config["shots"],
+        "checkpoint_iteration": ckpt["iteration"],
+        "data": args.data or config["data"] or "synthetic",
+    }
 
 
 def append_chunk(records_path, rows):
@@ -390,12 +328,12 @@ def append_chunk(records_path, rows):
     (a full disk) ends in one line saying that --resume continues."""
     try:
         with open(records_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS).writerows(rows)
+            csv.DictWriter(f, fieldnames=logs.PROBE_COLUMNS).writerows(rows)
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise data.WriteError(
-            f"{data.write_failure(records_path, e)}; its finished chunks are kept: make space, then run the "
+        raise WriteError(
+            f"{cli.write_failure(records_path, e)}; its finished chunks are kept: make space, then run the "
             f"same command with --resume"
         ) from None
 
@@ -404,16 +342,16 @@ def run(args):
     """The probe of `args.checkpoint`. Its outputs are locked for the whole probe (one writer: rank 0
     under torchrun); inputs are checked before anything is written."""
     check_flags(args)
-    ckpt = maml.load_checkpoint(args.checkpoint)
+    ckpt = run_folder.load_checkpoint(args.checkpoint)
     config = ckpt["config"]
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
-    writer = int(os.environ.get("RANK", "0")) == 0
-    with maml.lock_outputs(out, f"{stem}.lock", f"{stem}.csv") if writer else contextlib.nullcontext():
+    writer = distributed.is_writer()
+    with cli.lock_outputs(out, f"{stem}.lock", f"{stem}.csv") if writer else contextlib.nullcontext():
         if writer:
-            data.remove_stale_temporaries(out, [f"{stem}.csv", f"{stem}.json"])
-        rank, world, device = maml.join_processes(maml.resolve_device(args.device))
-        with maml.processes_joined(world), maml.precision_applied(config.get("precision", "auto"), device):
+            cli.remove_stale_temporaries(out, [f"{stem}.csv", f"{stem}.json"])
+        rank, world, device = distributed.join_processes(cli.resolve_device(args.device))
+        with distributed.processes_joined(world), gpu.precision_applied(config["precision"], device):
             return probe_process(args, ckpt, out / f"{stem}.csv", out / f"{stem}.json", rank, world, device)
 
 
@@ -423,17 +361,16 @@ def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
     settings = probe_settings(args, ckpt, batch=args.batch or (64 if device.type == "cuda" else 8))
     done_rows = finished_rows(records_path, summary_path, settings, args.resume)
     split = data.split_to(load_probe_split(args, config, quiet=rank != 0), device)
-    if world > 1:
-        dist.barrier()  # every process has read the old records and checked its inputs
+    distributed.barrier(world)  # every process has read the old records and checked its inputs
     if rank == 0:
         # Every input is checked: only now is anything written. A resumed probe's summary is kept until
         # the new one replaces it (it may be a finished one); a new probe's settings are written first,
         # for --resume to compare.
         if not (records_path.exists() and summary_path.exists()):
-            write_json(summary_path, {"settings": settings})
-        write_records(records_path, done_rows)
+            logs.write_json(summary_path, {"settings": settings})
+        logs.write_rows(records_path, done_rows, logs.PROBE_COLUMNS)
 
-    dtype = getattr(torch, config.get("dtype", "float32"))
+    dtype = getattr(torch, config["dtype"])
     params = {n: p.to(device, dtype) for n, p in ckpt["params"].items()}
     inner_lrs = {n: r.to(device, dtype) for n, r in inner_lrs.items()}
     norm = data.split_to(ckpt["norm"], device)
@@ -444,10 +381,19 @@ def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
         return probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype)
 
     desc = f"probe ({settings['method']}, rates {args.rates})"
-    bar = tqdm(total=args.iterations, initial=start, desc=desc, unit="it", disable=args.no_progress or rank != 0,
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=args.iterations,
+        initial=start,
+        desc=desc,
+        unit="it",
+        disable=args.no_progress or rank != 0,
+        dynamic_ncols=True,
+    )
     with bar:
-        for rows in probe_chunks(probe_one, start // batch, math.ceil(args.iterations / batch), rank, world):
+        chunks = distributed.gathered_in_turn(
+            probe_one, start // batch, math.ceil(args.iterations / batch), rank, world
+        )
+        for rows in chunks:
             if rank == 0:
                 append_chunk(records_path, rows)
             bar.update(len(rows))
@@ -458,9 +404,13 @@ def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
 
 def write_summary(settings, records_path, summary_path, args, seconds, start):
     speed = round((args.iterations - start) / seconds, 2) if seconds > 0 else None
-    summary = {"settings": settings, **summarize(read_records(records_path)),
-               "seconds_this_session": round(seconds, 2), "iterations_per_second": speed}  # fmt: skip
-    write_json(summary_path, summary)
+    summary = {
+        "settings": settings,
+        **stats.summarize(logs.read_records(records_path)),
+        "seconds_this_session": round(seconds, 2),
+        "iterations_per_second": speed,
+    }
+    logs.write_json(summary_path, summary)
     title = f"{settings['method']} probe of {args.checkpoint} ({args.iterations} iterations, {args.split} split, "
     print(format_summary(summary, title + f"rates {args.rates}, {settings['steps']} steps)"))
     print(f"records: {records_path}\nsummary: {summary_path}")
@@ -472,4 +422,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    maml.run_cli(main)
+    cli.run_cli(main)

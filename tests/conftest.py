@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT))
 # by MAML_TEST_DATA. Without it they skip.
 SAMPLE = Path(os.environ["MAML_TEST_DATA"]) if os.environ.get("MAML_TEST_DATA") else None
 
-import data  # noqa: E402  (after ROOT is on the path)
+import cli  # noqa: E402  (after ROOT is on the path)
+import data  # noqa: E402
 import maml  # noqa: E402
 
 DT = torch.float64  # the meta-gradient checks run in double precision
@@ -36,8 +37,8 @@ def _isolated_cache(tmp_path, monkeypatch):
     on a machine with a GPU: '--device auto' means the CPU here (tests/test_gpu.py asks for cuda)."""
     monkeypatch.setenv("MAML_CACHE_DIR", str(tmp_path / "cache"))
     torch.set_num_threads(2)
-    real_resolve_device = maml.resolve_device
-    monkeypatch.setattr(maml, "resolve_device", lambda name: real_resolve_device("cpu" if name == "auto" else name))
+    real_resolve_device = cli.resolve_device
+    monkeypatch.setattr(cli, "resolve_device", lambda name: real_resolve_device("cpu" if name == "auto" else name))
 
 
 # --------------------------------------------------------------------------- the training script
@@ -182,3 +183,27 @@ def make_omniglot(folder, vinyals=False, size=105, seed=0):
             lines = [f"{c}/rot{d:03d}" for c in characters for d in (0, 90, 180, 270)]
             (folder / "splits" / "vinyals" / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return folder
+
+
+# --------------------------------------------------------------------------- a run state for the training step
+
+STEP_FLAGS = ["--seed", "3", "--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch", "2", "--hidden", "6",
+              "--image-size", "16", "--inner-lr", "0.05", "--inner-steps", "2", "--precision", "fast"]  # fmt: skip
+
+
+def step_run(learn_lr):
+    """A fresh run state on the CPU, built as maml.py builds it, on a small synthetic training split."""
+    import flags
+    import run_folder
+
+    config = vars(flags.build_parser().parse_args(STEP_FLAGS + (["--learn-lr"] if learn_lr else [])))
+    config["channels"] = 3
+    split = data.synthetic_split("train", 16, per_class=6)
+    host = {"train": split, "val": split, "test": split}
+    return run_folder.new_run(config, None, host, host, maml.init_model, torch.device("cpu"), cuda_graph=False)
+
+
+def run_tensors(run):
+    """theta, alpha and Adam's state of a run state."""
+    adam = [t for state in run.optimizer.state.values() for t in state.values()]
+    return [*run.params.values(), *run.inner_lrs.values(), *adam]

@@ -11,9 +11,10 @@ from PIL import Image
 from scipy import stats
 
 import analyze
-import maml
-import probe
 from conftest import read_csv
+from logs import PROBE_COLUMNS
+from run_folder import PROGRAM
+from stats import REGIMES
 
 PARAM_SHAPES = {
     "conv1.weight": (4, 3, 3, 3),
@@ -43,7 +44,7 @@ def random_rates(rng):
 
 def write_checkpoint(path, config, rates, iteration):
     params = {n: torch.zeros(s) for n, s in PARAM_SHAPES.items()}
-    ckpt = {"program": maml.PROGRAM, "config": config, "params": params, "inner_lrs": rates, "iteration": iteration}
+    ckpt = {"program": PROGRAM, "config": config, "params": params, "inner_lrs": rates, "iteration": iteration}
     torch.save(ckpt, path)
 
 
@@ -68,10 +69,10 @@ def write_probe(folder, method, seed, n=50, probe_seed=0, queries=15):
     }
     with open(folder / "probe.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(probe.COLUMNS)
+        w.writerow(PROBE_COLUMNS)
         for i in range(n):
             pair = task_pair_columns(seed, i)
-            w.writerow([i, i // 8, pair[0], *(repr(float(records[k][i])) for k in probe.REGIMES), *pair[1:]])
+            w.writerow([i, i // 8, pair[0], *(repr(float(records[k][i])) for k in REGIMES), *pair[1:]])
     settings = {"checkpoint": str(folder / "best.pt"), "checkpoint_file": "best.pt", "method": method,
                 "split": "test", "iterations": n, "queries": queries, "off_task": "disjoint", "rates": "learned",
                 "inner_lr": None, "steps": 5, "batch": 8, "seed": probe_seed, "ways": 5, "shots": 1,

@@ -66,11 +66,11 @@ def test_bench_reports_every_variant_and_precision_with_its_speed_and_gradient_a
 
 def test_float64_reference_is_the_loop_in_double_precision():
     params, episode = micro_problem(dtype=torch.float32)
-    rates = maml.init_inner_lrs(params, 0.05, learn=True)
+    rates = maml.init_inner_lrs(params, 0.05, learn_lr=True)
     exact = bench.float64_meta_gradient(params, rates, episode, 2, False)
     p64 = {n: p.detach().double().requires_grad_() for n, p in params.items()}
     r64 = {n: r.detach().double().requires_grad_() for n, r in rates.items()}
     e64 = {k: v.double() if v.is_floating_point() else v for k, v in episode.items()}
-    loss, _ = maml.meta_loss(p64, r64, e64, 2, tasks_together=False)
+    loss, _ = maml.meta_loss(p64, r64, e64, 2, grouped=False)
     assert exact.dtype == torch.float64
     assert torch.equal(exact, flat(torch.autograd.grad(loss, [*p64.values(), *r64.values()])))

@@ -3,7 +3,7 @@ damages a file that was there before.
 
 The table `CASES` lists every bad input: each row is (script, setup, expected message) where `setup`
 makes the bad input next to good ones and returns the script's flags. Most rows run the script's
-main in this process through maml.run_cli; rows that need a limit on file size (a full disk) run it
+main in this process through cli.run_cli; rows that need a limit on file size (a full disk) run it
 in a subprocess."""
 
 import hashlib
@@ -24,16 +24,12 @@ from PIL import Image
 
 import analyze
 import bench
+import cli
 import maml
 import probe
 from conftest import ROOT, make_jpegs, make_omniglot, tiny_flags
 
-SCRIPTS = {
-    "maml": (maml.main, ()),
-    "probe": (probe.main, ()),
-    "analyze": (analyze.main, (analyze.AnalysisError,)),
-    "bench": (bench.main, ()),
-}
+SCRIPTS = {"maml": maml.main, "probe": probe.main, "analyze": analyze.main, "bench": bench.main}
 
 # Runs a script with writes limited to LIMIT bytes per file, as a full disk would stop them
 # (SIGXFSZ ignored, so a write past the limit fails with EFBIG instead of killing the process).
@@ -88,10 +84,9 @@ def one_line_error(code, err):
 
 
 def run_in_process(script, argv, capsys):
-    main_fn, errors = SCRIPTS[script]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        maml.run_cli(main_fn, argv, errors)
+        cli.run_cli(SCRIPTS[script], argv)
     return one_line_error(exit_info.value.code, capsys.readouterr().err)
 
 
@@ -819,7 +814,7 @@ def test_hdf5_without_h5py_says_to_install_it(tmp_path):
     (tmp_path / "train_labels.json").write_text("[]")
     code = (
         "import sys; sys.modules['h5py'] = None; sys.argv = ['maml.py', '--data', sys.argv[1]]; "
-        "import maml; maml.run_cli(maml.main)"
+        "import cli, maml; cli.run_cli(maml.main)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT

@@ -10,7 +10,9 @@ import time
 import pytest
 import torch
 
+import distributed
 import maml
+import run_folder
 from conftest import ROOT, read_csv, tiny_flags
 
 # float64, 4 tasks per meta-batch (2 per process), second order, 3 iterations, 30 validation tasks
@@ -39,7 +41,7 @@ def free_port():
 
 
 def saved_iteration(path):
-    return maml.load_checkpoint(path)["iteration"] if path.exists() else -1
+    return run_folder.load_checkpoint(path)["iteration"] if path.exists() else -1
 
 
 def largest_difference(a, b):
@@ -51,7 +53,7 @@ def test_two_processes_train_the_same_model_as_one(method, conv_bias, tmp_path):
     flags = EXACT + (["--learn-lr"] if method == "metasgd" else []) + ([] if conv_bias else ["--no-conv-bias"])
     maml.main(tiny_flags(tmp_path / "one", *flags))
     torchrun("maml.py", *tiny_flags(tmp_path / "two", *flags))
-    one, two = (maml.load_checkpoint(tmp_path / run / "ckpt.pt") for run in ("one", "two"))
+    one, two = (run_folder.load_checkpoint(tmp_path / run / "ckpt.pt") for run in ("one", "two"))
     assert one["iteration"] == two["iteration"] == 3
     params = largest_difference(one["params"], two["params"])
     rates = largest_difference(one["inner_lrs"], two["inner_lrs"])
@@ -109,10 +111,10 @@ def test_a_killed_process_stops_the_other_with_one_line_and_one_process_resumes(
     assert time.time() - killed_at < 60
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2") and "--resume" in lines[0], stderr
-    saved = maml.load_checkpoint(out / "ckpt.pt")
+    saved = run_folder.load_checkpoint(out / "ckpt.pt")
     assert 0 < saved["iteration"] < 400
     maml.main(flags + ["--iterations", str(saved["iteration"] + 10), "--resume"])
-    assert maml.load_checkpoint(out / "ckpt.pt")["iteration"] == saved["iteration"] + 10
+    assert run_folder.load_checkpoint(out / "ckpt.pt")["iteration"] == saved["iteration"] + 10
 
 
 def test_a_meta_batch_that_does_not_split_over_the_processes_is_refused_before_any_work(tmp_path):
@@ -128,5 +130,5 @@ def test_a_meta_batch_that_does_not_split_over_the_processes_is_refused_before_a
 
 
 def test_one_process_without_torchrun_never_joins_a_process_group():
-    assert maml.join_processes(torch.device("cpu")) == (0, 1, torch.device("cpu"))
+    assert distributed.join_processes(torch.device("cpu")) == (0, 1, torch.device("cpu"))
     assert not torch.distributed.is_initialized()

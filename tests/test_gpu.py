@@ -1,25 +1,71 @@
-"""What only a CUDA GPU can show; every test here skips cleanly on a machine without one."""
+"""gpu.py: precision and the CUDA-graph training step. The first tests run on the CPU (capture faked
+away); the rest need a CUDA GPU (marked `cuda`) and skip cleanly on a machine without one."""
+
+import contextlib
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import bench
 import data
+import gpu
 import maml
-from conftest import flat, micro_problem, tiny_flags
+import run_folder
+from cli import ConfigError
+from conftest import flat, micro_problem, run_tensors, step_run, tiny_flags
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def test_a_failed_capture_says_why_in_one_line_and_undoes_its_warm_up(monkeypatch, capsys):
+    """capture_cuda_graph's warm-up runs real steps; when the capture then fails (here: CUDA faked away
+    on the CPU), the run must go on exactly as if no capture had been tried."""
+    run, reference = step_run(True), step_run(True)
+    no_stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: no_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: no_stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+
+    class NoGraph:
+        def __init__(self):
+            raise RuntimeError("CUDA graphs need a CUDA device\nsecond line")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", NoGraph)
+    step = lambda: maml.train_iteration([run], stacked=False, grouped=False)
+    assert gpu.capture_cuda_graph(step, [run]) is None
+    assert capsys.readouterr().out == (
+        "cuda graph: capture failed (RuntimeError: CUDA graphs need a CUDA device); the run continues eagerly\n"
+    )
+    assert int(run.device_iteration) == 0 and float(run.loss_sum) == 0
+    for _ in range(3):
+        step()
+        maml.train_iteration([reference], stacked=False, grouped=False)
+    assert all(torch.equal(a, b) for a, b in zip(run_tensors(run), run_tensors(reference), strict=True))
+
+
+def test_cuda_graph_on_is_refused_without_a_gpu_or_under_torchrun():
+    with pytest.raises(ConfigError, match="--cuda-graph on needs a CUDA device"):
+        gpu.wants_cuda_graph("on", torch.device("cpu"), 1)
+    with pytest.raises(ConfigError, match="for one process"):
+        gpu.wants_cuda_graph("on", torch.device("cuda"), 2)
+    assert not gpu.wants_cuda_graph("auto", torch.device("cpu"), 1)
+    assert not gpu.wants_cuda_graph("auto", torch.device("cuda"), 2)
+    assert gpu.wants_cuda_graph("auto", torch.device("cuda"), 1)
+    assert not gpu.wants_cuda_graph("off", torch.device("cuda"), 1)
+
+
+@cuda
 def test_training_runs_on_the_gpu_and_resumes(tmp_path):
     out = tmp_path / "run"
     maml.main(tiny_flags(out, "--device", "cuda", "--iterations", "2", "--eval-every", "2", "--learn-lr"))
     maml.main(tiny_flags(out, "--device", "cuda", "--iterations", "4", "--eval-every", "2", "--resume"))
-    ckpt = maml.load_checkpoint(out / "ckpt.pt")
+    ckpt = run_folder.load_checkpoint(out / "ckpt.pt")
     assert ckpt["iteration"] == 4 and ckpt["generator_device"] == "cuda"
     assert ckpt["config"]["precision"] == "highest"  # 'auto' on a GPU until TF32 is measured
 
 
+@cuda
 def test_episodes_are_drawn_on_the_gpu():
     split = data.split_to(data.synthetic_split("train", 16, per_class=10), "cuda")
     g = torch.Generator("cuda").manual_seed(0)
@@ -27,46 +73,50 @@ def test_episodes_are_drawn_on_the_gpu():
     assert episode["support_x"].is_cuda and episode["query_y"].is_cuda
 
 
+@cuda
 @pytest.mark.parametrize("precision", ["highest", "fast"])
-@pytest.mark.parametrize("tasks_together", [False, True])
-def test_gpu_meta_gradient_against_float64_on_the_cpu(precision, tasks_together):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_gpu_meta_gradient_against_float64_on_the_cpu(precision, grouped):
     params, episode = micro_problem(dtype=torch.float32)
-    rates = maml.init_inner_lrs(params, 0.05, learn=True)
+    rates = maml.init_inner_lrs(params, 0.05, learn_lr=True)
     exact = bench.float64_meta_gradient(params, rates, episode, 2, False)
     on_gpu = {n: p.detach().cuda().requires_grad_() for n, p in params.items()}
     rates_gpu = {n: r.detach().cuda().requires_grad_() for n, r in rates.items()}
     episode_gpu = {k: v.cuda() for k, v in episode.items()}
-    with maml.precision_applied(precision, torch.device("cuda")):
-        loss, _ = maml.meta_loss(on_gpu, rates_gpu, episode_gpu, 2, tasks_together=tasks_together)
+    with gpu.precision_applied(precision, torch.device("cuda")):
+        loss, _ = maml.meta_loss(on_gpu, rates_gpu, episode_gpu, 2, grouped=grouped)
         grad = flat(torch.autograd.grad(loss, [*on_gpu.values(), *rates_gpu.values()]))
     difference = bench.relative_difference(grad.cpu(), exact)
-    print(f"{precision} {'grouped' if tasks_together else 'loop'}: {difference:.1e} from float64")
+    print(f"{precision} {'grouped' if grouped else 'loop'}: {difference:.1e} from float64")
     assert difference < (1e-4 if precision == "highest" else 1e-2)
 
 
-def test_graphed_training_draws_the_eager_episodes_and_ends_near_the_eager_run(tmp_path, capsys):
+@cuda
+def test_cuda_graph_training_draws_the_eager_episodes_and_ends_near_the_eager_run(tmp_path, capsys):
     flags = ["--device", "cuda", "--iterations", "6", "--eval-every", "3", "--learn-lr", "--precision", "highest"]
     maml.main(tiny_flags(tmp_path / "eager", *flags, "--cuda-graph", "off"))
-    maml.main(tiny_flags(tmp_path / "graphed", *flags, "--cuda-graph", "on"))
+    maml.main(tiny_flags(tmp_path / "captured", *flags, "--cuda-graph", "on"))
     assert "capture failed" not in capsys.readouterr().out
-    eager, graphed = (maml.load_checkpoint(tmp_path / run / "ckpt.pt") for run in ("eager", "graphed"))
-    assert torch.equal(eager["generator"], graphed["generator"])  # the same random numbers were drawn
+    eager, captured = (run_folder.load_checkpoint(tmp_path / run / "ckpt.pt") for run in ("eager", "captured"))
+    assert torch.equal(eager["generator"], captured["generator"])  # the same random numbers were drawn
     for name, p in eager["params"].items():
-        torch.testing.assert_close(graphed["params"][name], p, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(captured["params"][name], p, rtol=1e-3, atol=1e-4)
 
 
-def test_graphed_run_resumes_and_several_seeds_are_graphed_together(tmp_path, capsys):
+@cuda
+def test_cuda_graph_run_resumes_and_several_seeds_are_captured_together(tmp_path, capsys):
     flags = ["--device", "cuda", "--eval-every", "2", "--cuda-graph", "on"]
     maml.main(tiny_flags(tmp_path / "run", *flags, "--iterations", "2", "--seeds", "0", "1"))
     maml.main(tiny_flags(tmp_path / "run", *flags, "--iterations", "4", "--seeds", "0", "1", "--resume"))
     assert "capture failed" not in capsys.readouterr().out
     for seed in (0, 1):
-        assert maml.load_checkpoint(tmp_path / "run" / f"seed{seed}" / "ckpt.pt")["iteration"] == 4
+        assert run_folder.load_checkpoint(tmp_path / "run" / f"seed{seed}" / "ckpt.pt")["iteration"] == 4
 
 
-def test_a_run_begun_eagerly_is_graphed_after_resume(tmp_path, capsys):
+@cuda
+def test_a_run_begun_eagerly_is_captured_after_resume(tmp_path, capsys):
     flags = ["--device", "cuda", "--eval-every", "2", "--learn-lr"]
     maml.main(tiny_flags(tmp_path / "run", *flags, "--iterations", "2", "--cuda-graph", "off"))
     maml.main(tiny_flags(tmp_path / "run", *flags, "--iterations", "4", "--cuda-graph", "on", "--resume"))
     assert "capture failed" not in capsys.readouterr().out
-    assert maml.load_checkpoint(tmp_path / "run" / "ckpt.pt")["iteration"] == 4
+    assert run_folder.load_checkpoint(tmp_path / "run" / "ckpt.pt")["iteration"] == 4

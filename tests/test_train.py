@@ -13,12 +13,15 @@ import time
 import pytest
 import torch
 
+import cli
+import flags
 import maml
+import run_folder
 from conftest import ROOT, make_jpegs, make_omniglot, read_csv, tiny_flags
 
 
 def final_params(out):
-    return maml.load_checkpoint(out / "ckpt.pt")["params"]
+    return run_folder.load_checkpoint(out / "ckpt.pt")["params"]
 
 
 def test_training_raises_validation_accuracy(tmp_path):
@@ -64,8 +67,8 @@ def test_training_raises_validation_accuracy(tmp_path):
 def test_maml_run_saves_its_fixed_rate_as_0d_constants(tmp_path):
     out = tmp_path / "run"
     maml.main(tiny_flags(out, "--iterations", "2", "--eval-every", "2", "--inner-lr", "0.02"))
-    ckpt = maml.load_checkpoint(out / "ckpt.pt")
-    assert ckpt["format"] == maml.CHECKPOINT_FORMAT == 2
+    ckpt = run_folder.load_checkpoint(out / "ckpt.pt")
+    assert ckpt["format"] == run_folder.CHECKPOINT_FORMAT == 2
     assert list(ckpt["inner_lrs"]) == list(ckpt["params"])
     for n, r in ckpt["inner_lrs"].items():
         assert r.shape == () and not r.requires_grad and torch.equal(r, torch.tensor(0.02)), n
@@ -75,7 +78,7 @@ def test_maml_run_saves_its_fixed_rate_as_0d_constants(tmp_path):
 def test_meta_sgd_run_saves_rates_and_their_statistics(tmp_path):
     out = tmp_path / "run"
     maml.main(tiny_flags(out, "--learn-lr", "--iterations", "4", "--eval-every", "2"))
-    ckpt = maml.load_checkpoint(out / "ckpt.pt")
+    ckpt = run_folder.load_checkpoint(out / "ckpt.pt")
     assert set(ckpt["inner_lrs"]) == set(ckpt["params"])
     for n, p in ckpt["params"].items():
         assert ckpt["inner_lrs"][n].shape == p.shape
@@ -98,7 +101,7 @@ def test_tiny_run_trains_on_omniglot_as_it_ships_with_one_channel(vinyals, tmp_p
     size_at = flags.index("--image-size")
     del flags[size_at : size_at + 2]  # Omniglot's default size, 28 px
     maml.main([*flags, "--no-conv-bias", "--clip-grad", "10"])
-    ckpt = maml.load_checkpoint(out / "best.pt")
+    ckpt = run_folder.load_checkpoint(out / "best.pt")
     config = ckpt["config"]
     assert config["channels"] == 1 and config["image_size"] == 28 and config["rotations"] == vinyals
     assert config["omniglot_split"] == ("vinyals" if vinyals else "lake")
@@ -116,7 +119,7 @@ def test_tiny_run_trains_on_omniglot_as_it_ships_with_one_channel(vinyals, tmp_p
 def test_existing_run_is_refused_without_resume(tmp_path):
     out = tmp_path / "run"
     maml.main(tiny_flags(out, "--iterations", "2", "--eval-every", "2"))
-    with pytest.raises(maml.ConfigError, match="already holds a run; pass --resume"):
+    with pytest.raises(cli.ConfigError, match="already holds a run; pass --resume"):
         maml.main(tiny_flags(out, "--iterations", "2", "--eval-every", "2"))
 
 
@@ -146,17 +149,17 @@ def test_ctrl_c_saves_and_resume_ends_identical_to_uninterrupted(tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "interrupted: saved iteration" in stdout
-    stopped_at = maml.load_checkpoint(out / "ckpt.pt")["iteration"]
+    stopped_at = run_folder.load_checkpoint(out / "ckpt.pt")["iteration"]
     assert 0 < stopped_at < 300
     maml.main(tiny_flags(out, *flags, "--resume"))
-    assert maml.load_checkpoint(out / "ckpt.pt")["iteration"] == 300
+    assert run_folder.load_checkpoint(out / "ckpt.pt")["iteration"] == 300
     metrics, lr_stats = logs(tmp_path / "whole")
     assert_same_run(out, {"params": final_params(tmp_path / "whole"), "metrics": metrics, "lr_stats": lr_stats})
 
 
 def test_help_explains_every_flag():
-    text = maml.build_parser().format_help()
-    for action in maml.build_parser()._actions:
+    text = flags.build_parser().format_help()
+    for action in flags.build_parser()._actions:
         assert action.help, action.dest
     assert "--learn-lr" in text and "--first-order" in text
 
@@ -184,8 +187,8 @@ def slow_save(obj, f, *a, **k):
             open(marker, "w").close()
             time.sleep(600)
 torch.save = slow_save
-import maml
-maml.run_cli(maml.main, sys.argv[4:])
+import cli, maml
+cli.run_cli(maml.main, sys.argv[4:])
 """
 
 
@@ -257,7 +260,7 @@ def test_sigkill_at_any_point_then_resume_ends_identical(point, tmp_path, uninte
         )
         kill_when(proc, marker.exists)
         assert any(p.name.startswith(which) for p in out.iterdir())  # the half-written file is there
-    maml.load_checkpoint(out / "ckpt.pt")  # what is on disk is still a whole checkpoint
+    run_folder.load_checkpoint(out / "ckpt.pt")  # what is on disk is still a whole checkpoint
     maml.main(tiny_flags(out, *KILL_FLAGS, "--resume"))
     assert_same_run(out, uninterrupted)  # tensors, metrics.csv and lr_stats.csv; stale temporaries removed
 
@@ -267,7 +270,7 @@ def test_sigkill_after_the_iteration_0_checkpoint_then_resume_writes_row_0_once(
     flags = tiny_flags(out, *KILL_FLAGS, "--save-every", "1000")  # no save between iterations 0 and 20
     proc = subprocess.Popen([sys.executable, str(ROOT / "maml.py"), *flags], cwd=tmp_path, stderr=subprocess.PIPE)
     kill_when(proc, (out / "ckpt.pt").exists)
-    assert maml.load_checkpoint(out / "ckpt.pt")["iteration"] == 0
+    assert run_folder.load_checkpoint(out / "ckpt.pt")["iteration"] == 0
     maml.main([*flags, "--resume"])
     assert_same_run(out, uninterrupted)
 
@@ -304,7 +307,7 @@ def test_sigkill_while_writing_the_image_cache_then_rerun_rebuilds_it(tmp_path):
         [sys.executable, str(ROOT / "maml.py"), *flags], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300
     )
     assert len(list((tmp_path / "cache").glob("ravi-train-*.pt"))) == 1
-    maml.load_checkpoint(tmp_path / "run" / "ckpt.pt")
+    run_folder.load_checkpoint(tmp_path / "run" / "ckpt.pt")
 
 
 def test_absurd_inner_lr_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path):
@@ -322,7 +325,7 @@ def test_absurd_inner_lr_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "diverged" in proc.stderr and "iteration 1" in proc.stderr and "--inner-lr" in proc.stderr
-    ckpt = maml.load_checkpoint(out / "ckpt.pt")
+    ckpt = run_folder.load_checkpoint(out / "ckpt.pt")
     assert ckpt["iteration"] == 0
     assert all(torch.isfinite(p).all() for p in ckpt["params"].values())
 
@@ -347,10 +350,10 @@ def test_precision_is_applied_during_the_run_recorded_in_the_checkpoint_and_put_
     maml.main(tiny_flags(tmp_path / "highest", "--iterations", "2", "--eval-every", "2", "--precision", "highest"))
     assert seen and set(seen) == {(False, False)}  # plain float32 kernels throughout
     assert torch.backends.mkldnn.enabled and torch.backends.cudnn.allow_tf32  # the library defaults again
-    assert maml.load_checkpoint(tmp_path / "highest" / "ckpt.pt")["config"]["precision"] == "highest"
+    assert run_folder.load_checkpoint(tmp_path / "highest" / "ckpt.pt")["config"]["precision"] == "highest"
     assert "precision: highest" in capsys.readouterr().out
     maml.main(tiny_flags(tmp_path / "auto", "--iterations", "1", "--eval-every", "1"))
-    assert maml.load_checkpoint(tmp_path / "auto" / "ckpt.pt")["config"]["precision"] == "fast"  # 'auto' on a CPU
+    assert run_folder.load_checkpoint(tmp_path / "auto" / "ckpt.pt")["config"]["precision"] == "fast"  # 'auto' on a CPU
 
 
 # --------------------------------------------------------------------------- one writer per run, a full disk
@@ -360,7 +363,7 @@ def one_line_refusal(main_fn, argv, capsys):
     """Run a script's main as its command line does; return its one stderr line (exit code 2)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        maml.run_cli(main_fn, argv)
+        cli.run_cli(main_fn, argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     return err.strip()
@@ -380,9 +383,9 @@ def test_second_writer_is_refused_while_the_first_lives_and_allowed_after_it_is_
     finally:
         first.kill()
         first.wait(timeout=60)
-    done = maml.load_checkpoint(out / "ckpt.pt")["iteration"]
+    done = run_folder.load_checkpoint(out / "ckpt.pt")["iteration"]
     maml.main([*flags, "--resume", "--iterations", str(done + 2)])
-    assert maml.load_checkpoint(out / "ckpt.pt")["iteration"] == done + 2
+    assert run_folder.load_checkpoint(out / "ckpt.pt")["iteration"] == done + 2
 
 
 def test_second_probe_is_refused_while_the_first_lives_and_allowed_after_it_is_killed(tmp_path, capsys):
@@ -416,8 +419,8 @@ WITH_FILE_SIZE_LIMIT = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
-import maml
-maml.run_cli(maml.main, sys.argv[2:])
+import cli, maml
+cli.run_cli(maml.main, sys.argv[2:])
 """
 
 
@@ -437,7 +440,7 @@ def test_full_disk_mid_run_ends_in_one_line_and_resume_is_bit_identical(tmp_path
     )  # fmt: skip
     assert cut.returncode == 2 and "Traceback" not in cut.stderr, cut.stderr
     (line,) = cut.stderr.strip().splitlines()
-    iteration = maml.load_checkpoint(out / "ckpt.pt")["iteration"]
+    iteration = run_folder.load_checkpoint(out / "ckpt.pt")["iteration"]
     assert 0 < iteration < 40
     assert re.fullmatch(
         rf"error: cannot write {re.escape(str(out / 'lr_stats.csv'))}: File too large; the last checkpoint "
@@ -451,44 +454,12 @@ def test_full_disk_mid_run_ends_in_one_line_and_resume_is_bit_identical(tmp_path
     assert_same_run(out, reference)
 
 
-# --------------------------------------------------------------------------- damaged logs on --resume
-
-GOOD_LOG = "iteration,train_loss,train_acc,val_acc,val_ci95,elapsed_s\r\n0,,,0.5,0.1,0.0\r\n2,0.7,0.5,0.6,0.1,1.5\r\n"
-
-
-@pytest.mark.parametrize(
-    "tail, line, what",
-    [
-        pytest.param("4,0.6,0.5,0.6,0.1,2.", 4, "a torn last row, without a line end", id="torn last row"),
-        pytest.param("\0" * 100, 4, "NUL bytes", id="NUL padding"),
-        pytest.param("#%garbage\r\n\0\0", 4, "1 fields where the header has 6", id="garbage row at the end"),
-        pytest.param("4,0.6,0.5,oops,0.1,2.0\r\n", 4, "val_acc is 'oops', not a number", id="row with a bad number"),
-    ],
-)
-def test_resume_drops_a_damaged_tail_of_a_log_and_says_so_in_one_line(tail, line, what, tmp_path, capsys):
-    path = tmp_path / "metrics.csv"
-    path.write_text(GOOD_LOG + tail, newline="")
-    maml.repair_logs([path], 2)
-    (note,) = capsys.readouterr().out.splitlines()
-    assert note == f"repaired {path}: dropped its damaged tail from line {line} on ({what})"
-    assert path.read_bytes() == GOOD_LOG.encode()
-
-
-def test_resume_refuses_damage_followed_by_good_rows_naming_file_and_line(tmp_path):
-    path = tmp_path / "metrics.csv"
-    lines = GOOD_LOG.split("\r\n")
-    path.write_text("\r\n".join([lines[0], "garbage", *lines[1:]]), newline="")
-    with pytest.raises(maml.CheckpointError, match=rf"{re.escape(str(path))} line 2 is damaged .*whole rows follow"):
-        maml.repair_logs([path], 2)
-    assert "garbage" in path.read_text()  # left as it was
-
-
 # --------------------------------------------------------------------------- several seeds in one process
 
 
 def seed_run(folder, *extra):
     """The tensors and validation rows a finished run left in `folder`."""
-    ckpt = maml.load_checkpoint(folder / "ckpt.pt")
+    ckpt = run_folder.load_checkpoint(folder / "ckpt.pt")
     val = [(r["iteration"], r["val_acc"]) for r in read_csv(folder / "metrics.csv")]
     return ckpt, val
 
@@ -511,7 +482,7 @@ def test_each_seed_of_seeds_equals_its_single_seed_run(method, tmp_path):
         assert [i for i, _ in val_together] == [i for i, _ in val_single]
         assert all(abs(float(a) - float(b)) < 1e-9 for (_, a), (_, b) in zip(val_together, val_single, strict=True))
         assert (outs[seed == 5] / "test.json").exists() and (outs[seed == 5] / "best.pt").exists()
-    first, second = (maml.load_checkpoint(out / "ckpt.pt")["params"]["conv1.weight"] for out in outs)
+    first, second = (run_folder.load_checkpoint(out / "ckpt.pt")["params"]["conv1.weight"] for out in outs)
     assert not torch.allclose(first, second)  # two models, not one model twice
 
 
@@ -521,14 +492,14 @@ def test_seeds_resume_to_the_uninterrupted_run_and_refuse_seeds_at_different_ite
     maml.main(tiny_flags(tmp_path / "cut", *flags, "--iterations", "2"))
     maml.main(tiny_flags(tmp_path / "cut", *flags, "--iterations", "4", "--resume"))
     for seed in ("seed0", "seed1"):
-        reference, resumed = (maml.load_checkpoint(tmp_path / run / seed / "ckpt.pt") for run in ("whole", "cut"))
+        reference, resumed = (run_folder.load_checkpoint(tmp_path / run / seed / "ckpt.pt") for run in ("whole", "cut"))
         assert all(torch.equal(reference["params"][n], p) for n, p in resumed["params"].items())
         assert logs(tmp_path / "cut" / seed) == logs(tmp_path / "whole" / seed)
     # one seed brought further alone: the pair no longer continues from one iteration
     maml.main(tiny_flags(tmp_path / "cut" / "seed1", "--resume", "--iterations", "5"))
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        maml.run_cli(maml.main, tiny_flags(tmp_path / "cut", *flags, "--iterations", "6", "--resume"))
+        cli.run_cli(maml.main, tiny_flags(tmp_path / "cut", *flags, "--iterations", "6", "--resume"))
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "at different iterations (seed0: 4, seed1: 5)" in line and "--iterations 5" in line
 
@@ -539,7 +510,7 @@ def test_seeds_resume_with_a_seed_that_never_saved_names_the_command_that_starts
     shutil.rmtree(tmp_path / "run" / "seed1")  # as if its start had failed before its first save
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        maml.run_cli(maml.main, tiny_flags(tmp_path / "run", *flags, "--resume"))
+        cli.run_cli(maml.main, tiny_flags(tmp_path / "run", *flags, "--resume"))
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "(seed0: 2, seed1: 0)" in line
     assert f"python maml.py --seed 1 --out {tmp_path / 'run' / 'seed1'} --iterations 2" in line

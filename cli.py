@@ -1,0 +1,222 @@
+"""Files and the command line, for every script: the errors a script ends with, the one way of
+writing a file, the rules for output folders (one writer each, results never silently written over),
+the argument parser, and `run_cli`, which turns a known error into one line on stderr.
+
+Every bad input ends as one of the error types below, raised where it is found with a message that is
+one sentence saying what was expected; `run_cli` prints it and exits with code 2 (1 for a divergence or
+a lost torchrun process), with no traceback unless --debug.
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+class DataError(Exception):
+    """Bad input data: a missing or malformed dataset, log or summary file."""
+
+
+class WriteError(Exception):
+    """A file could not be written (a full disk, a read-only place): the message names the file."""
+
+
+class ConfigError(Exception):
+    """A flag value that makes no sense (zero ways, a non-finite rate, a missing GPU)."""
+
+
+class CheckpointError(Exception):
+    """A file that is not one of our checkpoints, or one that does not fit the run."""
+
+
+class AnalysisError(Exception):
+    """Missing, foreign or mismatched inputs of a report."""
+
+
+class DistributedError(Exception):
+    """A process of a torchrun job stopped, or the processes disagree."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+
+
+def printable(name):
+    """A file or folder name as text that can be printed and saved: bytes that are not UTF-8 (which
+    Python keeps as surrogates) become backslash escapes, e.g. caf\\xe9."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def write_failure(path, error):
+    """The one-line reason a file could not be written, for a WriteError. torch.save reports a failed
+    write as a RuntimeError about stream positions, with the OSError that says why as its context."""
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    reason = (cause.strerror or str(cause)) if cause is not None else f"the write failed ({type(error).__name__})"
+    return f"cannot write {printable(str(path))}: {reason}"
+
+
+def atomic_write(path, write):
+    """The project's one way of writing a file: `write(tmp)` writes a temporary file beside `path`,
+    which is flushed to disk and renamed over `path`, so a kill at any moment leaves either the old
+    or the new file whole, never a torn one. A write that fails (a full disk, say) removes the
+    temporary file and raises WriteError naming `path`; the old file is untouched."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, Exception):
+            raise WriteError(write_failure(path, e)) from e
+        raise
+
+
+def remove_stale_temporaries(folder, names):
+    """Remove the temporary files (`<name>.tmp<pid>`) that a process killed in the middle of
+    `atomic_write` left in `folder`. Only for a process that holds the folder's lock, so that no other
+    process can be writing them."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f"{name}.tmp*"):
+            if tmp.name[len(name) + 4 :].isdigit():
+                tmp.unlink()
+                removed.append(tmp.name)
+    return removed
+
+
+KERNEL_FOLDERS = (Path("/proc"), Path("/sys"))  # hold the kernel's view of the system, never files of ours
+
+
+def check_out_folder(out, flag="--out"):
+    """Refuse, in one line and before any work, an output folder that cannot hold our files: a file,
+    a place under /proc or /sys, or a folder that cannot be created or written. Creates it; returns
+    whether it was created (so that a run that fails at once can remove it again)."""
+    out = Path(out)
+    resolved = out.resolve()
+    for kernel in KERNEL_FOLDERS:
+        if resolved == kernel or kernel in resolved.parents:
+            raise ConfigError(f"{flag} {out} lies under {kernel}, which holds kernel files; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out} is a file; expected a folder (it is created if missing)")
+    existed = out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{flag} {out} cannot be created: {e.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {out} is not writable by this user")
+    return not existed
+
+
+def refuse_to_overwrite(path, holds_results, resume, what):
+    """The one rule for outputs, in maml.py and probe.py: results already on disk are continued with
+    --resume, never silently written over."""
+    if holds_results and not resume:
+        raise ConfigError(f"{path} already holds {what}; pass --resume to continue it, or choose another --out")
+
+
+@contextlib.contextmanager
+def lock_outputs(folder, name, what, flag="--out"):
+    """One writer per output: an exclusive flock on the lock file `folder/name`, held while the block
+    runs. A second writer is refused in one line that names the holder's PID (written into the file).
+    The kernel releases the lock when its process dies, so a SIGKILL leaves no stale lock. A folder
+    created here and left holding only the lock file (a run refused at once) is removed again."""
+    import fcntl  # POSIX only: imported here, so that reading a run folder works everywhere
+
+    folder = Path(folder)
+    created = check_out_folder(folder, flag)
+    lock_path = folder / name
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"{flag} {folder} cannot be written: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"{folder} is in use: another process (PID {holder}) is writing {what} there; wait for it to end "
+                f"or choose another {flag}"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            raise WriteError(write_failure(lock_path, e)) from None
+        yield
+    finally:
+        if created and [p.name for p in folder.iterdir()] == [name]:
+            lock_path.unlink()
+            folder.rmdir()
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------
+
+
+def refuse_usage(message):
+    """argparse's `error` for every script: one line (raised, for run_cli to print), not the usage text."""
+    raise ConfigError(f"{message}; see --help")
+
+
+def argument_parser(description):
+    """The argument parser of every script: --help shows the defaults, and a bad flag (a typo,
+    --ways five) ends in one line through run_cli instead of argparse's usage text."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = refuse_usage
+    return parser
+
+
+def resolve_device(name):
+    """--device as a torch.device: 'auto' is cuda when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device name (try auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for, but this machine has no CUDA GPU")
+    return device
+
+
+KNOWN_ERRORS = (DataError, WriteError, ConfigError, CheckpointError, AnalysisError, FloatingPointError)
+
+
+def run_cli(main_fn, argv=None):
+    """Run a script's main: a known error ends as one line on stderr with exit code 2 (1 for a
+    divergence or a lost torchrun process), and no traceback unless --debug."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        return main_fn(argv)
+    except (*KNOWN_ERRORS, DistributedError, OSError) as e:
+        if debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(1 if isinstance(e, (FloatingPointError, DistributedError)) else 2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def one_line(error):
+    """What run_cli prints after 'error: '."""
+    if isinstance(error, DistributedError):
+        return f"rank {os.environ.get('RANK', 0)} of {os.environ.get('WORLD_SIZE', 1)}: {error}"
+    if isinstance(error, OSError):  # a file that vanished or could not be read or written where no check expected it
+        return f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}"
+    return str(error)

@@ -1,0 +1,145 @@
+"""The report's figures (matplotlib, written as PNG files): Figure 5 (training and validation
+accuracy), Figure 6 (Meta-SGD's learned rates, and how they move during training) and Figure 7 (the
+embedding probe), from the runs and statistics that analyze.py has read and computed.
+"""
+
+import numpy as np
+
+from stats import LAYERS, METHOD_NAMES, figure_numbers, layer_of
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "figure.dpi": 120})
+    return plt
+
+
+def run_label(run):
+    return f"{METHOD_NAMES[run['method']]} seed {run['config']['seed']}"
+
+
+def fig5(runs, out):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for run in runs:
+        rows = run["metrics"]
+        if not rows:
+            continue
+        train = [(int(r["iteration"]), 100 * float(r["train_acc"])) for r in rows if r["train_acc"] not in ("", None)]
+        val = [(int(r["iteration"]), 100 * float(r["val_acc"])) for r in rows]
+        if train:
+            axes[0].plot(*zip(*train), marker=".", label=run_label(run))
+        axes[1].plot(*zip(*val), marker=".", label=run_label(run))
+    chance = 100 / runs[0]["config"]["ways"]
+    for ax, title in zip(axes, ("training query accuracy (mean since last evaluation)", "validation accuracy")):
+        ax.axhline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:.0f}%)")
+        ax.set_xlabel("meta-iteration")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("accuracy (%)")
+    fig.suptitle(f"Figure 5: {runs[0]['config']['ways']}-way {runs[0]['config']['shots']}-shot training")
+    fig.tight_layout()
+    fig.savefig(out / "fig5_training.png")
+    plt.close(fig)
+
+
+def fig6(runs, out):
+    sgd = [r for r in runs if r["table1"] is not None]
+    if not sgd:
+        return False
+    plt = _plt()
+    layers = [layer for layer in LAYERS if any(layer_of(n) == layer for n in sgd[0]["table1"]["rates"])]
+    fig, axes = plt.subplots(3, 3, figsize=(12, 9))
+    for ax, layer in zip(axes.flat, layers):
+        for run in sgd:
+            rates = run["table1"]["rates"]
+            r = np.concatenate([v.ravel() for n, v in rates.items() if layer_of(n) == layer and "weight" in n])
+            ax.hist(r, bins=60, alpha=0.6, label=f"seed {run['config']['seed']}")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(layer)
+        ax.set_xlabel("learned inner rate")
+        ax.set_ylabel("parameters")
+    for ax in axes.flat[len(layers) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    source = ", ".join(sorted({r["table1"]["checkpoint"] for r in sgd}))
+    fig.suptitle(f"Figure 6: Meta-SGD's learned inner-loop rates per layer, weights only (from {source}, as Table 1)")
+    fig.tight_layout()
+    fig.savefig(out / "fig6_learned_rates.png")
+    plt.close(fig)
+    fig6_over_training(sgd, layers, out)
+    return True
+
+
+def fig6_over_training(sgd, layers, out):
+    """Figure 6b: each layer's mean learned rate and fraction of negative rates at every evaluation."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for run in sgd:
+        rows = [r for r in run["lr_stats"] if r["kind"] == "layer"]
+        for layer in layers:
+            pts = [
+                (int(r["iteration"]), float(r["mean"]), float(r["frac_negative"])) for r in rows if r["name"] == layer
+            ]
+            if pts:
+                it, mean, neg = zip(*pts)
+                label = layer if len(sgd) == 1 else f"{layer} (seed {run['config']['seed']})"
+                axes[0].plot(it, mean, label=label)
+                axes[1].plot(it, [100 * n for n in neg], label=label)
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].set_ylabel("mean learned rate")
+    axes[1].set_ylabel("entries with a negative rate (%)")
+    for ax in axes:
+        ax.set_xlabel("meta-iteration")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle("Figure 6b: when do the rates turn negative? (statistics logged at every evaluation)")
+    fig.tight_layout()
+    fig.savefig(out / "fig6_rates_over_training.png")
+    plt.close(fig)
+
+
+def fig7(stats_out, out, stem="probe"):
+    have = {m: figure_numbers(s["probes"][stem]) for m, s in stats_out["methods"].items() if stem in s["probes"]}
+    if not have:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    regimes = [("pre_A", "pre-adaptation"), ("on_A", "on-task"), ("off_B", "off-task")]
+    width = 0.8 / len(have)
+    for i, (method, s) in enumerate(have.items()):
+        xs = np.arange(3) + i * width
+        means = [100 * s[k]["mean"] for k, _ in regimes]
+        errs = [100 * s[k]["ci95"] for k, _ in regimes]
+        axes[0].bar(xs, means, width, yerr=errs, capsize=4, label=METHOD_NAMES[method])
+        changes = [s["on_change"], s["off_change"]]
+        axes[1].bar(
+            np.arange(2) + i * width,
+            [100 * c["mean"] for c in changes],
+            width,
+            yerr=[100 * c["ci95"] for c in changes],
+            capsize=4,
+            label=METHOD_NAMES[method],
+        )
+    axes[0].set_xticks(np.arange(3) + width * (len(have) - 1) / 2, [n for _, n in regimes])
+    axes[0].set_ylabel("prototype accuracy (%), 95% CI")
+    low = min(100 * s[k]["mean"] for s in have.values() for k, _ in regimes)
+    axes[0].set_ylim(max(0, low - 10), None)
+    axes[1].set_xticks(
+        np.arange(2) + width * (len(have) - 1) / 2, ["on-task change (on_A - pre_A)", "off-task change (off_B - pre_B)"]
+    )
+    axes[1].axhline(0, color="k", lw=0.8)
+    axes[1].set_ylabel("accuracy change (percentage points), 95% CI")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Figure 7: embedding probe, cosine nearest-prototype accuracy of the encoder")
+    fig.tight_layout()
+    fig.savefig(out / "fig7_probe.png")
+    plt.close(fig)
+    return True

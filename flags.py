@@ -1,0 +1,192 @@
+"""The command line of the training script, maml.py: every flag with its help text and default, and
+the check of their values before any work starts.
+"""
+
+import argparse
+import math
+
+from cli import ConfigError, argument_parser
+from gpu import PRECISIONS
+
+ALGORITHM, RUN = "task shape and algorithm (the paper's values by default)", "data, evaluation and the run"
+INT_FLAGS = [  # (group, flag, default, help); the other flags are declared below
+    (ALGORITHM, "--ways", 5, "classes per task (N)"),
+    (ALGORITHM, "--shots", 1, "support images per class (K)"),
+    (ALGORITHM, "--queries", 10, "query images per class during meta-training"),
+    (ALGORITHM, "--meta-batch", 3, "tasks per meta-update"),
+    (ALGORITHM, "--inner-steps", 5, "inner-loop gradient steps during meta-training"),
+    (ALGORITHM, "--iterations", 60000, "meta-updates in total (on --resume: the new total)"),
+    (ALGORITHM, "--hidden", 64, "filters per conv layer"),
+    (ALGORITHM, "--image-size", None, "images are resized to this many pixels square (default 84; 28 for Omniglot)"),
+    (RUN, "--synthetic-per-class", 600, "images per class of the synthetic dataset"),
+    (RUN, "--eval-every", 1000, "validate every this many iterations"),
+    (RUN, "--val-tasks", 200, "fixed, seeded validation tasks"),
+    (RUN, "--test-tasks", 600, "fixed, seeded test tasks evaluated at the end"),
+    (RUN, "--eval-steps", 10, "inner steps when evaluating (MAML's evaluation uses 10)"),
+    (RUN, "--eval-queries", 15, "query images per class when evaluating"),
+    (RUN, "--save-every", 500, "write the latest checkpoint every this many iterations"),
+    (RUN, "--log-every", 100, "update the progress bar's loss/accuracy (a device sync) every this many iterations"),
+    (RUN, "--seed", 0, "seeds initialisation, episodes and the synthetic data"),
+]
+
+
+def add_algorithm_flags(g):
+    g("--inner-lr", type=float, default=0.01, help="MAML's inner rate alpha; Meta-SGD's initial value")
+    g("--learn-lr", action="store_true", help="Meta-SGD: learn one inner rate per parameter entry")
+    g(
+        "--lr-init-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="Meta-SGD: initialise the rates uniformly in [LOW, HIGH] instead of at --inner-lr",
+    )
+    g("--first-order", action="store_true", help="drop the second-order terms (FOMAML / first-order Meta-SGD)")
+    g("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the outer loop (theta and alpha)")
+    g(
+        "--task-batching",
+        choices=["auto", "loop", "grouped"],
+        default="auto",
+        help="how the tasks of a meta-batch run: 'loop' one after another (the plain reference), 'grouped' "
+        "together as one grouped network; 'auto' picks grouped on a GPU and loop on the CPU, where the loop "
+        "measured faster (RESULTS.md)",
+    )
+    g(
+        "--conv-bias",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give each conv a bias, as the paper's Conv-4 has; --no-conv-bias drops them (the batch-statistics "
+        "BatchNorm after each conv cancels them, so they only collect rounding noise)",
+    )
+    g(
+        "--clip-grad",
+        type=float,
+        default=None,
+        metavar="VALUE",
+        help="clip every meta-gradient entry to [-VALUE, VALUE] before the Adam step, as MAML's own code does "
+        "(10 for Mini-ImageNet); default: no clipping (the paper says nothing)",
+    )
+
+
+def add_data_flags(g):
+    g(
+        "--data",
+        default=None,
+        help="dataset folder in any supported Mini-ImageNet layout (Ravi CSVs, "
+        "split/class folders, learn2learn pickles, torchmeta HDF5) or Omniglot as it ships (images_background, "
+        "images_evaluation); omitted: the built-in synthetic dataset",
+    )
+    g(
+        "--rotations",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Omniglot: each 90-degree rotation of a character is its own class (default: on for the vinyals "
+        "split, off for the lake split)",
+    )
+    g(
+        "--cache-dir",
+        default="default",
+        help="where decoded images are cached ('none' disables; default $MAML_CACHE_DIR or ~/.cache/negative-lr-maml)",
+    )
+
+
+def add_run_flags(g):
+    g(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="train one independent model per seed in this one process, as extra groups of one grouped network "
+        "(a GPU that one small Conv-4 leaves idle fits several); each seed gets its own run folder, the one "
+        "--seed would give it (with --out DIR: DIR/seed<SEED>)",
+    )
+    g("--out", default=None, help="run folder (default runs/<maml|metasgd>-<N>w<K>s-seed<seed>)")
+    g("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    g("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1', ...")
+    g("--dtype", choices=["float32", "float64"], default="float32", help="parameter and image precision")
+    g(
+        "--precision",
+        choices=["auto", *PRECISIONS],
+        default="auto",
+        help="float32 kernels: "
+        + "; ".join(f"'{k}': {v}" for k, v in PRECISIONS.items())
+        + "; 'auto': 'fast' on the CPU, 'highest' on a "
+        "GPU (README, Precision). Recorded in the checkpoint",
+    )
+    g(
+        "--cuda-graph",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="replay each meta-iteration as one "
+        "captured CUDA graph (no launch overhead); 'auto': for one process on a GPU; 'on': the same, but refused "
+        "without a GPU or under torchrun. A capture that fails says why in one line and the run continues "
+        "eagerly",
+    )
+    g("--no-progress", action="store_true", help="no progress bars (for logs)")
+    g("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def build_parser():
+    p = argument_parser(
+        "Train the paper's Conv-4 with MAML (default) or Meta-SGD (--learn-lr). Defaults are "
+        "the paper's: 5-way 1-shot, 10 queries per class, 3 tasks per meta-batch, 5 inner steps, "
+        "inner lr 0.01, Adam 1e-3, 60,000 iterations."
+    )
+    groups = {name: p.add_argument_group(name).add_argument for name in (ALGORITHM, RUN)}
+    for group, flag, default, text in INT_FLAGS:
+        groups[group](flag, type=int, default=default, help=text)
+    add_algorithm_flags(groups[ALGORITHM])
+    add_data_flags(groups[RUN])
+    add_run_flags(groups[RUN])
+    return p
+
+
+AT_LEAST_ONE = (
+    "ways",
+    "shots",
+    "queries",
+    "meta_batch",
+    "iterations",
+    "hidden",
+    "val_tasks",
+    "test_tasks",
+    "eval_every",
+    "save_every",
+    "log_every",
+    "synthetic_per_class",
+)
+
+
+def check_flags(args, world):
+    """Refuse, before any work, flag values that make no sense, alone or with torchrun's `world` processes."""
+    bad = [
+        f"--{n.replace('_', '-')} must be at least 1 (got {getattr(args, n)})"
+        for n in AT_LEAST_ONE
+        if getattr(args, n) < 1
+    ]
+    bad += [
+        f"--{n.replace('_', '-')} cannot be negative (got {getattr(args, n)})"
+        for n in ("inner_steps", "eval_steps")
+        if getattr(args, n) < 0
+    ]
+    bad += [f"--ways must be at least 2 (got {args.ways})"] if args.ways < 2 else []
+    bad += [
+        f"--{n.replace('_', '-')} must be a finite number (got {getattr(args, n)})"
+        for n in ("inner_lr", "meta_lr")
+        if not math.isfinite(getattr(args, n))
+    ]
+    if args.clip_grad is not None and not (math.isfinite(args.clip_grad) and args.clip_grad > 0):
+        bad.append(f"--clip-grad must be a positive finite number (got {args.clip_grad})")
+    if args.image_size is not None and args.image_size < 16:
+        bad.append(f"--image-size must be at least 16 for four 2x2 poolings (got {args.image_size})")
+    if args.meta_batch % world:
+        bad.append(
+            f"--meta-batch {args.meta_batch} cannot be split evenly over {world} processes; use a multiple of {world}"
+        )
+    if args.seeds and world > 1:
+        bad.append("--seeds trains several models in one process; under torchrun train one seed per job")
+    if args.seeds and args.task_batching == "loop":
+        bad.append("--seeds always runs its models as groups of one grouped network; drop --task-batching loop")
+    if bad:
+        raise ConfigError(bad[0])

@@ -1,0 +1,115 @@
+"""The fast path: precision as a stated choice (torch's global backend switches), and one training
+iteration replayed as a captured CUDA graph. Both sit beside the algorithm in maml.py, not inside it.
+"""
+
+import contextlib
+import warnings
+
+import torch
+
+from cli import ConfigError
+
+# ----------------------------------------------------------------------------------------------
+# Precision: applied once through torch's global backend switches, and recorded in the checkpoint
+# ----------------------------------------------------------------------------------------------
+
+PRECISIONS = {
+    "highest": "plain float32: no TF32 in cuDNN convolutions or cuBLAS matmuls, no oneDNN kernels on the CPU",
+    "fast": "the libraries' fast float32 paths: TF32 convolutions and matmuls on NVIDIA GPUs, oneDNN on the CPU",
+    "bf16": "'fast', with the meta-step's forward and backward passes under bfloat16 autocast (float32 parameters)",
+}
+
+
+def default_precision(device):
+    """'auto': on the CPU no float32 setting holds the 1e-3 meta-gradient bar at the paper's size
+    (RESULTS.md), so the faster one; on a GPU plain float32 until TF32 has been measured against it."""
+    return "fast" if device.type == "cpu" else "highest"
+
+
+BACKEND_SWITCHES = [
+    (torch.backends.cudnn, "allow_tf32"),
+    (torch.backends.cuda.matmul, "allow_tf32"),
+    (torch.backends.mkldnn, "enabled"),
+]
+
+
+@contextlib.contextmanager
+def precision_applied(name, device):
+    """Apply a precision (resolving 'auto') to every float32 kernel of this process, and yield its
+    name; the switches are global, so they are put back afterwards (for code that imports this)."""
+    name = default_precision(device) if name == "auto" else name
+    before = [getattr(module, switch) for module, switch in BACKEND_SWITCHES]
+    for module, switch in BACKEND_SWITCHES:
+        setattr(module, switch, name != "highest")
+    try:
+        yield name
+    finally:
+        for (module, switch), value in zip(BACKEND_SWITCHES, before):
+            setattr(module, switch, value)
+
+
+def autocast(precision, device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# ----------------------------------------------------------------------------------------------
+# One training iteration as one CUDA graph: no launch overhead, no host in the loop
+# ----------------------------------------------------------------------------------------------
+
+
+def wants_cuda_graph(choice, device, world):
+    """--cuda-graph: 'auto' graphs one process on a GPU; 'on' is refused where no graph can be (no CUDA
+    device, torchrun). Under either, a capture that fails falls back to eager (`capture_cuda_graph`)."""
+    if choice == "on" and device.type != "cuda":
+        raise ConfigError(f"--cuda-graph on needs a CUDA device, and this run is on {device}; use --cuda-graph off")
+    if choice == "on" and world > 1:
+        raise ConfigError("--cuda-graph on is for one process; under torchrun use --cuda-graph off")
+    return choice != "off" and device.type == "cuda" and world == 1
+
+
+def capture_cuda_graph(step, runs):
+    """`step` (a function that reads and writes only static buffers, in place) captured once as a CUDA
+    graph; returns the graph's replay, or None after one line saying why capture failed. `runs` are the
+    run states the step changes: their in-place tensors, optimizers and episode generators. As the
+    CUDA-graph docs ask, a few warm-up calls run first on a side stream (they allocate Adam's state and
+    pick cuDNN kernels); their updates are then undone, so the runs go on from exactly where they were."""
+    tensors = [t for run in runs for t in run.in_place_tensors()]
+    optimizers, generators = [run.optimizer for run in runs], [run.episode_rng for run in runs]
+    generator_states = [g.get_state() for g in generators]
+    saved = [t.detach().clone() for t in tensors]
+    saved_state = {p: {k: v.clone() for k, v in state.items()} for o in optimizers for p, state in o.state.items()}
+    try:
+        graph = warm_up_and_capture(step, tensors[0].device, generators)
+        error = None
+    except Exception as e:  # an op that cannot be captured, an older torch: eager works anyway
+        graph, error = None, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    with torch.no_grad():
+        for t, old in zip(tensors, saved, strict=True):
+            t.copy_(old)
+        for p, state in (item for o in optimizers for item in o.state.items()):
+            for k, v in state.items():  # state the warm-up created starts from zero, as Adam's own does
+                v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+    for g, state in zip(generators, generator_states, strict=True):
+        g.set_state(state)
+    if error is not None:
+        print(f"cuda graph: capture failed ({error}); the run continues eagerly")
+        return None
+    return graph.replay
+
+
+def warm_up_and_capture(step, device, generators):
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")  # eager warm-up steps, on purpose
+            for _ in range(3):
+                step()
+    finally:  # the undoing in capture_cuda_graph must wait for the warm-up, even one that failed
+        torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    for g in generators:
+        graph.register_generator_state(g)  # our episode generators, not the default one
+    with torch.cuda.graph(graph):
+        step()
+    return graph

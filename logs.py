@@ -1,0 +1,154 @@
+"""The logs and summaries of a run folder: metrics.csv, lr_stats.csv and the probe's probe*.csv, rows
+appended as a run goes; test.json and probe*.json, written whole. A kill or a full disk mid-write leaves
+at most a torn last row, which `--resume` drops (`repair_logs`); damage followed by whole rows is
+refused, naming the file and line, and so is any damage where a file must be whole (`read_log_strictly`).
+"""
+
+import csv
+import json
+from pathlib import Path
+
+from cli import CheckpointError, DataError, WriteError, atomic_write, write_failure
+from stats import PAIR_COLUMNS, REGIMES
+
+PROBE_COLUMNS = ["iteration", "chunk", "chunk_seed", *REGIMES, "classes_A", "classes_B"]
+TEXT_COLUMNS = {"name", "kind", "classes_A", "classes_B"}  # the columns of our logs that are not numbers
+
+
+def append_rows(path, rows):
+    """Append dict rows to a CSV, with a header when the file is new. A failed write raises WriteError."""
+    if not rows:
+        return
+    new = not path.exists() or path.stat().st_size == 0
+    try:
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+    except OSError as e:  # a full disk: the torn last row is dropped by the next --resume
+        raise WriteError(write_failure(path, e)) from None
+
+
+def write_rows(path, rows, columns=None):
+    """Replace a CSV log by `rows` (atomically), with a header even when there are none if `columns` is given."""
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            if rows or columns:
+                writer = csv.DictWriter(f, fieldnames=columns or list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def line_damage(line, header):
+    """What is wrong with one line of a log (None if nothing): NUL bytes, a wrong field count, or a
+    field that should be a number and is not."""
+    if "\0" in line:
+        return "NUL bytes"
+    fields = next(csv.reader([line]))
+    if len(fields) != len(header):
+        return f"{len(fields)} fields where the header has {len(header)}"
+    for column, value in zip(header, fields):
+        if column not in TEXT_COLUMNS and not is_number(value, whole=column in ("iteration", "chunk")):
+            return f"{column} is {value[:20]!r}, not a number"
+    return None
+
+
+def is_number(text, whole=False):
+    """Whether a log field parses as a number: an int if `whole`, else a float or empty (train_loss of
+    row 0 is empty)."""
+    try:
+        int(text) if whole else float(text or 0)
+        return True
+    except ValueError:
+        return False
+
+
+def read_log(path):
+    """A CSV log as (rows, damage). rows: the dict rows before the first damaged line; damage: None, or
+    (line number, what is wrong, whether the damage is only the file's tail: a kill or a full disk
+    mid-write leaves a torn last row or NUL padding, which can be dropped, while garbage followed by
+    good rows cannot be repaired by dropping)."""
+    lines = Path(path).read_bytes().decode("utf-8", "replace").split("\n")
+    torn = lines.pop() if lines else ""  # the text after the last line end: empty unless torn
+    lines = [line.removesuffix("\r") for line in lines] + ([torn] if torn else [])
+    header = next(csv.reader([lines[0]])) if lines and "\0" not in lines[0] else []
+    rows, damage = [], None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        what = ("no header" if header[:1] != ["iteration"] else None) if number == 1 else line_damage(line, header)
+        if what is None and torn and number == len(lines):
+            what = "a torn last row, without a line end"
+        if what is not None and damage is None:
+            damage = [number, what, True]
+        elif what is None and damage is not None:
+            damage[2] = False  # a whole row after the damage
+        elif what is None and number > 1:
+            rows.append(dict(zip(header, next(csv.reader([line])))))
+    if damage and damage[0] == 1 and any(line.strip() for line in lines[1:]):
+        damage[2] = False  # without a header no row can be read: nothing to drop, everything to check
+    return rows, tuple(damage) if damage else None
+
+
+def read_log_strictly(path):
+    """The rows of a log that must be whole (analyze.py reads them); damage is named in one line."""
+    rows, damage = read_log(path)
+    if damage:
+        raise DataError(f"{path} line {damage[0]} is damaged ({damage[1]}); fix or remove that line")
+    return rows
+
+
+def repairable(path, error=CheckpointError):
+    """A log's rows before a damaged tail, and the damage (None if none). Damage followed by good rows
+    cannot be repaired by dropping: it is refused (`error`), naming the file and line."""
+    rows, damage = read_log(path)
+    if damage and not damage[2]:
+        raise error(
+            f"{path} line {damage[0]} is damaged ({damage[1]}) and whole rows follow it; fix or remove that "
+            f"line, then --resume again"
+        )
+    return rows, damage
+
+
+def note_repair(path, damage):
+    if damage:
+        print(f"repaired {path}: dropped its damaged tail from line {damage[0]} on ({damage[1]})")
+
+
+def repair_logs(paths, iteration):
+    """On --resume: keep the logs' rows up to `iteration` (a killed run may have logged past its last
+    checkpoint; those iterations run again and log again). A damaged tail is dropped, and said so in
+    one line; every log is checked before any is changed."""
+    readings = {path: repairable(path) for path in paths if path.exists()}
+    for path, (rows, damage) in readings.items():
+        note_repair(path, damage)
+        kept = [row for row in rows if int(row["iteration"]) <= iteration]
+        if damage or len(kept) < len(rows):
+            write_rows(path, kept)
+
+
+def read_records(path):
+    """A probe's records CSV as {column: list}: the regimes as floats, the task-pair columns as strings.
+    A damaged file is named, with its line."""
+    rows = read_log_strictly(path)
+    records = {k: [float(r[k]) for r in rows] for k in REGIMES}
+    records.update({k: [r.get(k, "") for r in rows] for k in PAIR_COLUMNS})
+    return records
+
+
+def read_json(path):
+    """A JSON file we wrote (test.json, probe*.json); a damaged one is named, with its line, in one line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} line {e.lineno} is damaged ({e.msg}); remove it or write it again") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is damaged (not UTF-8 text); remove it or write it again") from None
+
+
+def write_json(path, content):
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2) + "\n"))

@@ -1,0 +1,263 @@
+"""The statistics of the study, as pure functions of numbers and records (no files): confidence
+intervals, the probe's paired tests, Meta-SGD's rate statistics, and the report's tests per seed (unit:
+probe iterations), across seeds (unit: seeds) and between methods (paired over identical task pairs).
+tests/test_stats.py checks them against scipy and hand-worked values.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from cli import AnalysisError
+
+REGIMES = ("pre_A", "on_A", "pre_B", "off_B", "head_A")  # the probe's five accuracies, per iteration
+PAIR_COLUMNS = ("chunk_seed", "classes_A", "classes_B")  # what identifies a probe iteration's task pair
+METHOD_NAMES = {"maml": "MAML", "metasgd": "Meta-SGD"}
+LAYERS = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "logits"]  # the paper's names, in order
+# The probe settings that fix the task pairs: two probes that agree on these drew the same pairs.
+PAIRING_SETTINGS = ("split", "iterations", "queries", "off_task", "batch", "seed", "ways", "shots", "data")
+ONE_SEED = "one seed: no across-seed claim can be made"
+
+
+def scipy_stats():
+    """scipy.stats, imported on first use: importing it takes seconds, and training needs none of it."""
+    from scipy import stats
+
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Intervals, the probe's tests, the rates
+# ----------------------------------------------------------------------------------------------
+
+
+def mean_normal_ci95(values):
+    """Mean and half-width of the normal-approximation 95% confidence interval (1.96 sd / sqrt(n)),
+    as MAML reports test accuracy. mean_t_ci95 is the Student-t interval."""
+    values = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if values.numel() < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), float(1.96 * values.std(unbiased=True) / math.sqrt(values.numel()))
+
+
+def layer_of(name):
+    """'conv2.weight' -> 'conv2', 'bn2.bias' -> 'bn2', 'head.*' -> 'logits' (the paper's name)."""
+    layer = name.split(".")[0]
+    return "logits" if layer == "head" else layer
+
+
+def rate_statistics(inner_lrs):
+    """Rows of statistics of the inner rates, per layer and per parameter tensor: count, mean,
+    std (n - 1), fraction negative, min, max. The one implementation behind lr_stats.csv and Table 1."""
+    groups = {}
+    for name, rate in inner_lrs.items():
+        groups.setdefault(("layer", layer_of(name)), []).append(rate.detach().flatten())
+        groups[("tensor", name)] = [rate.detach().flatten()]
+    rows = []
+    for (kind, name), parts in groups.items():
+        r = torch.cat(parts).double()
+        std = r.std().item() if r.numel() > 1 else 0.0
+        negative = (r < 0).double().mean().item()
+        rows.append(
+            {
+                "name": name,
+                "kind": kind,
+                "count": r.numel(),
+                "mean": r.mean().item(),
+                "std": std,
+                "frac_negative": negative,
+                "min": r.min().item(),
+                "max": r.max().item(),
+            }
+        )
+    return rows
+
+
+def mean_t_ci95(values):
+    """Mean and half-width of the Student-t 95% confidence interval (mean_normal_ci95 is the
+    normal-approximation one that MAML reports for test accuracy)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n < 2:
+        return {"mean": float(values.mean()) if n else float("nan"), "ci95": float("nan"), "n": n}
+    half = scipy_stats().t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return {"mean": float(values.mean()), "ci95": float(half), "n": n}
+
+
+def changes(records):
+    """Per-iteration on-task change (on_A - pre_A) and off-task change (off_B - pre_B)."""
+    on = np.asarray(records["on_A"], dtype=np.float64) - np.asarray(records["pre_A"], dtype=np.float64)
+    off = np.asarray(records["off_B"], dtype=np.float64) - np.asarray(records["pre_B"], dtype=np.float64)
+    return on, off
+
+
+def summarize(records):
+    """The probe's summary: every regime's mean and 95% CI, both changes, the paired t-test of
+    on-task change against off-task change (the paper's p = 0.00044 test) and one-sample t-tests
+    of each change against zero. `records` maps column name -> sequence of per-iteration values."""
+    on_change, off_change = changes(records)
+
+    def test(result):
+        return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(result.df)}
+
+    return {
+        "iterations": len(on_change),
+        "regimes": {k: mean_t_ci95(records[k]) for k in REGIMES},
+        "on_change": mean_t_ci95(on_change),
+        "off_change": mean_t_ci95(off_change),
+        "paired_t_on_vs_off": test(scipy_stats().ttest_rel(on_change, off_change)),
+        "on_change_vs_zero": test(scipy_stats().ttest_1samp(on_change, 0.0)),
+        "off_change_vs_zero": test(scipy_stats().ttest_1samp(off_change, 0.0)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The report: per seed (unit: probe iterations), across seeds (unit: seeds), between methods (paired)
+# ----------------------------------------------------------------------------------------------
+
+
+def across_seeds(values):
+    """Mean and std (ddof=1; 0 for one run) of a list of numbers."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def t_test_of_mean(values, test, unit):
+    """Mean, 95% t-interval and one-sample t-test against 0 of `values` (for differences, that is the
+    paired t-test), labelled with the test's name, its unit (iterations or seeds) and n."""
+    values = np.asarray(values, dtype=np.float64)
+    result = {**mean_t_ci95(values), "test": test, "unit": unit, "t": float("nan"), "df": len(values) - 1}
+    result["p"] = float("nan")
+    if len(values) >= 2:
+        t = scipy_stats().ttest_1samp(values, 0.0)
+        result.update(t=float(t.statistic), p=float(t.pvalue))
+    return result
+
+
+def per_seed_probe(run, stem):
+    """One seed's probe: summarize's numbers, each test labelled (unit: the probe's iterations)."""
+    s = summarize(run["probes"][stem]["records"])
+    n = s["iterations"]
+    label = {
+        "paired_t_on_vs_off": "paired t-test, on- vs off-task change",
+        "on_change_vs_zero": "one-sample t-test, on-task change vs 0",
+        "off_change_vs_zero": "one-sample t-test, off-task change vs 0",
+    }
+    for key, test in label.items():
+        s[key].update(test=test, unit="iterations", n=n)
+    queries = run["probes"][stem]["settings"].get("queries")
+    return {"seed": run["config"]["seed"], "folder": str(run["folder"]), "queries": queries, **s}
+
+
+def across_seed_tests(per_seed):
+    """The claim about a method: each seed contributes its mean change; t-interval and one-sample t-test
+    over seeds. With one seed there is no such claim, and the result says so."""
+    if len(per_seed) < 2:
+        return {"seeds": len(per_seed), "note": ONE_SEED}
+    means = {
+        "on_change": [s["on_change"]["mean"] for s in per_seed],
+        "off_change": [s["off_change"]["mean"] for s in per_seed],
+        "on_minus_off": [s["on_change"]["mean"] - s["off_change"]["mean"] for s in per_seed],
+    }
+    test = "one-sample t-test of the per-seed means vs 0"
+    return {"seeds": len(per_seed), **{k: t_test_of_mean(v, test, "seeds") for k, v in means.items()}}
+
+
+def method_stats(runs, stems):
+    """Test and validation accuracy, and every probe's per-seed and across-seed statistics, of one method."""
+    m = {"runs": len(runs), "probes": {}}
+    tests = [r["test"] for r in runs if r["test"]]
+    if tests:
+        m["test_acc"] = {
+            "per_run": [(t["test_acc"], t["test_ci95"]) for t in tests],
+            "mean_std": across_seeds([t["test_acc"] for t in tests]),
+        }
+    vals = [max(float(row["val_acc"]) for row in r["metrics"]) for r in runs if r["metrics"]]
+    if vals:
+        m["best_val_acc"] = {"per_run": vals, "mean_std": across_seeds(vals)}
+    for stem in stems:
+        per_seed = [per_seed_probe(r, stem) for r in runs if stem in r["probes"]]
+        if per_seed:
+            m["probes"][stem] = {"per_seed": per_seed, "across_seeds": across_seed_tests(per_seed)}
+    return m
+
+
+def same_task_pairs(maml_run, sgd_run, stem):
+    """Whether the two runs' probes can be paired: None if so, else why not. Same settings must mean the
+    same task pairs; records that say otherwise are refused (AnalysisError), never paired."""
+    a, b = maml_run["probes"][stem], sgd_run["probes"][stem]
+    differ = [k for k in PAIRING_SETTINGS if a["settings"].get(k) != b["settings"].get(k)]
+    if differ:
+        return f"probed with different settings ({', '.join(differ)}), so on different task pairs"
+    for key in PAIR_COLUMNS:
+        if a["records"][key] != b["records"][key]:
+            i = next((i for i, (x, y) in enumerate(zip(a["records"][key], b["records"][key])) if x != y), None)
+            where = f"at iteration {i}" if i is not None else "in length"
+            raise AnalysisError(
+                f"{stem}: the MAML and Meta-SGD probes of seed {maml_run['config']['seed']} have the same settings "
+                f"but different task pairs ({key} differs {where}); probe both again with the same flags"
+            )
+    return None
+
+
+def between_methods(by_method, stem):
+    """Meta-SGD − MAML on the same task pairs: the off-task change, and the interaction (on − off change),
+    as paired t-tests over a seed's task pairs, then over seeds."""
+    runs = {m: {r["config"]["seed"]: r for r in by_method[m] if stem in r["probes"]} for m in ("maml", "metasgd")}
+    per_seed, unpaired = [], []
+    for seed in sorted(set(runs["maml"]) & set(runs["metasgd"])):
+        why_not = same_task_pairs(runs["maml"][seed], runs["metasgd"][seed], stem)
+        if why_not:
+            unpaired.append(f"seed {seed}: {why_not}")
+            continue
+        (on_m, off_m), (on_s, off_s) = (changes(runs[m][seed]["probes"][stem]["records"]) for m in ("maml", "metasgd"))
+        test = "paired t-test over task pairs, Meta-SGD − MAML"
+        per_seed.append(
+            {
+                "seed": seed,
+                "off_difference": {
+                    **t_test_of_mean(off_s - off_m, test, "iterations"),
+                    "scipy_ttest_rel_p": float(scipy_stats().ttest_rel(off_s, off_m).pvalue),
+                },
+                "interaction": t_test_of_mean((on_s - off_s) - (on_m - off_m), test, "iterations"),
+            }
+        )
+    unpaired += [f"seed {s}: probed with one method only" for s in sorted(set(runs["maml"]) ^ set(runs["metasgd"]))]
+    across = {"seeds": len(per_seed), "note": ONE_SEED if len(per_seed) < 2 else None}
+    if len(per_seed) >= 2:
+        test = "one-sample t-test of the per-seed mean differences vs 0"
+        for key in ("off_difference", "interaction"):
+            across[key] = t_test_of_mean([s[key]["mean"] for s in per_seed], test, "seeds")
+    return {"per_seed": per_seed, "across_seeds": across, "unpaired": unpaired}
+
+
+def compute_stats(by_method):
+    """Every test the report shows, as plain numbers."""
+    for method, runs in by_method.items():
+        seeds = [r["config"]["seed"] for r in runs]
+        if len(set(seeds)) < len(seeds):
+            raise AnalysisError(f"two {METHOD_NAMES[method]} runs have the same seed ({seeds}); give one run per seed")
+    stems = sorted({s for runs in by_method.values() for r in runs for s in r["probes"]})
+    out = {"methods": {m: method_stats(runs, stems) for m, runs in by_method.items()}, "between_methods": {}}
+    if len(by_method) == 2:
+        for stem in stems:
+            out["between_methods"][stem] = between_methods(by_method, stem)
+    return out
+
+
+def figure_numbers(probe_stats):
+    """Each regime's and change's mean and 95% CI for a figure: over seeds (t-interval of the per-seed
+    means) when there are several, else the one seed's per-iteration interval."""
+    per_seed = probe_stats["per_seed"]
+    if len(per_seed) == 1:
+        return {
+            **per_seed[0]["regimes"],
+            "on_change": per_seed[0]["on_change"],
+            "off_change": per_seed[0]["off_change"],
+        }
+    keys = ["pre_A", "on_A", "off_B"]
+    out = {k: mean_t_ci95([s["regimes"][k]["mean"] for s in per_seed]) for k in keys}
+    for k in ("on_change", "off_change"):
+        out[k] = mean_t_ci95([s[k]["mean"] for s in per_seed])
+    return out

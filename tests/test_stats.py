@@ -1,0 +1,66 @@
+"""stats.py: the study's statistics against scipy and against hand-worked numbers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+import stats
+
+
+def test_statistics_match_scipy_and_the_paired_test_is_paired():
+    rng = np.random.default_rng(0)
+    n = 200
+    shared = rng.normal(0, 0.2, n)  # a per-iteration effect common to both changes
+    pre_a, pre_b = rng.uniform(0.3, 0.6, n), rng.uniform(0.3, 0.6, n)
+    on_change = shared + rng.normal(0, 0.002, n)
+    off_change = shared + 0.003 + rng.normal(0, 0.002, n)
+    records = {
+        "pre_A": pre_a,
+        "on_A": pre_a + on_change,
+        "pre_B": pre_b,
+        "off_B": pre_b + off_change,
+        "head_A": rng.uniform(0, 1, n),
+    }
+    s = stats.summarize(records)
+    on, off = stats.changes(records)
+    np.testing.assert_allclose(on, on_change, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(off, off_change, rtol=0, atol=1e-12)
+    paired = scipy_stats.ttest_rel(on_change, off_change)
+    assert s["paired_t_on_vs_off"]["p"] == pytest.approx(paired.pvalue, rel=1e-6)
+    assert s["paired_t_on_vs_off"]["t"] == pytest.approx(paired.statistic, rel=1e-6)
+    assert s["paired_t_on_vs_off"]["p"] < 1e-10 < 0.1 < scipy_stats.ttest_ind(on_change, off_change).pvalue
+    assert s["off_change_vs_zero"]["p"] == pytest.approx(scipy_stats.ttest_1samp(off_change, 0).pvalue, rel=1e-6)
+    assert s["on_change_vs_zero"]["p"] == pytest.approx(scipy_stats.ttest_1samp(on_change, 0).pvalue, rel=1e-6)
+    half = scipy_stats.t.ppf(0.975, n - 1) * np.std(pre_a, ddof=1) / np.sqrt(n)
+    assert s["regimes"]["pre_A"]["mean"] == pytest.approx(pre_a.mean())
+    assert s["regimes"]["pre_A"]["ci95"] == pytest.approx(half)
+    assert s["off_change"]["mean"] == pytest.approx(off_change.mean())
+
+
+def test_test_accuracy_interval_is_the_normal_approximation_maml_reports():
+    values = [0.2, 0.4, 0.6, 0.8, 1.0]
+    mean, half = stats.mean_normal_ci95(values)
+    assert mean == pytest.approx(0.6) and half == pytest.approx(1.96 * np.std(values, ddof=1) / math.sqrt(5))
+    assert math.isnan(stats.mean_normal_ci95([0.5])[1])
+
+
+def test_t_test_of_mean_is_scipys_one_sample_test_labelled_with_its_unit():
+    values = [0.01, -0.02, 0.03, 0.05, 0.02]
+    result = stats.t_test_of_mean(values, "a test", "seeds")
+    reference = scipy_stats.ttest_1samp(values, 0.0)
+    assert result["p"] == pytest.approx(reference.pvalue) and result["t"] == pytest.approx(reference.statistic)
+    assert (result["test"], result["unit"], result["n"], result["df"]) == ("a test", "seeds", 5, 4)
+    assert math.isnan(stats.t_test_of_mean([0.3], "a test", "seeds")["p"])
+
+
+def test_rate_statistics_per_layer_pool_the_layers_tensors():
+    rates = {"conv1.weight": torch.tensor([-1.0, 1.0, 2.0]), "conv1.bias": torch.tensor([-4.0]),
+             "head.weight": torch.tensor([0.5, 0.5])}  # fmt: skip
+    rows = {(r["kind"], r["name"]): r for r in stats.rate_statistics(rates)}
+    conv1 = rows["layer", "conv1"]
+    assert conv1["count"] == 4 and conv1["mean"] == pytest.approx(-0.5) and conv1["frac_negative"] == 0.5
+    assert conv1["std"] == pytest.approx(np.std([-1, 1, 2, -4], ddof=1)) and (conv1["min"], conv1["max"]) == (-4, 2)
+    assert rows["layer", "logits"]["std"] == 0 and rows["tensor", "conv1.bias"]["count"] == 1
