@@ -98,7 +98,7 @@ def per_task(params, tasks):
 
 
 def as_inner_lrs(inner_lrs, params):
-    """The one place inner rates change type: every other function takes and returns a dict
+    """The algorithm's one place inner rates change type: every other function takes and returns a dict
     {parameter name: tensor}. A number (MAML's alpha) becomes a 0-d constant per parameter, which
     broadcasts like the scalar; a dict is kept. Either way the tensors take their parameter's dtype and
     device."""
@@ -214,7 +214,7 @@ def evaluate(params, inner_lrs, episodes, steps):
 # ----------------------------------------------------------------------------------------------
 
 
-def stacked(dicts, tasks):
+def stacked_per_task(dicts, tasks):
     """Per-model tensors {name: tensor} of S models -> {name: [S * tasks, ...]}: model s's tensor
     repeated for each of its tasks (in order: model 0's tasks first)."""
     return {name: torch.stack([d[name] for d in dicts]).repeat_interleave(tasks, 0) for name in dicts[0]}
@@ -225,8 +225,8 @@ def meta_loss_seeds(params_per_seed, inner_lrs_per_seed, episodes, steps, first_
     model), as groups of one grouped network. Returns each model's loss and accuracy [S]."""
     episode = {k: torch.cat([e[k] for e in episodes]) for k in ("support_x", "support_y", "query_x", "query_y")}
     models, tasks = len(params_per_seed), episodes[0]["support_x"].shape[0]
-    params = stacked(params_per_seed, tasks)
-    inner_lrs = stacked(inner_lrs_per_seed, tasks)
+    params = stacked_per_task(params_per_seed, tasks)
+    inner_lrs = stacked_per_task(inner_lrs_per_seed, tasks)
     for name, r in inner_lrs.items():  # MAML's 0-d alpha, now [S * T]: broadcast it over the parameter's dims
         inner_lrs[name] = r.view(-1, *[1] * (params[name].dim() - 1)) if r.dim() == 1 < params[name].dim() else r
     adapted = adapt(params, inner_lrs, episode["support_x"], episode["support_y"], steps, not first_order, conv4_tasks)
@@ -238,14 +238,14 @@ def meta_loss_seeds(params_per_seed, inner_lrs_per_seed, episodes, steps, first_
 
 # ==============================================================================================
 # The training script: `python maml.py [flags]`. Its plumbing lives in the files beside this one:
-# flags (the command line), run_folder (run state, checkpoints, resume, logs, lock), distributed
-# (torchrun), gpu (precision, CUDA graph), data (episodes). They are imported where the script runs,
-# so that the algorithm above imports with torch alone.
+# flags (the command line), run_folder (run state, checkpoints, resume, what is logged when),
+# distributed (torchrun), gpu (precision, CUDA graph), data (episodes), stats, cli (errors). They are
+# imported where the script runs, so that the algorithm above imports with torch alone.
 # ==============================================================================================
 
 
 def train(args):
-    """Meta-train as `args` say (see build_parser): one model, or with --seeds one per seed, stacked.
+    """Meta-train as `args` say (flags.py): one model, or with --seeds one per seed, stacked.
     Returns the run folder (with --seeds, the list of them). Under torchrun every process trains its
     slice of each meta-batch, and rank 0 writes every file."""
     import cli
@@ -368,8 +368,10 @@ def train_loop(runs, stacked, cuda_graph, resume_hint):
 
     first, c = runs[0], runs[0].config
     grouped = c["task_batching"] == "grouped" or (c["task_batching"] == "auto" and first.device.type == "cuda")
-    iteration = lambda: train_iteration(runs, stacked, grouped)
-    method = ("meta-SGD" if c["learn_lr"] else "MAML") + (f" x{len(runs)} seeds" if len(runs) > 1 else "")
+    one_iteration = lambda: train_iteration(runs, stacked, grouped)
+    method = ("meta-SGD" if c["learn_lr"] else "MAML") + (f" x{len(runs)} seeds" if stacked else "")
+    for run in runs:  # names the seed in each validation line
+        run.label = f"seed {run.config['seed']}, " if stacked else ""
     quiet = c["no_progress"] or first.rank != 0
     bar = tqdm(
         total=c["iterations"], initial=first.iteration, desc=method, unit="it", dynamic_ncols=True, disable=quiet
@@ -383,9 +385,9 @@ def train_loop(runs, stacked, cuda_graph, resume_hint):
                 validate(run)
                 run_folder.save(run, "ckpt.pt")
         if cuda_graph and first.iteration < c["iterations"]:
-            iteration = gpu.capture_cuda_graph(iteration, runs) or iteration
+            one_iteration = gpu.capture_cuda_graph(one_iteration, runs) or one_iteration
         while first.iteration < c["iterations"] and not stopping:
-            iteration()  # sample a meta-batch, adapt to each task, one meta-step (or all that as a CUDA graph)
+            one_iteration()  # sample a meta-batch, adapt to each task, one meta-step (or all that as a CUDA graph)
             for run in runs:
                 run.iteration, run.since_eval = run.iteration + 1, run.since_eval + 1
             bar.update(1)

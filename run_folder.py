@@ -59,7 +59,7 @@ class RunState:
     rank: int = 0  # which process of a torchrun job this is; rank 0 writes every file
     world: int = 1  # how many processes the job has
     resumed: bool = False  # whether the run continues a checkpoint
-    label: str = ""  # "seed S, " when several seeds train together
+    label: str = ""  # "seed S, " when seeds are stacked (--seeds)
     iteration: int = 0  # meta-iterations done
     since_eval: int = 0  # of them, since the last validation
     elapsed: float = 0.0  # seconds of training, across --resume
@@ -288,7 +288,6 @@ def new_runs(starts, init_model, device, rank, world, cuda_graph):
         config.setdefault("channels", int(host["train"]["images"].shape[1]))
         runs.append(new_run(config, resumed, host, on_device, init_model, device, cuda_graph))
         runs[-1].rank, runs[-1].world = rank, world
-        runs[-1].label = f"seed {config['seed']}, " if len(starts) > 1 else ""
     return runs
 
 

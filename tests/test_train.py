@@ -515,3 +515,11 @@ def test_seeds_resume_with_a_seed_that_never_saved_names_the_command_that_starts
     assert "(seed0: 2, seed1: 0)" in line
     assert f"python maml.py --seed 1 --out {tmp_path / 'run' / 'seed1'} --iterations 2" in line
     assert not (tmp_path / "run" / "seed1" / "ckpt.pt").exists()  # refused before anything was written
+
+
+def test_seeds_with_one_seed_runs_the_stacked_path_where_task_batching_auto_would_take_the_loop(tmp_path, monkeypatch):
+    """--seeds is decided once: any number of seeds trains stacked (on the CPU 'auto' means the loop)."""
+    stacked_steps, real = [], maml.meta_loss_seeds
+    monkeypatch.setattr(maml, "meta_loss_seeds", lambda *a, **k: stacked_steps.append(1) or real(*a, **k))
+    outs = maml.main(tiny_flags(tmp_path / "run", "--seeds", "0", "--iterations", "2", "--eval-every", "2"))
+    assert outs == [tmp_path / "run" / "seed0"] and len(stacked_steps) == 2
