@@ -1,10 +1,12 @@
 # make demo   -- the whole study at demo scale on built-in synthetic data (CPU, about 10 minutes)
 # make test   -- lint, then the test suite (CPU, a few minutes)
+# make test TORCH=2.11.0 -- the same in a venv of its own with that torch (.venv-torch2.11.0; the GPU machine's)
 # make lint   -- ruff check and ruff format --check; make format rewrites the code
 # make paper DATA=/path/to/data SEEDS="0 1 2"  -- the paper's full configuration per seed (meant for a GPU)
 # make gpu-check DATA=/path/to/sample     -- the prepared first check on a GPU machine (system python3, no venv)
 PYTHON ?= python3
-VENV := .venv
+TORCH ?=
+VENV := .venv$(if $(TORCH),-torch$(TORCH))
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
@@ -19,7 +21,8 @@ DEMO_PROBE := --iterations 800 --queries 5
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r requirements.txt
+	sed '$(if $(TORCH),s/^torch==.*/torch==$(TORCH)/)' requirements.txt > $(VENV)/requirements.txt
+	$(VENV)/bin/pip install -q -r $(VENV)/requirements.txt
 	touch $@
 
 lint: $(STAMP)

@@ -185,8 +185,8 @@ def training_step(cfg, device, method, first_order, precision, seeds=1):
     """The training loop's own step for `seeds` fresh models of this config, built as maml.py builds them
     (`run_folder.new_runs`, synthetic data, each seed its own) and run as it runs them
     (`maml.train_iteration`, sampling included), captured as one CUDA graph on a GPU. Returns the
-    function one iteration calls, and what it is ('cuda-graph', or 'eager' when there is no GPU or the
-    capture failed, which then says why)."""
+    function one iteration calls, and what it is: 'cuda-graph'; 'eager' without a GPU; 'eager, capture
+    failed' when the capture failed (a line above says why); 'rehearsal, eager' in gpu.rehearsal()."""
     shape = [
         "--ways",
         cfg["ways"],
@@ -212,11 +212,13 @@ def training_step(cfg, device, method, first_order, precision, seeds=1):
     config = vars(flags.build_parser().parse_args([str(flag) for flag in shape]))
     config.update(data.dataset_defaults(None, cfg["image_size"]), precision=precision, out="")
     starts = [({**config, "seed": seed}, None) for seed in range(seeds)]
-    cuda_graph = device.type == "cuda"
+    cuda_graph = gpu.wants_cuda_graph("auto", device, 1)
     runs = run_folder.new_runs(starts, maml.init_model, device, 0, 1, cuda_graph)
     step = lambda: maml.train_iteration(runs, seeds > 1, grouped=True)
     replay = gpu.capture_cuda_graph(step, runs) if cuda_graph else None
-    return (replay, "cuda-graph") if replay else (step, "eager")
+    if replay is None:  # an eager time is never labelled with the graph's name
+        return step, "eager, capture failed" if cuda_graph else "eager"
+    return replay, "cuda-graph" if gpu.rehearsal() is None else "rehearsal, eager"
 
 
 def bench_seeds(name, cfg, device, seeds, warmup, repeats):
@@ -325,7 +327,7 @@ def bench_probe(name, cfg, device, batch, warmup, repeats):
 
 def print_row(r):
     print(
-        f"  {r['config']:6s} {r['what']:20s} {r['variant']:8s} {r.get('precision', ''):8s} {r['ms']:9.1f} ms/it "
+        f"  {r['config']:6s} {r['what']:20s} {r['variant']:21s} {r.get('precision', ''):8s} {r['ms']:9.1f} ms/it "
         f"{r['per_s']:8.2f} it/s {r['memory_mb']:7.0f} MB  x{r['vs_loop']:.2f} vs loop  meta-grad rel. diff "
         f"from loop {r['grad_rel_diff']:.1e}, from float64 {r.get('grad_vs_float64', float('nan')):.1e}"
     )
@@ -346,6 +348,13 @@ def build_parser():
         help="task and network sizes to time (without --quick)",
     )
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per row (median is reported)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["maml", "metasgd"],
+        default=["maml", "metasgd"],
+        help="the methods to time (--quick times MAML alone at the paper's size)",
+    )
     p.add_argument(
         "--precisions",
         nargs="+",
@@ -373,18 +382,18 @@ def main(argv=None):
     repeats = args.repeats or (2 if args.quick else 5)
     precisions = args.precisions or (["highest", "fast", "bf16"] if device.type == "cuda" else ["highest", "fast"])
     probe_batch = 8 if device.type == "cpu" else 64
-    cuda_graph = ["cuda-graph"] if device.type == "cuda" else []  # CUDA graphs need a GPU
+    cuda_graph = ["cuda-graph"] if gpu.wants_cuda_graph("auto", device, 1) else []  # a GPU, or a rehearsal
     rows = []
     if args.quick:  # vmap is left out at the paper's size, where it is slowest and needs the most memory
         paper, small = (
             (["loop", "grouped", *cuda_graph], ["maml"], [False]),
-            (["loop", "grouped", "vmap"], ["maml", "metasgd"], [False]),
+            (["loop", "grouped", "vmap"], args.methods, [False]),
         )
         rows += bench_training("paper", CONFIGS["paper"], device, *paper, 1, repeats, precisions)
         rows += bench_training("small", CONFIGS["small"], device, *small, 1, repeats, ["fast"])
         rows.append(bench_probe("paper", CONFIGS["paper"], device, probe_batch // 2, 1, 1))
     else:
-        every = (["loop", "grouped", "vmap", *cuda_graph], ["maml", "metasgd"], [False, True])
+        every = (["loop", "grouped", "vmap", *cuda_graph], args.methods, [False, True])
         for cfg in args.configs:
             rows += bench_training(cfg, CONFIGS[cfg], device, *every, 2, repeats, precisions)
             rows.append(bench_probe(cfg, CONFIGS[cfg], device, probe_batch, 1, repeats))

@@ -3,7 +3,9 @@ iteration replayed as a captured CUDA graph. Both sit beside the algorithm in ma
 """
 
 import contextlib
+import os
 import warnings
+from types import SimpleNamespace
 
 import torch
 
@@ -26,11 +28,23 @@ def default_precision(device):
     return "fast" if device.type == "cpu" else "highest"
 
 
-BACKEND_SWITCHES = [
-    (torch.backends.cudnn, "allow_tf32"),
-    (torch.backends.cuda.matmul, "allow_tf32"),
-    (torch.backends.mkldnn, "enabled"),
-]
+def backend_switches():
+    """(switch object, attribute, value for 'fast', value for 'highest') of every float32 kernel switch.
+    TF32 through torch's current API (`fp32_precision`, torch 2.9 and newer) where this torch has it,
+    else through the legacy `allow_tf32` switches, so that neither prints a deprecation warning; and
+    oneDNN on the CPU."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        tf32 = [
+            (conv, "fp32_precision", "tf32", "ieee"),
+            (torch.backends.cuda.matmul, "fp32_precision", "tf32", "ieee"),
+        ]
+    else:
+        tf32 = [
+            (torch.backends.cudnn, "allow_tf32", True, False),
+            (torch.backends.cuda.matmul, "allow_tf32", True, False),
+        ]
+    return [*tf32, (torch.backends.mkldnn, "enabled", True, False)]
 
 
 @contextlib.contextmanager
@@ -38,14 +52,24 @@ def precision_applied(name, device):
     """Apply a precision (resolving 'auto') to every float32 kernel of this process, and yield its
     name; the switches are global, so they are put back afterwards (for code that imports this)."""
     name = default_precision(device) if name == "auto" else name
-    before = [getattr(module, switch) for module, switch in BACKEND_SWITCHES]
-    for module, switch in BACKEND_SWITCHES:
-        setattr(module, switch, name != "highest")
+    switches = backend_switches()
+    before = [getattr(switch, attribute) for switch, attribute, _, _ in switches]
+    for switch, attribute, fast, highest in switches:
+        setattr(switch, attribute, highest if name == "highest" else fast)
     try:
         yield name
     finally:
-        for (module, switch), value in zip(BACKEND_SWITCHES, before):
-            setattr(module, switch, value)
+        for (switch, attribute, _, _), value in zip(switches, before):
+            setattr(switch, attribute, value)
+
+
+def precision_report():
+    """The switches as they stand, in words (gpu_check.py prints them)."""
+    names = {torch.backends.cudnn: "cudnn", torch.backends.cuda.matmul: "cuda.matmul", torch.backends.mkldnn: "mkldnn"}
+    names[getattr(torch.backends.cudnn, "conv", None)] = "cudnn.conv"
+    return ", ".join(
+        f"{names[switch]}.{attribute}={getattr(switch, attribute)}" for switch, attribute, _, _ in backend_switches()
+    )
 
 
 def autocast(precision, device):
@@ -57,30 +81,44 @@ def autocast(precision, device):
 # ----------------------------------------------------------------------------------------------
 
 
+def rehearsal():
+    """'ok' or 'fail' when the environment variable MAML_FAKE_CUDA_GRAPH asks for a rehearsal of the
+    capture without a GPU (gpu_check.py --smoke sets it): the capture's steps then run on the CPU with
+    stand-ins for CUDA's streams and graph, and 'fail' makes the capture fail as an op that cannot be
+    captured would, so that the check's handling of a failed capture is rehearsed too. None otherwise."""
+    return os.environ.get("MAML_FAKE_CUDA_GRAPH") or None
+
+
 def wants_cuda_graph(choice, device, world):
     """--cuda-graph: 'auto' graphs one process on a GPU; 'on' is refused where no graph can be (no CUDA
     device, torchrun). Under either, a capture that fails falls back to eager (`capture_cuda_graph`)."""
-    if choice == "on" and device.type != "cuda":
+    on_device = device.type == "cuda" or rehearsal() is not None
+    if choice == "on" and not on_device:
         raise ConfigError(f"--cuda-graph on needs a CUDA device, and this run is on {device}; use --cuda-graph off")
     if choice == "on" and world > 1:
         raise ConfigError("--cuda-graph on is for one process; under torchrun use --cuda-graph off")
-    return choice != "off" and device.type == "cuda" and world == 1
+    return choice != "off" and on_device and world == 1
 
 
 def capture_cuda_graph(step, runs):
     """`step` (a function that reads and writes only static buffers, in place) captured once as a CUDA
     graph; returns the graph's replay, or None after one line saying why capture failed. `runs` are the
-    run states the step changes: their in-place tensors, optimizers and episode generators. As the
-    CUDA-graph docs ask, a few warm-up calls run first on a side stream (they allocate Adam's state and
-    pick cuDNN kernels); their updates are then undone, so the runs go on from exactly where they were."""
+    run states the step reads and changes: their tensors (all on the run's device: a copy from another
+    device inside the step would be a host sync, which capture forbids), optimizers and episode
+    generators. As the CUDA-graph docs ask, a few warm-up calls run first on a side stream (they
+    allocate Adam's state and pick cuDNN kernels); their updates are then undone, so the runs go on
+    from exactly where they were."""
     tensors = [t for run in runs for t in run.in_place_tensors()]
     optimizers, generators = [run.optimizer for run in runs], [run.episode_rng for run in runs]
     generator_states = [g.get_state() for g in generators]
     saved = [t.detach().clone() for t in tensors]
     saved_state = {p: {k: v.clone() for k, v in state.items()} for o in optimizers for p, state in o.state.items()}
     try:
-        graph = warm_up_and_capture(step, tensors[0].device, generators)
-        error = None
+        elsewhere = [name for run in runs for name in run.tensors_off_device()]
+        if elsewhere:
+            raise RuntimeError(f"{elsewhere[0]} is not on the run's device {tensors[0].device}")
+        capture = warm_up_and_capture if rehearsal() is None else rehearse_capture
+        graph, error = capture(step, tensors[0].device, generators), None
     except Exception as e:  # an op that cannot be captured, an older torch: eager works anyway
         graph, error = None, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
     with torch.no_grad():
@@ -113,3 +151,13 @@ def warm_up_and_capture(step, device, generators):
     with torch.cuda.graph(graph):
         step()
     return graph
+
+
+def rehearse_capture(step, device, generators):
+    """`warm_up_and_capture` without a GPU (see `rehearsal`): the warm-up and the capture call `step`
+    as the real ones do, and the 'graph' replays by calling it again, eagerly."""
+    for _ in range(4):
+        step()
+    if rehearsal() == "fail":
+        raise RuntimeError("the capture failed on purpose (MAML_FAKE_CUDA_GRAPH=fail)")
+    return SimpleNamespace(replay=step)

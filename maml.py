@@ -262,7 +262,7 @@ def train(args):
             if rank == 0:
                 print(f"precision: {precision} ({gpu.PRECISIONS[precision]}), {config['dtype']} parameters")
             cuda_graph = gpu.wants_cuda_graph(config["cuda_graph"], device, world)
-            if cuda_graph:  # a graph captures the current device's stream: make it this run's (cuda:1, say)
+            if cuda_graph and device.type == "cuda":  # a graph captures the current device's stream: this run's
                 torch.cuda.set_device(device)
             for run_config, _ in starts:  # the precision that 'auto' resolved to, recorded in each checkpoint
                 run_config["precision"] = precision

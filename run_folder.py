@@ -94,6 +94,18 @@ class RunState:
     def dtype(self):
         return getattr(torch, self.config["dtype"])
 
+    def tensors_off_device(self):
+        """The names of the tensors the training step reads that are not on the run's device (none,
+        unless a state was built by hand: `new_runs` puts every one there)."""
+        named = {f"params[{n}]": t for n, t in self.params.items()}
+        named |= {f"inner_lrs[{n}]": t for n, t in self.inner_lrs.items()}
+        named |= {f"norm[{k}]": t for k, t in self.norm.items()}
+        named |= {
+            f"splits[{s}][{k}]": t for s in ("train", "val") for k, t in self.splits[s].items() if torch.is_tensor(t)
+        }
+        named |= {f"in-place tensor {i}": t for i, t in enumerate(self.in_place_tensors())}
+        return [name for name, t in named.items() if t.device != self.device]
+
     def in_place_tensors(self):
         """The tensors besides Adam's state that the training step changes in place."""
         return [
@@ -296,7 +308,8 @@ def new_run(config, resumed, host, on_device, init_model, device, cuda_graph):
     host, and train and val on the device)."""
     params, inner_lrs = init_model(config, device)
     learned = [r for r in inner_lrs.values() if r.requires_grad]
-    optimizer = torch.optim.Adam([*params.values(), *learned], lr=config["meta_lr"], capturable=cuda_graph)
+    capturable = cuda_graph and device.type == "cuda"  # Adam's step count on the GPU, which a graph can update
+    optimizer = torch.optim.Adam([*params.values(), *learned], lr=config["meta_lr"], capturable=capturable)
     norm = resumed["norm"] if resumed else data.channel_stats(host["train"])
     run = RunState(
         config=config,

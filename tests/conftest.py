@@ -29,6 +29,14 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "limit(size): run the case in a subprocess that may write at most size bytes a file"
     )
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; gpu_check.py runs `-m cuda`)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +44,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own image cache and a quiet, 2-thread torch. The suite is a CPU suite, also
     on a machine with a GPU: '--device auto' means the CPU here (tests/test_gpu.py asks for cuda)."""
     monkeypatch.setenv("MAML_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MAML_FAKE_CUDA_GRAPH", raising=False)  # gpu_check.py --smoke sets it for its stages
     torch.set_num_threads(2)
     real_resolve_device = cli.resolve_device
     monkeypatch.setattr(cli, "resolve_device", lambda name: real_resolve_device("cpu" if name == "auto" else name))
@@ -45,7 +54,8 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 
 def tiny_flags(out, *extra):
-    """CLI flags of a run small enough for a test: 2-way, 16x16 images, 8 filters."""
+    """CLI flags of a run small enough for a test: 2-way, 16x16 images, 8 filters; `extra` comes last, so
+    it overrides any of them."""
     return [
         "--device",
         "cpu",
@@ -76,6 +86,8 @@ def tiny_flags(out, *extra):
         "--out",
         str(out),
         "--no-progress",
+        "--precision",  # plain float32 kernels: at these shapes oneDNN's overheads make 'fast' the slower one
+        "highest",
         *extra,
     ]
 

@@ -12,6 +12,7 @@ import torch
 
 import distributed
 import maml
+import probe
 import run_folder
 from conftest import ROOT, read_csv, tiny_flags
 
@@ -79,7 +80,7 @@ def test_two_process_probe_writes_the_records_of_one_process(tmp_path):
     probe_flags = ["--iterations", "20", "--queries", "5", "--batch", "3", "--no-progress", "--cache-dir", "none",
                    "--device", "cpu"]  # fmt: skip
     checkpoint = str(tmp_path / "run" / "best.pt")
-    torchrun("probe.py", checkpoint, *probe_flags, "--out", str(tmp_path / "one"), processes=1)
+    probe.main([checkpoint, *probe_flags, "--out", str(tmp_path / "one")])  # one process, no torchrun
     torchrun("probe.py", checkpoint, *probe_flags, "--out", str(tmp_path / "two"))
     records_one, records_two = (tmp_path / out / "probe.csv" for out in ("one", "two"))
     assert len(read_csv(records_one)) == 20

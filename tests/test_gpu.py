@@ -1,7 +1,10 @@
 """gpu.py: precision and the CUDA-graph training step. The first tests run on the CPU (capture faked
-away); the rest need a CUDA GPU (marked `cuda`) and skip cleanly on a machine without one."""
+away); the rest need a CUDA GPU (marked `cuda`: `pytest -m cuda` runs those alone, as gpu_check.py
+does) and skip cleanly on a machine without one."""
 
 import contextlib
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,9 +16,9 @@ import gpu
 import maml
 import run_folder
 from cli import ConfigError
-from conftest import flat, micro_problem, run_tensors, step_run, tiny_flags
+from conftest import ROOT, flat, micro_problem, run_tensors, step_run, tiny_flags
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.cuda  # skipped without a GPU (conftest.py)
 
 
 def test_a_failed_capture_says_why_in_one_line_and_undoes_its_warm_up(monkeypatch, capsys):
@@ -42,6 +45,26 @@ def test_a_failed_capture_says_why_in_one_line_and_undoes_its_warm_up(monkeypatc
         step()
         maml.train_iteration([reference], stacked=False, grouped=False)
     assert all(torch.equal(a, b) for a, b in zip(run_tensors(run), run_tensors(reference), strict=True))
+
+
+def test_every_precision_sets_its_switches_and_puts_them_back_with_nothing_on_stderr():
+    """The switches are set through torch's current API where it has one; the legacy ones make torch
+    2.9 and 2.10 print deprecation warnings (and reading them after the new API raises)."""
+    code = (
+        "import torch, gpu\nprint(gpu.precision_report())\n"
+        "for device in ('cpu', 'cuda'):\n    for name in ('auto', 'highest', 'fast', 'bf16'):\n"
+        "        with gpu.precision_applied(name, torch.device(device)) as resolved:\n"
+        "            print(resolved, gpu.precision_report())\nprint(gpu.precision_report())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == lines[-1] and len(lines) == 10  # put back as they were
+    highest = ", ".join(f"{attribute}={value}" for _, attribute, _, value in gpu.backend_switches())
+    for line in lines[1:-1]:
+        name, report = line.split(" ", 1)
+        assert (name == "highest") == all(part in report for part in highest.split(", ")), line
+    assert [line.split(" ")[0] for line in lines[1:5]] == ["fast", "highest", "fast", "bf16"]  # 'auto' on the CPU
 
 
 def test_cuda_graph_on_is_refused_without_a_gpu_or_under_torchrun():
@@ -76,7 +99,11 @@ def test_episodes_are_drawn_on_the_gpu():
 @cuda
 @pytest.mark.parametrize("precision", ["highest", "fast"])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_gpu_meta_gradient_against_float64_on_the_cpu(precision, grouped):
+def test_gpu_meta_gradient_against_float64_on_the_cpu(precision, grouped, monkeypatch):
+    """The bars hold for cuDNN's deterministic algorithms: Winograd or FFT ones, which the default
+    may pick, round differently (their bar is not measured yet)."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     params, episode = micro_problem(dtype=torch.float32)
     rates = maml.init_inner_lrs(params, 0.05, learn_lr=True)
     exact = bench.float64_meta_gradient(params, rates, episode, 2, False)
@@ -93,7 +120,11 @@ def test_gpu_meta_gradient_against_float64_on_the_cpu(precision, grouped):
 
 @cuda
 def test_cuda_graph_training_draws_the_eager_episodes_and_ends_near_the_eager_run(tmp_path, capsys):
-    flags = ["--device", "cuda", "--iterations", "6", "--eval-every", "3", "--learn-lr", "--precision", "highest"]
+    # Without conv biases: their meta-gradient is rounding noise that Adam turns into full steps, so two
+    # runs that differ only in rounding end 2.5-6.5e-3 apart in them (README, Decisions). Every live
+    # parameter must agree to rtol 1e-3 after 6 iterations of plain float32 ('highest').
+    flags = ["--device", "cuda", "--iterations", "6", "--eval-every", "3", "--learn-lr", "--precision", "highest",
+             "--no-conv-bias"]  # fmt: skip
     maml.main(tiny_flags(tmp_path / "eager", *flags, "--cuda-graph", "off"))
     maml.main(tiny_flags(tmp_path / "captured", *flags, "--cuda-graph", "on"))
     assert "capture failed" not in capsys.readouterr().out

@@ -163,13 +163,6 @@ def test_conv4_gives_1600_features_at_84_pixels():
     assert maml.conv4(params, x).shape == (4, 5)
 
 
-def test_importing_maml_has_no_side_effects(tmp_path):
-    code = "import maml; print(sorted(k for k in ('conv4', 'adapt', 'meta_loss', 'meta_step') if hasattr(maml, k)))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "['adapt', 'conv4', 'meta_loss', 'meta_step']"
-    assert out.stderr == ""
-
-
 def test_network_without_conv_biases_is_the_biased_network_with_zero_biases():
     params, episode = micro_problem()
     unbiased = {n: p for n, p in params.items() if not (n.startswith("conv") and n.endswith(".bias"))}
@@ -262,10 +255,10 @@ print("ok", ours, float(loss) > 0)
 """
 
 
-def test_maml_py_copied_alone_imports_and_takes_a_second_order_meta_step_with_torch_only(tmp_path):
+def test_maml_py_copied_alone_imports_silently_and_takes_a_second_order_meta_step_with_torch_only(tmp_path):
     shutil.copy(ROOT / "maml.py", tmp_path / "maml.py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", COPIED], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok [] True"
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # importing printed nothing, warned nothing
+    assert done.stdout == "ok [] True\n"

@@ -15,6 +15,7 @@ import torch
 
 import cli
 import flags
+import gpu
 import maml
 import run_folder
 from conftest import ROOT, make_jpegs, make_omniglot, read_csv, tiny_flags
@@ -339,20 +340,22 @@ def test_same_seed_and_flags_give_the_same_metrics(tmp_path):
 
 
 def test_precision_is_applied_during_the_run_recorded_in_the_checkpoint_and_put_back(tmp_path, monkeypatch, capsys):
-    seen = []
-    real_meta_step = maml.meta_step
+    seen, real_meta_step = [], maml.meta_step
+    switches = lambda: tuple(getattr(switch, attribute) for switch, attribute, _, _ in gpu.backend_switches())
+    highest = tuple(value for _, _, _, value in gpu.backend_switches())
+    defaults = switches()
 
     def watching(*args, **kwargs):
-        seen.append((torch.backends.mkldnn.enabled, torch.backends.cudnn.allow_tf32))
+        seen.append(switches())
         return real_meta_step(*args, **kwargs)
 
     monkeypatch.setattr(maml, "meta_step", watching)
     maml.main(tiny_flags(tmp_path / "highest", "--iterations", "2", "--eval-every", "2", "--precision", "highest"))
-    assert seen and set(seen) == {(False, False)}  # plain float32 kernels throughout
-    assert torch.backends.mkldnn.enabled and torch.backends.cudnn.allow_tf32  # the library defaults again
+    assert seen and set(seen) == {highest} and highest[-1] is False  # plain float32 kernels throughout
+    assert switches() == defaults and torch.backends.mkldnn.enabled  # the library defaults again
     assert run_folder.load_checkpoint(tmp_path / "highest" / "ckpt.pt")["config"]["precision"] == "highest"
     assert "precision: highest" in capsys.readouterr().out
-    maml.main(tiny_flags(tmp_path / "auto", "--iterations", "1", "--eval-every", "1"))
+    maml.main(tiny_flags(tmp_path / "auto", "--iterations", "1", "--eval-every", "1", "--precision", "auto"))
     assert run_folder.load_checkpoint(tmp_path / "auto" / "ckpt.pt")["config"]["precision"] == "fast"  # 'auto' on a CPU
 
 
