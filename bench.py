@@ -187,29 +187,13 @@ def training_step(cfg, device, method, first_order, precision, seeds=1):
     (`maml.train_iteration`, sampling included), captured as one CUDA graph on a GPU. Returns the
     function one iteration calls, and what it is: 'cuda-graph'; 'eager' without a GPU; 'eager, capture
     failed' when the capture failed (a line above says why); 'rehearsal, eager' in gpu.rehearsal()."""
-    shape = [
-        "--ways",
-        cfg["ways"],
-        "--shots",
-        cfg["shots"],
-        "--queries",
-        cfg["queries"],
-        "--meta-batch",
-        cfg["tasks"],
-        "--hidden",
-        cfg["hidden"],
-        "--image-size",
-        cfg["image_size"],
-        "--inner-steps",
-        cfg["steps"],
-        "--synthetic-per-class",
-        30,
-        "--no-progress",
-        "--cache-dir",
-        "none",
-    ]
-    shape += (["--learn-lr"] if method == "metasgd" else []) + (["--first-order"] if first_order else [])
-    config = vars(flags.build_parser().parse_args([str(flag) for flag in shape]))
+    values = {"ways": cfg["ways"], "shots": cfg["shots"], "queries": cfg["queries"], "meta-batch": cfg["tasks"],
+              "hidden": cfg["hidden"], "image-size": cfg["image_size"], "inner-steps": cfg["steps"],
+              "synthetic-per-class": 16, "cache-dir": "none"}  # fmt: skip
+    # 16 images per class: the paper's episodes need 11 (1 shot, 10 queries), its evaluations 16
+    argv = [item for flag, value in values.items() for item in (f"--{flag}", str(value))] + ["--no-progress"]
+    argv += (["--learn-lr"] if method == "metasgd" else []) + (["--first-order"] if first_order else [])
+    config = vars(flags.build_parser().parse_args(argv))
     config.update(data.dataset_defaults(None, cfg["image_size"]), precision=precision, out="")
     starts = [({**config, "seed": seed}, None) for seed in range(seeds)]
     cuda_graph = gpu.wants_cuda_graph("auto", device, 1)
