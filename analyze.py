@@ -13,6 +13,8 @@ fig7_probe.png, stats.{md,json} and report.md, which holds everything on one pag
 """
 
 import csv
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -21,7 +23,6 @@ import torch
 
 import cli
 import figures
-import logs
 import run_folder
 import stats
 from cli import AnalysisError
@@ -37,81 +38,35 @@ PAPER_TABLE1 = {
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading runs
+# Which runs belong together
 # ----------------------------------------------------------------------------------------------
-
-
-def probed_checkpoint(folder, probes):
-    """The checkpoint Table 1 reads, and why: the one the run's probe used (probe.csv first, as its
-    settings name it), else best.pt, else ckpt.pt."""
-    for stem in sorted(probes, key=lambda s: s != "probe"):
-        settings = probes[stem]["settings"]
-        given = settings.get("checkpoint")
-        name = settings.get("checkpoint_file") or (Path(given).name if given else None)
-        for candidate in ([folder / name] if name else []) + ([Path(given)] if given else []):
-            if candidate.is_file():
-                return candidate, f"the checkpoint {stem}.csv probed", settings.get("checkpoint_iteration")
-    for name, why in (("best.pt", "no probe names a checkpoint"), ("ckpt.pt", "no probe, no best.pt")):
-        if (folder / name).is_file():
-            return folder / name, why, None
-    return None, None, None
-
-
-def table1_source(folder, probes):
-    """The learned rates of the checkpoint `probed_checkpoint` picks, with its name, iteration and why."""
-    path, why, probed_iteration = probed_checkpoint(folder, probes)
-    try:
-        ckpt = run_folder.load_checkpoint(path)
-    except cli.CheckpointError as e:
-        raise AnalysisError(str(e)) from None
-    if probed_iteration is not None and probed_iteration != ckpt["iteration"]:
-        why += f"; the probe used iteration {probed_iteration}, the file now holds {ckpt['iteration']}"
-    rates = {n: r.double().numpy() for n, r in ckpt["inner_lrs"].items()}
-    return {"rates": rates, "checkpoint": path.name, "path": str(path), "iteration": ckpt["iteration"], "why": why}
-
-
-def load_run(path):
-    """A run's files as plain data: {'folder', 'method', 'config', 'metrics', 'lr_stats', 'test',
-    'probes': {stem: {'records', 'settings'}}, 'table1': the learned rates of the probed checkpoint}."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    if path.is_dir():
-        candidates = [folder / "ckpt.pt", folder / "best.pt"]
-        ckpt_path = next((c for c in candidates if c.exists()), None)
-        if ckpt_path is None:
-            raise AnalysisError(
-                f"{folder} holds no checkpoint (ckpt.pt or best.pt); expected a run folder written by maml.py"
-            )
-    elif path.exists():
-        ckpt_path = path
-    else:
-        raise AnalysisError(f"{path} does not exist; expected a run folder or a checkpoint written by maml.py")
-    try:
-        ckpt = run_folder.load_checkpoint(ckpt_path)
-    except cli.CheckpointError as e:
-        raise AnalysisError(str(e)) from None
-    config = ckpt["config"]
-    run = {
-        "folder": folder,
-        "checkpoint": ckpt_path,
-        "config": config,
-        "iteration": ckpt["iteration"],
-        "method": "metasgd" if config["learn_lr"] else "maml",
-        "metrics": logs.read_log_strictly(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
-        "lr_stats": logs.read_log_strictly(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
-        "test": logs.read_json(folder / "test.json") if (folder / "test.json").exists() else None,
-        "probes": {},
-    }
-    for records in sorted(folder.glob("probe*.csv")):
-        summary = records.with_suffix(".json")
-        settings = logs.read_json(summary).get("settings", {}) if summary.exists() else {}
-        run["probes"][records.stem] = {"records": logs.read_records(records), "settings": settings}
-    run["table1"] = table1_source(folder, run["probes"]) if config["learn_lr"] else None
-    return run
 
 
 # Flags that do not change what a run computes: runs that differ only in these are one run.
 NOT_RESULTS = {"out", "resume", "no_progress", "debug", "device", "cache_dir", "task_batching", "log_every"}
+# ... and those that make a run one seed of its method: runs that differ in anything else are not seeds of
+# one group (another architecture, task shape, dataset, precision or length is another study).
+SEED_SETTINGS = {"seed", "seeds", "learn_lr", "save_every", "cuda_graph"}
+
+
+def settings_groups(runs):
+    """The runs, in groups whose every result-changing setting agrees (Meta-SGD's --lr-init-range aside
+    for MAML runs): {label: runs}, the label naming the settings that separate the groups ('' for one)."""
+
+    def settings(run):
+        c = run["config"]
+        skip = NOT_RESULTS | SEED_SETTINGS | (set() if c["learn_lr"] else {"lr_init_range"})
+        return {k: v for k, v in c.items() if k not in skip}
+
+    keys = [json.dumps(settings(r), sort_keys=True, default=str) for r in runs]
+    if len(set(keys)) == 1:
+        return {"": runs}
+    varying = sorted({k for r in runs for k, v in settings(r).items() if any(settings(o).get(k) != v for o in runs)})
+    groups = {}
+    for run in runs:
+        label = ", ".join(f"--{k.replace('_', '-')} {settings(run).get(k)}" for k in varying)
+        groups.setdefault(label, []).append(run)
+    return groups
 
 
 def check_compatible(runs):
@@ -203,14 +158,16 @@ def write_table1(runs, out):
             row[key] = stats.across_seeds([t[name][key] for t in tables])
         rows.append(row)
     checkpoints = " ".join(f"{r['table1']['path']}@{r['table1']['iteration']}" for r in runs)
-    with open(out / "table1_learned_rates.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(TABLE1_COLUMNS)
-        for r in rows:
-            numbers = [r["mean"][0], r["mean"][1], r["std"][0], r["frac_negative"][0], r["min"][0], r["max"][0]]
-            paper = PAPER_TABLE1.get(r["layer"], ("", ""))
-            w.writerow([r["layer"], int(r["count"][0]), *numbers, *paper, len(tables), checkpoints])
-    (out / "table1_learned_rates.md").write_text(table1_markdown(rows, runs))
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(TABLE1_COLUMNS)
+    for r in rows:
+        numbers = [r["mean"][0], r["mean"][1], r["std"][0], r["frac_negative"][0], r["min"][0], r["max"][0]]
+        w.writerow([r["layer"], int(r["count"][0]), *numbers, *PAPER_TABLE1.get(r["layer"], ("", "")), len(tables),
+                    checkpoints])  # fmt: skip
+    write_files(
+        out, {"table1_learned_rates.csv": table.getvalue(), "table1_learned_rates.md": table1_markdown(rows, runs)}
+    )
     return rows
 
 
@@ -465,12 +422,35 @@ def report_notes(runs, by_method):
             )
         if run["test"] is None:
             missing.append(f"{run['folder']} has no test.json (training did not finish)")
+    return missing, data_warnings(runs) + length_warnings(runs)
+
+
+def data_warnings(runs):
+    """What the reader must know about the data before the paper's Mini-ImageNet numbers beside ours."""
+    synthetic = [str(r["folder"]) for r in runs if not r["config"]["data"]]
+    omniglot = [str(r["folder"]) for r in runs if r["config"]["omniglot_split"]]
     warnings = []
-    if any(not r["config"]["data"] for r in runs):
+    if synthetic and len(synthetic) == len(runs):
         warnings.append(
             "**These numbers come from the built-in synthetic dataset, not Mini-ImageNet**: they show the "
             "pipeline works, and cannot confirm or refute the paper."
         )
+    elif synthetic:
+        warnings.append(
+            f"**Some runs come from the built-in synthetic dataset** ({', '.join(synthetic)}), the others from real "
+            "data: numbers pooled over both say nothing about either."
+        )
+    if omniglot:
+        warnings.append(
+            f"**Omniglot, not Mini-ImageNet** ({', '.join(omniglot)}): the paper's numbers beside ours are "
+            "Mini-ImageNet's, so the two columns are not comparable."
+        )
+    return warnings
+
+
+def length_warnings(runs):
+    """Runs and probes shorter than the paper's, and probes that did not finish."""
+    warnings = []
     if any(r["iteration"] < 60000 for r in runs):
         warnings.append(
             f"**Short runs**: {', '.join(str(r['iteration']) for r in runs)} meta-iterations, against the "
@@ -478,72 +458,110 @@ def report_notes(runs, by_method):
         )
     for run in runs:
         for stem, p in run["probes"].items():
-            n = len(p["records"]["pre_A"])
+            n, planned = len(p["records"]["pre_A"]), p["settings"].get("iterations", 0)
+            if n < planned:
+                warnings.append(
+                    f"**Unfinished probe** {run['folder']}/{stem}.csv: {n} of its {planned} iterations (continue it "
+                    f"with the same `probe.py` command and --resume)."
+                )
             if stem == "probe" and n < 40000:
                 warnings.append(f"Probe of {run['folder']}: {n} iterations, against the paper's 40,000.")
-    return missing, warnings
+    return warnings
 
 
 def analyze(paths, out):
-    """Read and check every run, then write the report into `out`. Returns the path of report.md."""
-    runs = [load_run(p) for p in paths]
+    """Read and check every run, then write the report into `out`: one report, or where the runs are not
+    seeds of one group (another architecture, dataset, ...), one report per group in a folder of its own
+    and an index naming the settings that separate them. Returns the path of report.md."""
+    runs = [run_folder.load_run(p) for p in paths]
     if not runs:
         raise AnalysisError("give at least one run folder")
     check_compatible(runs)
     cli.check_out_folder(out)
+    groups, out = settings_groups(runs), Path(out)
+    if len(groups) == 1:
+        return write_report(runs, out)
+    settings = sorted({part.rsplit(" ", 1)[0] for label in groups for part in label.split(", ")})
+    differ = f"These runs are not seeds of one study: they differ in {', '.join(settings)}."
+    lines = ["# Report: runs in groups", "", differ, "Each group has its own report:", ""]
+    for number, (label, group) in enumerate(groups.items(), 1):
+        write_report(group, out / f"group{number}", label)
+        lines.append(f"- [{label}](group{number}/report.md): {', '.join(str(r['folder']) for r in group)}")
+    write_files(out, {"report.md": "\n".join(lines) + "\n"})
+    finish_report(out, ["report.md"])
+    return out / "report.md"
+
+
+def write_files(out, texts):
+    """Write report files through the one atomic writer (a full disk or a kill leaves each file whole,
+    old or new), then manifest.json, last, with every file's SHA-256: a report without a manifest that
+    matches is an unfinished one. Returns {name: path}."""
+    (out / "manifest.json").unlink(missing_ok=True)
+    for name, text in texts.items():
+        cli.atomic_write(out / name, lambda tmp, text=text: tmp.write_text(text))
+    return {name: out / name for name in texts}
+
+
+def finish_report(out, names):
+    """The manifest of a report whose files are all written (see `write_files`)."""
+    digest = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in sorted(names)}
+    cli.atomic_write(out / "manifest.json", lambda tmp: tmp.write_text(json.dumps(digest, indent=2) + "\n"))
+
+
+def unfinished_report(out):
+    """Whether `out` holds a report that was not finished (no manifest, or files that differ from it)."""
+    manifest = out / "manifest.json"
+    if not manifest.exists() and not any(p.suffix in (".md", ".json", ".csv", ".png") for p in out.glob("*.*")):
+        return False
     try:
-        return write_report(runs, Path(out))
-    except OSError as e:  # a full disk, say: name the file
-        raise cli.WriteError(cli.write_failure(e.filename or out, e)) from None
+        digest = json.loads(manifest.read_text())
+        return any(hashlib.sha256((out / n).read_bytes()).hexdigest() != h for n, h in digest.items())
+    except (OSError, ValueError):
+        return True
 
 
-def write_report(runs, out):
+def write_report(runs, out, group=""):
+    """The report of `runs` (seeds of one group; `group` names its settings when there are several) in
+    `out`: statistics, Table 1, the figures and report.md, then the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    if unfinished_report(out):
+        print(f"note: {out} held an unfinished report (a kill or a full disk while it was written); it is written anew")
     by_method = {}
     for run in runs:
         by_method.setdefault(run["method"], []).append(run)
     by_method = {m: by_method[m] for m in ("maml", "metasgd") if m in by_method}
     stats_out = stats.compute_stats(by_method)
-    (out / "stats.json").write_text(json.dumps(stats_out, indent=2) + "\n")
-    (out / "stats.md").write_text(stats_markdown(stats_out))
+    write_files(out, {"stats.json": json.dumps(stats_out, indent=2) + "\n", "stats.md": stats_markdown(stats_out)})
     table1 = write_table1(by_method.get("metasgd", []), out)
     figures.fig5(runs, out)
-    have_fig6 = figures.fig6(runs, out)
-    have_fig7 = figures.fig7(stats_out, out)
+    written = ["stats.json", "stats.md", "report.md", "fig5_training.png"]
+    written += ["table1_learned_rates.csv", "table1_learned_rates.md"] if table1 else []
+    written += ["fig6_learned_rates.png", "fig6_rates_over_training.png"] if figures.fig6(runs, out) else []
+    written += ["fig7_probe.png"] if figures.fig7(stats_out, out) else []
+    parts = report_head(runs, by_method, group) + [
+        "## The paper's numbers beside ours", "", comparison_table(by_method, stats_out, table1),
+        "## Runs", "", provenance(runs), "## Figure 5: training", "", "![Figure 5](fig5_training.png)", "",
+    ]  # fmt: skip
+    if table1:
+        parts += ["## Table 1: learned inner rates", "", (out / "table1_learned_rates.md").read_text(), ""]
+    if "fig6_learned_rates.png" in written:
+        figure6 = ["![Figure 6](fig6_learned_rates.png)", "", "![Figure 6b](fig6_rates_over_training.png)", ""]
+        parts += ["## Figure 6: learned rates", "", *figure6]
+    if "fig7_probe.png" in written:
+        parts += ["## Figure 7: embedding probe", "", "![Figure 7](fig7_probe.png)", ""]
+    write_files(out, {"report.md": "\n".join([*parts, stats_markdown(stats_out)])})
+    finish_report(out, written)
+    return out / "report.md"
 
+
+def report_head(runs, by_method, group):
+    """The report's title, its group, the warnings a reader needs first and what is missing."""
     missing, warnings = report_notes(runs, by_method)
     c = runs[0]["config"]
     parts = [f"# Report: negative inner-loop learning rates ({c['ways']}-way {c['shots']}-shot)", ""]
+    parts += [f"The runs of one group of several: {group}.", ""] if group else []
     parts += [f"> {w}" for w in warnings] + ([""] if warnings else [])
-    if missing:
-        parts += ["Missing:", ""] + [f"- {m}" for m in missing] + [""]
-    parts += [
-        "## The paper's numbers beside ours",
-        "",
-        comparison_table(by_method, stats_out, table1),
-        "## Runs",
-        "",
-        provenance(runs),
-        "## Figure 5: training",
-        "",
-        "![Figure 5](fig5_training.png)",
-        "",
-    ]
-    if table1:
-        parts += ["## Table 1: learned inner rates", "", (out / "table1_learned_rates.md").read_text(), ""]
-    if have_fig6:
-        parts += [
-            "## Figure 6: learned rates",
-            "",
-            "![Figure 6](fig6_learned_rates.png)",
-            "",
-            "![Figure 6b](fig6_rates_over_training.png)",
-            "",
-        ]
-    if have_fig7:
-        parts += ["## Figure 7: embedding probe", "", "![Figure 7](fig7_probe.png)", ""]
-    parts += [stats_markdown(stats_out)]
-    (out / "report.md").write_text("\n".join(parts))
-    return out / "report.md"
+    return parts + (["Missing:", ""] + [f"- {m}" for m in missing] + [""] if missing else [])
 
 
 def main(argv=None):

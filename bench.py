@@ -32,7 +32,7 @@ import flags
 import gpu
 import maml
 import probe
-import run_folder
+import run_start
 
 CONFIGS = {  # the paper's: 5-way 1-shot, 10 queries, 3 tasks, 5 inner steps, 84 px, 64 filters
     "paper": dict(image_size=84, hidden=64, ways=5, shots=1, queries=10, tasks=3, steps=5),
@@ -183,7 +183,7 @@ def agreement(variants, precisions, params, inner_lrs, episode, steps, first_ord
 
 def training_step(cfg, device, method, first_order, precision, seeds=1):
     """The training loop's own step for `seeds` fresh models of this config, built as maml.py builds them
-    (`run_folder.new_runs`, synthetic data, each seed its own) and run as it runs them
+    (`run_start.new_runs`, synthetic data, each seed its own) and run as it runs them
     (`maml.train_iteration`, sampling included), captured as one CUDA graph on a GPU. Returns the
     function one iteration calls, and what it is: 'cuda-graph'; 'eager' without a GPU; 'eager, capture
     failed' when the capture failed (a line above says why); 'rehearsal, eager' in gpu.rehearsal()."""
@@ -197,7 +197,7 @@ def training_step(cfg, device, method, first_order, precision, seeds=1):
     config.update(data.dataset_defaults(None, cfg["image_size"]), precision=precision, out="")
     starts = [({**config, "seed": seed}, None) for seed in range(seeds)]
     cuda_graph = gpu.wants_cuda_graph("auto", device, 1)
-    runs = run_folder.new_runs(starts, maml.init_model, device, 0, 1, cuda_graph)
+    runs = run_start.new_runs(starts, maml.init_model, device, 0, 1, cuda_graph)
     step = lambda: maml.train_iteration(runs, seeds > 1, grouped=True)
     replay = gpu.capture_cuda_graph(step, runs) if cuda_graph else None
     if replay is None:  # an eager time is never labelled with the graph's name
@@ -360,6 +360,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.repeats is not None and args.repeats < 1 or args.seeds is not None and args.seeds < 0:
+        raise cli.ConfigError(
+            f"--repeats must be at least 1 and --seeds not negative (got {args.repeats}, {args.seeds})"
+        )
     device = cli.resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); torch {torch.__version__}")

@@ -191,6 +191,10 @@ def resolve_device(name):
         raise ConfigError(f"--device {name!r} is not a device name (try auto, cpu or cuda)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} asked for, but this machine has no CUDA GPU")
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta, ...: the code is written and tested for these two
+        raise ConfigError(f"--device {name}: this project runs on cpu or cuda (a CUDA GPU), not on {device.type}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 and up")
     return device
 
 
@@ -208,9 +212,27 @@ def run_cli(main_fn, argv=None):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(1 if isinstance(e, (FloatingPointError, DistributedError)) else 2)
+    except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
+        if debug or not out_of_memory(e):
+            raise
+        print(f"error: {out_of_memory(e)}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def out_of_memory(error):
+    """The one line for an allocation that failed (None for any other error): what was asked for, and the
+    flags that set the sizes."""
+    text = str(error)
+    if not isinstance(error, MemoryError | torch.OutOfMemoryError) and "allocate" not in text:
+        return None
+    asked = text.split("tried to allocate", 1)[1].split("(")[0].strip(" .") if "tried to allocate" in text else ""
+    return (
+        f"out of memory{f' (it tried to allocate {asked})' if asked else ''}: choose smaller sizes "
+        "(--meta-batch, --image-size, --hidden or --synthetic-per-class; the probe's --batch)"
+    )
 
 
 def one_line(error):

@@ -121,15 +121,21 @@ def _ravi_files(root, split):
     rows = list(csv.reader(read_text_lines(path)))
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["filename", "label"]:
         raise DataError(f"{path} should start with the header 'filename,label'")
-    files, labels = [], []
-    for row in rows[1:]:
+    files, labels, line_of = [], [], {}
+    for line, row in enumerate(rows[1:], 2):
         if not row:
             continue
         if len(row) < 2:
             raise DataError(f"{path} has a row without a label: {','.join(row)}")
         name = row[0].strip()
+        if not name:
+            raise DataError(f"{path} line {line} has an empty file name")
         # Some copies of the CSVs name images as images/<file>: the same folder either way.
-        files.append(root / name if name.startswith("images/") else root / "images" / name)
+        file = root / name if name.startswith("images/") else root / "images" / name
+        if file in line_of:  # a task could then draw one image as its support and its query
+            raise DataError(f"{path} names {file.name} twice (lines {line_of[file]} and {line}); list each image once")
+        line_of[file] = line
+        files.append(file)
         labels.append(row[1].strip())
     missing = [f for f in files if not f.exists()]
     if missing:
@@ -268,14 +274,23 @@ def _load_pickle(root, split, image_size):
     if image_data.ndim != 4 or image_data.shape[-1] != 3:
         raise DataError(f"{path}: image_data should be uint8 N x H x W x 3, got shape {image_data.shape}")
     names = sorted(class_dict)
+    for name in names:
+        index = np.asarray(class_dict[name]).reshape(-1)
+        if index.size and (
+            not np.issubdtype(index.dtype, np.integer) or index.min() < 0 or index.max() >= len(image_data)
+        ):
+            raise DataError(
+                f"{path}: class_dict[{name!r}] names image {index.max() if index.size else ''} outside image_data's "
+                f"{len(image_data)} images; expected indices 0..{len(image_data) - 1}"
+            )
     order = np.concatenate([np.asarray(class_dict[n], dtype=np.int64) for n in names])
     labels = np.concatenate([np.full(len(class_dict[n]), i) for i, n in enumerate(names)])
-    images = _pickle_pixels_as_uint8(image_data[order], path).transpose(0, 3, 1, 2)
+    images = _pixels_as_uint8(image_data[order], f"{path}: image_data").transpose(0, 3, 1, 2)
     return _resize_uint8(images, image_size), labels, names
 
 
-def _pickle_pixels_as_uint8(pixels, path):
-    """learn2learn's pickles hold uint8 pixels; copies saved from a float pipeline hold floats in
+def _pixels_as_uint8(pixels, where):
+    """Pickles and HDF5 files hold uint8 pixels; copies saved from a float pipeline hold floats in
     [0, 1] (scaled by 255 here, and said so) or whole numbers in [0, 255]. Any other range is refused:
     a cast would turn [0, 1] into black and larger numbers into wrapped garbage."""
     if pixels.dtype == np.uint8:
@@ -283,13 +298,13 @@ def _pickle_pixels_as_uint8(pixels, path):
     low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
     floats = np.issubdtype(pixels.dtype, np.floating)
     if floats and 0 <= low and high <= 1:
-        print(f"note: {path} holds float images in [0, 1]; they are scaled by 255 to 8 bits")
+        print(f"note: {where} holds float images in [0, 1]; they are scaled by 255 to 8 bits")
         return np.round(pixels * 255).astype(np.uint8)
     whole = not floats or bool(np.all(pixels == np.round(pixels)))
     if whole and 0 <= low and high <= 255:
         return pixels.astype(np.uint8)
     raise DataError(
-        f"{path}: image_data holds {pixels.dtype} values in [{low:g}, {high:g}]; expected uint8 pixels, "
+        f"{where} holds {pixels.dtype} values in [{low:g}, {high:g}]; expected uint8 pixels, "
         f"floats in [0, 1], or whole numbers in [0, 255]"
     )
 
@@ -307,7 +322,7 @@ def _load_hdf5(root, split, image_size):
             names = sorted(json.load(f))
         with h5py.File(data_path, "r") as f:
             group = f["datasets"]
-            arrays = [np.asarray(group[n], dtype=np.uint8) for n in names]
+            arrays = [np.asarray(group[n]) for n in names]
     except FileNotFoundError:
         raise DataError(
             f"{labels_path} is missing; torchmeta's layout has {split}_labels.json beside {split}_data.hdf5"
@@ -317,7 +332,14 @@ def _load_hdf5(root, split, image_size):
             f"{data_path} is not a torchmeta Mini-ImageNet HDF5 file (group 'datasets', one "
             f"uint8 array per class): {type(e).__name__}: {e}"
         ) from None
-    images = np.concatenate(arrays).transpose(0, 3, 1, 2)
+    for name, array in zip(names, arrays):
+        if array.ndim != 4 or array.shape[-1] != 3 or array.shape[1:] != arrays[0].shape[1:]:
+            raise DataError(
+                f"{data_path}: class {name} is stored as {array.shape}; expected N x H x W x 3 like the first "
+                f"class's {arrays[0].shape}"
+            )
+    pixels = [_pixels_as_uint8(a, f"{data_path}: class {n}") for n, a in zip(names, arrays)]
+    images = np.concatenate(pixels).transpose(0, 3, 1, 2)
     labels = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
     return _resize_uint8(images, image_size), labels, names
 
@@ -377,7 +399,8 @@ def _load_image_files(root, split, image_size, layout, cache_dir, progress):
         order = np.argsort(labels, kind="stable")
         return images[order], labels[order], names
 
-    return (*_cached(cache_dir, f"{layout}-{split}-{image_size}px", root, signature, build), left_out)
+    images, labels, names = _cached(cache_dir, f"{layout}-{split}-{image_size}px", root, signature, build)
+    return images, labels, names, left_out, [str(f.resolve()) for f in files]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,9 +556,9 @@ def load_split(root, split, image_size=84, cache_dir="default", progress=True, r
         cache_dir = default_cache_dir()
     elif cache_dir == "none":
         cache_dir = None
-    left_out = []
+    left_out, files = [], []
     if layout in ("ravi", "folders"):
-        images, labels, names, left_out = _load_image_files(root, split, image_size, layout, cache_dir, progress)
+        images, labels, names, left_out, files = _load_image_files(root, split, image_size, layout, cache_dir, progress)
     elif layout == "omniglot":
         images, labels, names = _load_omniglot(root, split, image_size, rotations, cache_dir, progress)
     elif layout == "pickle":
@@ -544,7 +567,7 @@ def load_split(root, split, image_size=84, cache_dir="default", progress=True, r
         images, labels, names = _load_hdf5(root, split, image_size)
     if len(names) == 0 or len(images) == 0:
         raise DataError(f"the {split} split of {root} is empty")
-    return make_split(images, labels, names, left_out)
+    return {**make_split(images, labels, names, left_out), "files": files}
 
 
 def load_splits(
@@ -560,17 +583,21 @@ def load_splits(
 
 
 def check_no_leakage(splits, root):
-    """Refuse a class that is in two splits: few-shot test classes must be unseen in training, and a
-    test.csv copied from train.csv would otherwise give a silently inflated test accuracy."""
+    """Refuse a class, or an image file, that is in two splits: few-shot test classes must be unseen in
+    training, and a test.csv copied from train.csv, or naming train.csv's images under other labels,
+    would otherwise give a silently inflated test accuracy."""
     names = list(splits)
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
-            shared = sorted(set(splits[first]["classes"]) & set(splits[second]["classes"]))
-            if shared:
-                raise DataError(
-                    f"class {shared[0]} is in both the {first} and the {second} split of {root}"
-                    f"{f' ({len(shared)} classes are)' if len(shared) > 1 else ''}; each class must belong to one split"
-                )
+            for what, kind in (("classes", "class"), ("files", "image")):
+                shared = sorted(set(splits[first].get(what, [])) & set(splits[second].get(what, [])))
+                if shared:
+                    one = printable(shared[0] if what == "classes" else Path(shared[0]).name)
+                    many = f" ({len(shared)} {what} are)" if len(shared) > 1 else ""
+                    raise DataError(
+                        f"{kind} {one} is in both the {first} and the {second} split of {root}{many}; each {kind} "
+                        f"must belong to one split"
+                    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -743,3 +770,17 @@ def fixed_episodes(split, *, tasks, chunk, seed, ways, shots, queries, norm=None
         yield sample_episodes(
             split, tasks=size, ways=ways, shots=shots, queries=queries, generator=generator, norm=norm, dtype=dtype
         )
+
+
+def identity(splits, root):
+    """What identifies a run's data, wherever it lies: its layout, and per split the number of classes
+    and images, a digest of the class names, the channels and the image size. A moved folder keeps it;
+    other data (or the same data resized, or in other splits) does not."""
+
+    def of(split):
+        names = "\n".join(map(printable, split["classes"])).encode("utf-8", "surrogateescape")
+        images = split["images"].shape
+        return {"classes": len(split["classes"]), "images": int(images[0]), "channels": int(images[1]),
+                "image_size": int(images[-1]), "class_names": hashlib.sha1(names).hexdigest()[:16]}  # fmt: skip
+
+    return {"layout": "synthetic" if root is None else detect_layout(root), **{n: of(s) for n, s in splits.items()}}

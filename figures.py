@@ -5,6 +5,7 @@ embedding probe), from the runs and statistics that analyze.py has read and comp
 
 import numpy as np
 
+from cli import atomic_write
 from stats import LAYERS, METHOD_NAMES, figure_numbers, layer_of
 
 
@@ -16,6 +17,11 @@ def _plt():
 
     plt.rcParams.update({"font.size": 10, "figure.dpi": 120})
     return plt
+
+
+def save(fig, path):
+    """A figure as a PNG file, through the one atomic writer (a kill leaves the old file or the new)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def run_label(run):
@@ -44,7 +50,7 @@ def fig5(runs, out):
     axes[0].set_ylabel("accuracy (%)")
     fig.suptitle(f"Figure 5: {runs[0]['config']['ways']}-way {runs[0]['config']['shots']}-shot training")
     fig.tight_layout()
-    fig.savefig(out / "fig5_training.png")
+    save(fig, out / "fig5_training.png")
     plt.close(fig)
 
 
@@ -70,7 +76,7 @@ def fig6(runs, out):
     source = ", ".join(sorted({r["table1"]["checkpoint"] for r in sgd}))
     fig.suptitle(f"Figure 6: Meta-SGD's learned inner-loop rates per layer, weights only (from {source}, as Table 1)")
     fig.tight_layout()
-    fig.savefig(out / "fig6_learned_rates.png")
+    save(fig, out / "fig6_learned_rates.png")
     plt.close(fig)
     fig6_over_training(sgd, layers, out)
     return True
@@ -100,7 +106,7 @@ def fig6_over_training(sgd, layers, out):
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle("Figure 6b: when do the rates turn negative? (statistics logged at every evaluation)")
     fig.tight_layout()
-    fig.savefig(out / "fig6_rates_over_training.png")
+    save(fig, out / "fig6_rates_over_training.png")
     plt.close(fig)
 
 
@@ -140,6 +146,6 @@ def fig7(stats_out, out, stem="probe"):
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Figure 7: embedding probe, cosine nearest-prototype accuracy of the encoder")
     fig.tight_layout()
-    fig.savefig(out / "fig7_probe.png")
+    save(fig, out / "fig7_probe.png")
     plt.close(fig)
     return True

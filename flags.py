@@ -4,6 +4,7 @@ the check of their values before any work starts.
 
 import argparse
 import math
+import os
 
 from cli import ConfigError, argument_parser
 from gpu import PRECISIONS
@@ -142,44 +143,58 @@ def build_parser():
     return p
 
 
-AT_LEAST_ONE = (
-    "ways",
-    "shots",
-    "queries",
-    "meta_batch",
-    "iterations",
-    "hidden",
-    "val_tasks",
-    "test_tasks",
-    "eval_every",
-    "save_every",
-    "log_every",
-    "synthetic_per_class",
-)
+AT_LEAST_ONE = ("ways", "shots", "queries", "meta_batch", "iterations", "hidden", "val_tasks", "test_tasks",
+                "eval_every", "save_every", "log_every", "synthetic_per_class", "eval_queries")  # fmt: skip
+SEED_MAX = 2**32 - 1  # seeds derived from a seed (episodes, evaluation tasks, probe chunks) stay in range
 
 
-def check_flags(args, world):
-    """Refuse, before any work, flag values that make no sense, alone or with torchrun's `world` processes."""
-    bad = [
-        f"--{n.replace('_', '-')} must be at least 1 (got {getattr(args, n)})"
-        for n in AT_LEAST_ONE
-        if getattr(args, n) < 1
-    ]
+def name(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def given_flags(argv):
+    """The flags that `argv` names (whatever their values, a default's included), as argparse dests."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def check_flags(args, world, given=()):
+    """Refuse, before any work and before any file is written, flag values that make no sense: alone,
+    together (`given`: the flags the user named), with torchrun's `world` processes, or for this
+    machine's memory."""
+    bad = value_problems(args) + combination_problems(args, world, given) + memory_problems(args)
+    if bad:
+        raise ConfigError(bad[0])
+
+
+def value_problems(args):
+    bad = [f"{name(n)} must be at least 1 (got {getattr(args, n)})" for n in AT_LEAST_ONE if getattr(args, n) < 1]
     bad += [
-        f"--{n.replace('_', '-')} cannot be negative (got {getattr(args, n)})"
+        f"{name(n)} cannot be negative (got {getattr(args, n)})"
         for n in ("inner_steps", "eval_steps")
         if getattr(args, n) < 0
     ]
     bad += [f"--ways must be at least 2 (got {args.ways})"] if args.ways < 2 else []
-    bad += [
-        f"--{n.replace('_', '-')} must be a finite number (got {getattr(args, n)})"
-        for n in ("inner_lr", "meta_lr")
-        if not math.isfinite(getattr(args, n))
-    ]
+    bad += [] if math.isfinite(args.inner_lr) else [f"--inner-lr must be a finite number (got {args.inner_lr})"]
+    if not (math.isfinite(args.meta_lr) and args.meta_lr > 0):
+        bad.append(f"--meta-lr must be a positive finite number (got {args.meta_lr})")
+    low, high = args.lr_init_range or (0.0, 0.0)
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        bad.append(f"--lr-init-range must be two finite numbers LOW HIGH with LOW <= HIGH (got {low} {high})")
     if args.clip_grad is not None and not (math.isfinite(args.clip_grad) and args.clip_grad > 0):
         bad.append(f"--clip-grad must be a positive finite number (got {args.clip_grad})")
     if args.image_size is not None and args.image_size < 16:
         bad.append(f"--image-size must be at least 16 for four 2x2 poolings (got {args.image_size})")
+    for seed in [args.seed, *(args.seeds or [])]:
+        if not 0 <= seed <= SEED_MAX:
+            bad.append(f"--seed{'s' if args.seeds else ''} must be in 0..{SEED_MAX} (got {seed})")
+    return bad
+
+
+def combination_problems(args, world, given):
+    bad = []
     if args.meta_batch % world:
         bad.append(
             f"--meta-batch {args.meta_batch} cannot be split evenly over {world} processes; use a multiple of {world}"
@@ -188,5 +203,24 @@ def check_flags(args, world):
         bad.append("--seeds trains several models in one process; under torchrun train one seed per job")
     if args.seeds and args.task_batching == "loop":
         bad.append("--seeds always runs its models as groups of one grouped network; drop --task-batching loop")
-    if bad:
-        raise ConfigError(bad[0])
+    if args.seeds and "seed" in given:
+        bad.append(f"--seed {args.seed} beside --seeds: --seeds names every seed to train; drop --seed")
+    return bad
+
+
+def memory_problems(args):
+    """A size this machine's memory cannot hold, found before anything is loaded or written. The
+    estimates are low on purpose (only the images, and each meta-iteration's conv outputs with their
+    graph), so that only sizes that cannot possibly fit are refused; a run that then runs out of
+    memory ends in one line too (cli.run_cli)."""
+    size, itemsize = args.image_size or 84, 8 if args.dtype == "float64" else 4
+    images = 100 * args.synthetic_per_class * 3 * size * size if args.data is None else 0  # uint8, 100 classes
+    per_task = args.ways * (args.shots + args.queries)
+    graph = args.meta_batch * per_task * args.hidden * size * size * itemsize * 2 * (args.inner_steps + 1)
+    available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    sizes = {"--synthetic-per-class and --image-size": images, "--meta-batch, --image-size and --hidden": graph}
+    culprits, needed = max(sizes.items(), key=lambda item: item[1])
+    if not available or sum(sizes.values()) <= available:
+        return []
+    memory = f"{available / 2**30:.0f} GiB"
+    return [f"{culprits} ask for about {needed / 2**30:,.0f} GiB, more than this machine's {memory} of memory"]

@@ -238,24 +238,25 @@ def meta_loss_seeds(params_per_seed, inner_lrs_per_seed, episodes, steps, first_
 
 # ==============================================================================================
 # The training script: `python maml.py [flags]`. Its plumbing lives in the files beside this one:
-# flags (the command line), run_folder (run state, checkpoints, resume, what is logged when),
+# flags (the command line), run_start (starting and resuming), run_folder (run state, checkpoints,
+# what is logged when),
 # distributed (torchrun), gpu (precision, CUDA graph), data (episodes), stats, cli (errors). They are
 # imported where the script runs, so that the algorithm above imports with torch alone.
 # ==============================================================================================
 
 
-def train(args):
-    """Meta-train as `args` say (flags.py): one model, or with --seeds one per seed, stacked.
-    Returns the run folder (with --seeds, the list of them). Under torchrun every process trains its
-    slice of each meta-batch, and rank 0 writes every file."""
+def train(args, given=()):
+    """Meta-train as `args` say (flags.py; `given`: the flags the user named): one model, or with
+    --seeds one per seed, stacked. Returns the run folder (with --seeds, the list of them). Under
+    torchrun every process trains its slice of each meta-batch, and rank 0 writes every file."""
     import cli
     import distributed
     import flags
     import gpu
-    import run_folder
+    import run_start
 
-    flags.check_flags(args, distributed.world_size())
-    with run_folder.opened_runs(args, distributed.is_writer()) as starts:
+    flags.check_flags(args, distributed.world_size(), given)
+    with run_start.opened_runs(args, distributed.is_writer(), given) as starts:
         config = starts[0][0]  # the seeds differ only in their seed and folder
         rank, world, device = distributed.join_processes(cli.resolve_device(config["device"]))
         with distributed.processes_joined(world), gpu.precision_applied(config["precision"], device) as precision:
@@ -266,9 +267,9 @@ def train(args):
                 torch.cuda.set_device(device)
             for run_config, _ in starts:  # the precision that 'auto' resolved to, recorded in each checkpoint
                 run_config["precision"] = precision
-            runs = run_folder.new_runs(starts, init_model, device, rank, world, cuda_graph)
+            runs = run_start.new_runs(starts, init_model, device, rank, world, cuda_graph)
             outs = [run.out for run in runs]
-            train_loop(runs, args.seeds is not None, cuda_graph, run_folder.resume_command(args, outs))
+            train_loop(runs, args.seeds is not None, cuda_graph, run_start.resume_command(args, outs))
     return outs if args.seeds is not None else outs[0]
 
 
@@ -398,8 +399,8 @@ def train_loop(runs, stacked, cuda_graph, resume_hint):
                 run_folder.show_progress(bar, runs[-1])
             for run in runs if evaluate_now else []:
                 validate(run, bar)
-            for run in runs if save else []:
-                run_folder.save(run, "ckpt.pt")
+            if save:
+                run_folder.save_checkpoints(runs, keep_previous=stacked)
     if not stopping:
         for run in runs:
             test_best(run)
@@ -411,7 +412,7 @@ def train_loop(runs, stacked, cuda_graph, resume_hint):
 def main(argv=None):
     import flags
 
-    return train(flags.build_parser().parse_args(argv))
+    return train(flags.build_parser().parse_args(argv), flags.given_flags(argv))
 
 
 if __name__ == "__main__":

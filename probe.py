@@ -28,6 +28,7 @@ from tqdm import tqdm
 import cli
 import data
 import distributed
+import flags
 import gpu
 import logs
 import run_folder
@@ -195,6 +196,8 @@ def check_flags(args):
         raise ConfigError(f"--inner-lr must be a finite number (got {args.inner_lr})")
     if args.rates == "fixed" and args.inner_lr is None:
         raise ConfigError("--rates fixed needs --inner-lr")
+    if not 0 <= args.seed <= flags.SEED_MAX:
+        raise ConfigError(f"--seed must be in 0..{flags.SEED_MAX} (got {args.seed})")
 
 
 def finished_rows(records_path, summary_path, settings, resume):
@@ -210,8 +213,15 @@ def finished_rows(records_path, summary_path, settings, resume):
         return {k: v for k, v in s.items() if k not in ("iterations", "checkpoint_file")}  # older probes lack the file
 
     if saved is not None and comparable(saved) != comparable(settings):
-        raise ConfigError(f"--resume: the settings differ from those {summary_path} was made with")
+        differ = [k for k in {**comparable(saved), **comparable(settings)} if saved.get(k) != settings.get(k)]
+        what = "; ".join(f"{k}: {saved.get(k)!r} then, {settings.get(k)!r} now" for k in differ)
+        raise ConfigError(f"--resume: the settings differ from those {summary_path} was made with ({what})")
     rows, damage = logs.repairable(records_path, DataError)
+    if len(rows) > settings["iterations"]:
+        raise ConfigError(
+            f"--iterations {settings['iterations']} is below the {len(rows)} iterations {records_path} holds; give "
+            f"at least {len(rows)} (finished records are never cut)"
+        )
     logs.note_repair(records_path, damage)
     batch, iterations = settings["batch"], settings["iterations"]
     rows_in = {}

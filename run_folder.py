@@ -2,13 +2,14 @@
 
 A run folder (maml.py --out) holds ckpt.pt (the latest checkpoint), best.pt, metrics.csv, lr_stats.csv
 (Meta-SGD), test.json, the probe's records and summaries (probe*.csv, probe*.json) and run.lock. This
-file knows: the run state (`RunState`), how a run starts or resumes (`opened_runs`, `new_runs`), the
-checkpoint format (`checkpoint_of`, `load_checkpoint`, `upgrade_checkpoint`), what is logged when
-(the files themselves are logs.py's), the lock that keeps a second writer out, and the Ctrl-C handler.
+file knows: the run state (`RunState`), the checkpoint format (`checkpoint_of`, `load_checkpoint`,
+`upgrade_checkpoint`, `restore`), what is logged when during a run (the files themselves are logs.py's),
+and the Ctrl-C handler. How a run starts or resumes is run_start.py's.
 """
 
-import argparse
 import contextlib
+import os
+import shutil
 import signal
 import threading
 import time
@@ -18,26 +19,18 @@ from pathlib import Path
 
 import torch
 
-import data
-import flags
 from cli import (
+    AnalysisError,
     CheckpointError,
     ConfigError,
-    WriteError,
     atomic_write,
-    lock_outputs,
-    refuse_to_overwrite,
-    remove_stale_temporaries,
 )
-from logs import append_rows, repair_logs, write_json
+from logs import append_rows, read_json, read_log_strictly, read_records, repair_logs, write_json
 from stats import rate_statistics
 
 PROGRAM = "negative-lr-maml"  # written into every checkpoint, to recognise ours
 CHECKPOINT_FORMAT = 2  # 2: inner_lrs is always a dict of tensors (1 stored MAML's alpha as a float)
-RUN_FILES = ("ckpt.pt", "best.pt", "metrics.csv", "lr_stats.csv", "test.json")  # what training writes
-# Flags that may change when a run is resumed; every other flag must match the checkpoint.
-RESUME_MAY_CHANGE = {"iterations", "device", "eval_every", "save_every", "log_every", "no_progress",
-                     "debug", "resume", "out", "cache_dir", "data", "task_batching", "cuda_graph"}  # fmt: skip
+RUN_FILES = ("ckpt.pt", "ckpt.prev.pt", "best.pt", "metrics.csv", "lr_stats.csv", "test.json")  # what training writes
 # Settings that later versions added to the config, with the value that runs from before them had.
 CONFIG_ADDED = {"dtype": "float32", "channels": 3, "conv_bias": True, "clip_grad": None, "rotations": None,
                 "omniglot_split": None, "precision": "auto"}  # fmt: skip
@@ -60,6 +53,7 @@ class RunState:
     world: int = 1  # how many processes the job has
     resumed: bool = False  # whether the run continues a checkpoint
     label: str = ""  # "seed S, " when seeds are stacked (--seeds)
+    data_identity: dict = None  # what identifies the data (data.identity): a resumed run must find the same
     iteration: int = 0  # meta-iterations done
     since_eval: int = 0  # of them, since the last validation
     elapsed: float = 0.0  # seconds of training, across --resume
@@ -121,213 +115,6 @@ class RunState:
 
 
 # ----------------------------------------------------------------------------------------------
-# Starting a run: its folders, locked; its config, checked against the checkpoint it resumes
-# ----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def opened_runs(args, writer):
-    """Each run that `args` asks for (one, or one per --seeds seed) as (config, the checkpoint it
-    resumes or None), its folder locked by the writing process while the block runs and cleared of the
-    temporary files a killed run left. A write that fails in the block (a full disk) ends the run in
-    one line that says which checkpoints are left."""
-    with contextlib.ExitStack() as locks:
-        starts = []
-        for run_args in per_seed_args(args):
-            out = Path(run_args.out)
-            if writer:
-                locks.enter_context(lock_outputs(out, "run.lock", "a training run"))
-                removed = remove_stale_temporaries(out, RUN_FILES)
-                if removed:
-                    print(
-                        f"removed {len(removed)} temporary file(s) that a killed run left in {out}: "
-                        f"{', '.join(removed)}"
-                    )
-            if args.seeds is not None and args.resume and not (out / "ckpt.pt").exists():
-                run_args.resume = False  # a start that failed before this seed's first save: it begins afresh
-            starts.append(start_run(run_args, out))
-        check_seeds_level(starts)
-        try:
-            yield starts
-        except WriteError as e:
-            raise WriteError(f"{e}; {checkpoint_left([c['out'] for c, _ in starts], args)}") from e
-
-
-def default_out(config):
-    method = "metasgd" if config["learn_lr"] else "maml"
-    return str(Path("runs") / f"{method}-{config['ways']}w{config['shots']}s-seed{config['seed']}")
-
-
-def per_seed_args(args):
-    """The flags of each run: `args` itself, or with --seeds one copy per seed, with that --seed and its
-    own folder (the default folder of that seed, or --out/seed<SEED>)."""
-    if args.seeds is None:
-        return [argparse.Namespace(**{**vars(args), "out": args.out or default_out(vars(args))})]
-    if len(set(args.seeds)) < len(args.seeds):
-        raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))} names a seed twice; give each seed once")
-    runs = []
-    for seed in args.seeds:
-        seed_flags = {**vars(args), "seed": seed, "seeds": None}
-        seed_flags["out"] = str(Path(args.out) / f"seed{seed}") if args.out else default_out(seed_flags)
-        runs.append(argparse.Namespace(**seed_flags))
-    return runs
-
-
-def start_run(args, out):
-    """The run's config and, on --resume, the checkpoint it continues from. A resumed run keeps the
-    checkpoint's config; only the flags in RESUME_MAY_CHANGE may differ from it, and --iterations
-    may not fall below the iteration it has reached."""
-    config = dict(vars(args))
-    ckpt_path = out / "ckpt.pt"
-    refuse_to_overwrite(out, any(out.glob("*.pt")), args.resume, "a run")
-    if not args.resume:
-        return {**config, **data.dataset_defaults(args.data, args.image_size, args.rotations), "out": str(out)}, None
-    if not ckpt_path.exists():
-        raise CheckpointError(f"--resume: there is no checkpoint {ckpt_path} to resume from")
-    resumed = load_checkpoint(ckpt_path)
-    saved, defaults = resumed["config"], vars(flags.build_parser().parse_args([]))
-    for key, value in config.items():
-        if key not in RESUME_MAY_CHANGE and value != defaults.get(key) and value != saved.get(key):
-            raise CheckpointError(
-                f"--{key.replace('_', '-')} {value} disagrees with the checkpoint's "
-                f"{saved.get(key)}; drop the flag to resume, or start a new --out"
-            )
-    changed = {k: config[k] for k in RESUME_MAY_CHANGE if k in config and config[k] != defaults.get(k)}
-    merged = {**defaults, **saved, **changed, "out": str(out)}  # defaults: flags newer than the run
-    if merged["iterations"] < resumed["iteration"]:
-        raise ConfigError(
-            f"--iterations {merged['iterations']} is below iteration {resumed['iteration']}, which {ckpt_path} "
-            f"has reached; give at least {resumed['iteration']}"
-        )
-    return merged, resumed
-
-
-def check_seeds_level(starts):
-    """Resumed seeds must continue from one iteration towards one total (a kill or a failed write
-    between two seeds' saves can leave them apart); say how to bring a lagging seed level."""
-    reached = {c["out"]: (r["iteration"] if r else 0) for c, r in starts}
-    if len(set(reached.values())) > 1:
-        top = max(reached.values())
-        config, resumed = next((c, r) for c, r in starts if reached[c["out"]] < top)
-        alone = (
-            f"python maml.py --resume --out {config['out']} --iterations {top}"
-            if resumed
-            else f"python maml.py --seed {config['seed']} --out {config['out']} --iterations {top} and this run's "
-            f"other flags"
-        )
-        raise ConfigError(
-            "the seeds' checkpoints are at different iterations ("
-            + ", ".join(f"{Path(out).name}: {i}" for out, i in reached.items())
-            + f"); bring each lagging one level alone ({alone}), then resume them together with --iterations"
-        )
-    totals = {c["iterations"] for c, _ in starts}
-    if len(totals) > 1:
-        raise ConfigError(
-            f"the seeds' runs aim at different totals ({', '.join(map(str, sorted(totals)))} "
-            f"iterations); give --iterations to set one for all"
-        )
-
-
-def resume_command(args, outs):
-    """The command that continues this run (all its seeds)."""
-    if args.seeds is None:
-        return f"python maml.py --resume --out {outs[0]}"
-    seeds = f"--seeds {' '.join(map(str, args.seeds))}"
-    if args.out:
-        return f"python maml.py --resume {seeds} --out {args.out}"
-    method = " --learn-lr" if args.learn_lr else ""  # the default folders are named by method and task shape
-    return f"python maml.py --resume {seeds}{method} --ways {args.ways} --shots {args.shots}"
-
-
-def checkpoint_left(outs, args):
-    """What a run stopped by a failed write (a full disk) can continue from, in words."""
-    try:
-        iterations = [load_checkpoint(Path(out) / "ckpt.pt")["iteration"] for out in outs]
-    except CheckpointError:
-        return "no checkpoint was written yet: make space, then start the run again"
-    where = f"the last checkpoint {Path(outs[0]) / 'ckpt.pt'} (iteration {iterations[0]}) is intact"
-    if len(outs) > 1:
-        where = f"each seed's last checkpoint is intact (iterations {', '.join(map(str, iterations))})"
-    return f"{where}: make space, then {resume_command(args, outs)}"
-
-
-def load_splits(config, progress, quiet=False):
-    """The train, val and test splits of a run, checked before any work starts: classes in one split
-    only, and enough classes and images for the training and evaluation tasks (the test split is used
-    only at the end, so a problem with it would otherwise surface after the whole run)."""
-    if not config["data"] and not quiet:
-        print(
-            f"no --data given: using the built-in synthetic dataset ({config['image_size']}px glyphs, "
-            f"64/16/20 classes, seed {config['seed']})"
-        )
-    if config["omniglot_split"] and not quiet:
-        print(
-            f"Omniglot, {config['omniglot_split']} split, rotations {'on' if config['rotations'] else 'off'}, "
-            f"{config['image_size']}px, 1 channel (strokes bright)"
-        )
-    splits = data.load_splits(
-        config["data"],
-        ["train", "val", "test"],
-        image_size=config["image_size"],
-        cache_dir=config["cache_dir"],
-        synthetic_per_class=config["synthetic_per_class"],
-        seed=config["seed"],
-        progress=progress,
-        rotations=config["rotations"],
-    )
-    data.check_episode_shape(splits["train"], config["ways"], config["shots"], config["queries"], "train split")
-    for name in ("val", "test"):
-        data.check_episode_shape(splits[name], config["ways"], config["shots"], config["eval_queries"], f"{name} split")
-    return splits
-
-
-def new_runs(starts, init_model, device, rank, world, cuda_graph):
-    """Each run's state: theta and alpha from `init_model(config, device)`, Adam (its step count on the
-    device for a CUDA graph), the episode generator, the data on the device; on --resume, then all that
-    its checkpoint holds. The seeds share the data, except the synthetic dataset: it depends on the
-    seed, and each seed gets its single-seed run's. The one place a run's state is built, for maml.py
-    and bench.py alike."""
-    loaded, runs = {}, []
-    for config, resumed in starts:
-        key = config["data"] or f"synthetic, seed {config['seed']}"
-        if key not in loaded:
-            host = load_splits(
-                config, progress=not config["no_progress"] and rank == 0, quiet=rank != 0 or bool(loaded)
-            )
-            loaded[key] = host, {name: data.split_to(host[name], device) for name in ("train", "val")}
-        host, on_device = loaded[key]
-        # The first conv takes the data's channel count (3, or 1 for Omniglot); the checkpoint records it.
-        config.setdefault("channels", int(host["train"]["images"].shape[1]))
-        runs.append(new_run(config, resumed, host, on_device, init_model, device, cuda_graph))
-        runs[-1].rank, runs[-1].world = rank, world
-    return runs
-
-
-def new_run(config, resumed, host, on_device, init_model, device, cuda_graph):
-    """One run's state, from its config, the checkpoint it resumes (or None) and its splits (all on the
-    host, and train and val on the device)."""
-    params, inner_lrs = init_model(config, device)
-    learned = [r for r in inner_lrs.values() if r.requires_grad]
-    capturable = cuda_graph and device.type == "cuda"  # Adam's step count on the GPU, which a graph can update
-    optimizer = torch.optim.Adam([*params.values(), *learned], lr=config["meta_lr"], capturable=capturable)
-    norm = resumed["norm"] if resumed else data.channel_stats(host["train"])
-    run = RunState(
-        config=config,
-        params=params,
-        inner_lrs=inner_lrs,
-        optimizer=optimizer,
-        episode_rng=torch.Generator(device).manual_seed(config["seed"] + 12345),
-        norm=data.split_to(norm, device),
-        classes=resumed["classes"] if resumed else host["train"]["classes"],
-        splits={**on_device, "test": host["test"]},
-        resumed=resumed is not None,
-    )
-    if resumed:
-        restore(run, resumed)
-    return run
-
-
-# ----------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
 
@@ -352,7 +139,24 @@ def checkpoint_of(run):
         "loss_sum": run.loss_sum.detach().cpu().clone(),
         "acc_sum": run.acc_sum.detach().cpu().clone(),
         "since_eval": run.since_eval,
+        "data_identity": run.data_identity,
     }
+
+
+def save_checkpoints(runs, keep_previous=False):
+    """Every run's ckpt.pt (rank 0 writes). Stacked seeds (`keep_previous`) keep their previous
+    checkpoint beside it (ckpt.prev.pt) until every seed has saved, so that a kill between two saves
+    leaves checkpoints that one iteration reaches (`level_seed_checkpoints`)."""
+    for run in runs:
+        if keep_previous and run.rank == 0 and (run.out / "ckpt.pt").exists():
+            (run.out / "ckpt.prev.pt").unlink(missing_ok=True)
+            try:
+                os.link(run.out / "ckpt.pt", run.out / "ckpt.prev.pt")  # a second name for the same bytes
+            except OSError:  # a file system without hard links: a copy, written whole or not at all
+                atomic_write(run.out / "ckpt.prev.pt", lambda tmp, src=run.out / "ckpt.pt": shutil.copyfile(src, tmp))
+        save(run, "ckpt.pt")
+    for run in runs if keep_previous and runs[0].rank == 0 else []:
+        (run.out / "ckpt.prev.pt").unlink(missing_ok=True)
 
 
 def save(run, name):
@@ -429,6 +233,80 @@ def restore(run, ckpt):
     run.loss_sum.copy_(ckpt["loss_sum"])
     run.acc_sum.copy_(ckpt["acc_sum"])
     run.since_eval = ckpt["since_eval"]
+
+
+# ----------------------------------------------------------------------------------------------
+# A finished run folder, read back (analyze.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def probed_checkpoint(folder, probes):
+    """The checkpoint Table 1 reads, and why: the one the run's probe used (probe.csv first, as its
+    settings name it), else best.pt, else ckpt.pt."""
+    for stem in sorted(probes, key=lambda s: s != "probe"):
+        settings = probes[stem]["settings"]
+        given = settings.get("checkpoint")
+        name = settings.get("checkpoint_file") or (Path(given).name if given else None)
+        for candidate in ([folder / name] if name else []) + ([Path(given)] if given else []):
+            if candidate.is_file():
+                return candidate, f"the checkpoint {stem}.csv probed", settings.get("checkpoint_iteration")
+    for name, why in (("best.pt", "no probe names a checkpoint"), ("ckpt.pt", "no probe, no best.pt")):
+        if (folder / name).is_file():
+            return folder / name, why, None
+    return None, None, None
+
+
+def table1_source(folder, probes):
+    """The learned rates of the checkpoint `probed_checkpoint` picks, with its name, iteration and why."""
+    path, why, probed_iteration = probed_checkpoint(folder, probes)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise AnalysisError(str(e)) from None
+    if probed_iteration is not None and probed_iteration != ckpt["iteration"]:
+        why += f"; the probe used iteration {probed_iteration}, the file now holds {ckpt['iteration']}"
+    rates = {n: r.double().numpy() for n, r in ckpt["inner_lrs"].items()}
+    return {"rates": rates, "checkpoint": path.name, "path": str(path), "iteration": ckpt["iteration"], "why": why}
+
+
+def load_run(path):
+    """A run's files as plain data: {'folder', 'method', 'config', 'metrics', 'lr_stats', 'test',
+    'probes': {stem: {'records', 'settings'}}, 'table1': the learned rates of the probed checkpoint}."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir():
+        candidates = [folder / "ckpt.pt", folder / "best.pt"]
+        ckpt_path = next((c for c in candidates if c.exists()), None)
+        if ckpt_path is None:
+            raise AnalysisError(
+                f"{folder} holds no checkpoint (ckpt.pt or best.pt); expected a run folder written by maml.py"
+            )
+    elif path.exists():
+        ckpt_path = path
+    else:
+        raise AnalysisError(f"{path} does not exist; expected a run folder or a checkpoint written by maml.py")
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except CheckpointError as e:
+        raise AnalysisError(str(e)) from None
+    config = ckpt["config"]
+    run = {
+        "folder": folder,
+        "checkpoint": ckpt_path,
+        "config": config,
+        "iteration": ckpt["iteration"],
+        "method": "metasgd" if config["learn_lr"] else "maml",
+        "metrics": read_log_strictly(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
+        "lr_stats": read_log_strictly(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
+        "test": read_json(folder / "test.json") if (folder / "test.json").exists() else None,
+        "probes": {},
+    }
+    for records in sorted(folder.glob("probe*.csv")):
+        summary = records.with_suffix(".json")
+        settings = read_json(summary).get("settings", {}) if summary.exists() else {}
+        run["probes"][records.stem] = {"records": read_records(records), "settings": settings}
+    run["table1"] = table1_source(folder, run["probes"]) if config["learn_lr"] else None
+    return run
 
 
 # ----------------------------------------------------------------------------------------------

@@ -424,3 +424,73 @@ def probe_with(*extra):
         return probe_flags(ctx, *extra)
 
     return setup
+
+
+# --------------------------------------------------------------------------- setups of round 3
+
+
+def csv_listing_every_image_twice(ctx):
+    path = ctx.d / "ravi" / "train.csv"
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join(rows + rows[1:]) + "\n")
+    return ravi(ctx)
+
+
+def test_csv_naming_training_images(ctx):
+    """test.csv lists train.csv's images under test class names: no class is shared, the images are."""
+    train_rows = (ctx.d / "ravi" / "train.csv").read_text().splitlines()[1:]
+    rows = [f"{row.split(',')[0]},{row.split(',')[1].replace('n0', 'n2')}" for row in train_rows]
+    (ctx.d / "ravi" / "test.csv").write_text("filename,label\n" + "\n".join(rows) + "\n")
+    return ravi(ctx)
+
+
+def csv_row_with_an_empty_file_name(ctx):
+    path = ctx.d / "ravi" / "train.csv"
+    path.write_text(path.read_text() + " ,n01\n")
+    return ravi(ctx)
+
+
+def pickle_naming_an_image_past_its_images(ctx):
+    (ctx.d / "pk").mkdir()
+    with open(ctx.d / "pk" / "mini-imagenet-cache-train.pkl", "wb") as f:
+        pickle.dump({"image_data": np.zeros((2, 8, 8, 3), np.uint8), "class_dict": {"a": [0, 1], "b": [7]}}, f)
+    return train(ctx, "--data", str(ctx.d / "pk"))
+
+
+def hdf5_class_with_other_dimensions(ctx):
+    import h5py
+
+    (ctx.d / "h5").mkdir()
+    with h5py.File(ctx.d / "h5" / "train_data.hdf5", "w") as f:
+        f.create_dataset("datasets/a", data=np.zeros((4, 8, 8, 3), np.uint8))
+        f.create_dataset("datasets/b", data=np.zeros((4, 9, 9, 3), np.uint8))
+    (ctx.d / "h5" / "train_labels.json").write_text('["a", "b"]')
+    return train(ctx, "--data", str(ctx.d / "h5"))
+
+
+def resume_on_other_data(ctx):
+    return resume_run(ctx, "--data", str(ctx.d / "ravi"))
+
+
+def resume_with_a_default_that_disagrees(ctx):
+    return [*resume_run(ctx), "--ways", "5"]
+
+
+def resume_single_seed_folder_as_seeds(ctx):
+    return resume_run(ctx, "--seeds", "0", "1")
+
+
+def resume_seeds_folder_as_one_run(ctx):
+    train_seeds = tiny_flags(ctx.d / "seeds", "--iterations", "2", "--eval-every", "2", "--seeds", "0", "1")
+    import maml  # made here, so that the folder exists before the snapshot of existing files
+
+    maml.main(train_seeds)
+    return tiny_flags(ctx.d / "seeds", "--iterations", "4", "--eval-every", "2", "--resume")
+
+
+def probe_resume_with_fewer_iterations(ctx):
+    return probe_flags(ctx, "--iterations", "4", "--resume")
+
+
+def probe_resume_with_other_queries(ctx):
+    return probe_flags(ctx, "--queries", "2", "--resume")

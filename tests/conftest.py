@@ -206,13 +206,13 @@ STEP_FLAGS = ["--seed", "3", "--ways", "3", "--shots", "1", "--queries", "2", "-
 def step_run(learn_lr):
     """A fresh run state on the CPU, built as maml.py builds it, on a small synthetic training split."""
     import flags
-    import run_folder
+    import run_start
 
     config = vars(flags.build_parser().parse_args(STEP_FLAGS + (["--learn-lr"] if learn_lr else [])))
     config["channels"] = 3
     split = data.synthetic_split("train", 16, per_class=6)
     host = {"train": split, "val": split, "test": split}
-    return run_folder.new_run(config, None, host, host, maml.init_model, torch.device("cpu"), cuda_graph=False)
+    return run_start.new_run(config, None, host, host, maml.init_model, torch.device("cpu"), cuda_graph=False)
 
 
 def run_tensors(run):

@@ -1,8 +1,12 @@
 """analyze.py against numbers worked out independently from the same hand-made run folders."""
 
 import csv
+import hashlib
 import json
 import re
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ from PIL import Image
 from scipy import stats
 
 import analyze
-from conftest import read_csv
+from conftest import ROOT, read_csv
 from logs import PROBE_COLUMNS
 from run_folder import PROGRAM
 from stats import REGIMES
@@ -282,8 +286,10 @@ def test_maml_only_probe_less_runs_still_give_a_report_that_says_what_is_missing
 def test_runs_table_shows_channels_conv_biases_and_meta_gradient_clipping(tmp_path):
     make_run(tmp_path / "a", "maml", 0)
     make_run(tmp_path / "b", "metasgd", 0, clip_grad=10.0, conv_bias=False, channels=1)
-    text = analyze.analyze([tmp_path / "a", tmp_path / "b"], tmp_path / "report").read_text()
-    rows = [line for line in text.splitlines() if line.startswith(f"| {tmp_path}")]
+    index = analyze.analyze([tmp_path / "a", tmp_path / "b"], tmp_path / "report").read_text()
+    assert "they differ in --channels, --clip-grad, --conv-bias" in index  # not seeds of one study: two reports
+    text = [(tmp_path / "report" / g / "report.md").read_text() for g in ("group1", "group2")]
+    rows = [line for t in text for line in t.splitlines() if line.startswith(f"| {tmp_path}")]
     assert "| 3 | 4 | yes | off | — |" in rows[0]
     assert "| 1 | 4 | no | to ±10 | best.pt (iteration 50) |" in rows[1]
 
@@ -310,3 +316,95 @@ def test_hint_for_a_run_without_best_pt_says_to_resume_it_not_to_probe_a_missing
     torch.save(torch.load(tmp_path / "killed" / "ckpt.pt", weights_only=True), tmp_path / "killed" / "best.pt")
     text = analyze.analyze([tmp_path / "killed"], tmp_path / "report").read_text()
     assert f"python probe.py {tmp_path / 'killed'}/best.pt" in text
+
+
+# --------------------------------------------------------------------------- round 3: groups, manifests, notes
+
+
+def test_runs_of_two_architectures_are_reported_in_groups_never_pooled_as_seeds(tmp_path):
+    for seed in (0, 1):
+        for hidden in (4, 8):
+            make_run(tmp_path / f"maml{seed}-h{hidden}", "maml", seed, hidden=hidden)
+    paths = [tmp_path / f"maml{s}-h{h}" for s in (0, 1) for h in (4, 8)]
+    index = analyze.analyze(paths, tmp_path / "report").read_text()
+    assert "they differ in --hidden" in index and "[--hidden 4](group1/report.md)" in index
+    for group, hidden in (("group1", 4), ("group2", 8)):
+        result = json.loads((tmp_path / "report" / group / "stats.json").read_text())
+        per_seed = result["methods"]["maml"]["probes"]["probe"]["per_seed"]
+        assert [s["folder"].endswith(f"h{hidden}") for s in per_seed] == [True, True]  # two seeds, one architecture
+        assert f"--hidden {hidden}" in (tmp_path / "report" / group / "report.md").read_text()
+
+
+def test_every_report_file_is_in_a_manifest_written_last_and_an_unfinished_report_is_named(tmp_path, capsys):
+    make_run(tmp_path / "maml0", "maml", 0)
+    make_run(tmp_path / "metasgd0", "metasgd", 0)
+    out = tmp_path / "report"
+    analyze.analyze([tmp_path / "maml0", tmp_path / "metasgd0"], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest) == sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    assert all(hashlib.sha256((out / n).read_bytes()).hexdigest() == h for n, h in manifest.items())
+    (out / "stats.md").write_text("a file of another report")  # as a kill between two files would leave it
+    assert analyze.unfinished_report(out)
+    capsys.readouterr()
+    analyze.analyze([tmp_path / "maml0", tmp_path / "metasgd0"], out)
+    assert "held an unfinished report" in capsys.readouterr().out and not analyze.unfinished_report(out)
+
+
+def test_the_report_says_which_runs_are_synthetic_which_are_omniglot_and_which_probes_are_unfinished(tmp_path):
+    make_run(tmp_path / "maml0", "maml", 0, data="/data/omniglot", omniglot_split="lake", rotations=False)
+    make_run(tmp_path / "maml1", "maml", 1)
+    make_run(tmp_path / "metasgd0", "metasgd", 0)
+    summary = json.loads((tmp_path / "metasgd0" / "probe.json").read_text())
+    summary["settings"]["iterations"] = 80  # the records hold 50: the probe was stopped
+    (tmp_path / "metasgd0" / "probe.json").write_text(json.dumps(summary))
+    notes = analyze.data_warnings([analyze.run_folder.load_run(tmp_path / n) for n in ("maml0", "maml1")])
+    assert "Some runs come from the built-in synthetic dataset" in notes[0] and "maml1" in notes[0]
+    assert "Omniglot, not Mini-ImageNet" in notes[1] and "maml0" in notes[1]
+    warnings = analyze.length_warnings([analyze.run_folder.load_run(tmp_path / "metasgd0")])
+    assert any("Unfinished probe" in w and "50 of its 80 iterations" in w for w in warnings)
+
+
+# Runs analyze.py with every file limited to LIMIT bytes (a full disk), or with figures that take their
+# time to save (so that a test can kill the report half-written).
+LIMITED = """
+import resource, signal, sys, time
+limit, marker = int(sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+if limit:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+import cli, figures
+if marker != "-":
+    real_save = figures.save
+    def slow_save(fig, path):
+        real_save(fig, path)
+        open(marker, "w").close()
+        time.sleep(600)
+    figures.save = slow_save
+import analyze
+cli.run_cli(analyze.main, sys.argv[3:])
+"""
+
+
+@pytest.mark.parametrize("cut", ["full disk", "kill"])
+def test_a_report_cut_by_a_full_disk_or_a_kill_leaves_whole_files_no_manifest_and_is_named_next_time(cut, tmp_path):
+    make_run(tmp_path / "maml0", "maml", 0)
+    make_run(tmp_path / "metasgd0", "metasgd", 0)
+    out, marker = tmp_path / "report", tmp_path / "saved-a-figure"
+    argv = [str(tmp_path / "maml0"), str(tmp_path / "metasgd0"), "--out", str(out)]
+    limit = "20000" if cut == "full disk" else "0"  # the statistics fit, the first figure does not
+    command = [sys.executable, "-c", LIMITED, limit, str(marker) if cut == "kill" else "-", *argv]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if cut == "kill":
+        deadline = time.time() + 120
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        proc.kill()
+    _, err = proc.communicate(timeout=300)
+    if cut == "full disk":
+        assert proc.returncode == 2 and err.startswith("error: cannot write") and len(err.splitlines()) == 1, err
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.tmp*"))
+    for written in out.glob("*.json"):
+        json.loads(written.read_text())  # whole, never torn
+    done = subprocess.run([sys.executable, "-c", LIMITED, "0", "-", *argv], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "held an unfinished report" in done.stdout
+    assert not analyze.unfinished_report(out)

@@ -5,7 +5,7 @@ import torch
 
 import bench
 import maml
-import run_folder
+import run_start
 from conftest import flat, learnable, method_rates, micro_problem
 
 
@@ -79,10 +79,10 @@ def test_float64_reference_is_the_loop_in_double_precision():
 
 def test_the_timed_training_step_is_built_by_new_runs_and_reads_only_tensors_on_its_device(monkeypatch):
     """bench.py times the training loop's own step on a state built the way maml.py builds it
-    (`run_folder.new_runs`), so a tensor it reads cannot be left on the host (as the normalisation
+    (`run_start.new_runs`), so a tensor it reads cannot be left on the host (as the normalisation
     statistics once were, which would have made every capture fail and every graph row eager)."""
-    built, real = [], run_folder.new_runs
-    monkeypatch.setattr(run_folder, "new_runs", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    built, real = [], run_start.new_runs
+    monkeypatch.setattr(run_start, "new_runs", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
     step, label = bench.training_step(bench.CONFIGS["tiny"], torch.device("cpu"), "maml", False, "fast", seeds=2)
     assert label == "eager" and len(built) == 1 and len(built[0]) == 2
     step()

@@ -509,3 +509,27 @@ def test_file_and_class_names_that_are_not_utf8_load_and_cache(tmp_path):
     assert split["classes"] == ["caf\\xe9", "n01", "n03"] and len(split["images"]) == 12 and first
     again = data.load_split(tmp_path / "folders", "train", image_size=8, progress=False)  # from the cache
     assert torch.equal(split["images"], again["images"]) and again["classes"] == split["classes"]
+
+
+def test_torchmeta_hdf5_of_floats_in_0_1_is_scaled_like_a_float_pickle_not_cast_to_black(tmp_path, capsys):
+    decoded = make_jpegs(tmp_path / "ravi")
+    as_floats = {c: [image.astype(np.float32) / 255 for image in images] for c, images in decoded.items()}
+    make_hdf5(tmp_path / "u8", decoded)
+    make_hdf5(tmp_path / "f", as_floats)
+    images, floats = (data.load_split(tmp_path / name, "train", image_size=20)["images"] for name in ("u8", "f"))
+    assert torch.equal(images, floats) and int(floats.max()) > 200  # before, a cast made every pixel 0 or 1
+    assert "holds float images in [0, 1]; they are scaled by 255" in capsys.readouterr().out
+
+
+def test_a_duplicated_csv_row_and_a_test_csv_naming_training_images_are_refused(tmp_path):
+    make_jpegs(tmp_path / "ravi")
+    train_csv = tmp_path / "ravi" / "train.csv"
+    rows = train_csv.read_text().splitlines()
+    train_csv.write_text("\n".join([*rows, rows[1]]) + "\n")
+    with pytest.raises(data.DataError, match=r"names n01train0000.jpg twice \(lines 2 and 14\)"):
+        data.load_split(tmp_path / "ravi", "train", image_size=20)
+    train_csv.write_text("\n".join(rows) + "\n")
+    test_rows = [f"{r.split(',')[0]},{r.split(',')[1].replace('n0', 'n2')}" for r in rows[1:]]
+    (tmp_path / "ravi" / "test.csv").write_text("filename,label\n" + "\n".join(test_rows) + "\n")
+    with pytest.raises(data.DataError, match="image n01train0000.jpg is in both the train and the test split"):
+        data.load_splits(tmp_path / "ravi", ["train", "test"], image_size=20)

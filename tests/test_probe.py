@@ -183,3 +183,21 @@ def test_foreign_file_and_too_few_classes_are_explained(checkpoints, tmp_path):
     torch.save(ckpt, tmp_path / "nine.pt")
     with pytest.raises(data.DataError, match="at least 18"):
         probe.main([str(tmp_path / "nine.pt"), "--split", "val", "--iterations", "2", "--no-progress"])
+
+
+def test_a_resume_asking_for_fewer_iterations_is_refused_and_cuts_no_record(checkpoints, tmp_path):
+    flags = [str(checkpoints["maml"]), "--batch", "4", "--queries", "3", "--no-progress", "--out", str(tmp_path)]
+    probe.main([*flags, "--iterations", "8"])
+    records, summary = (tmp_path / "probe.csv").read_bytes(), (tmp_path / "probe.json").read_bytes()
+    with pytest.raises(ConfigError, match="--iterations 4 is below the 8 iterations .* never cut"):
+        probe.main([*flags, "--iterations", "4", "--resume"])
+    assert (tmp_path / "probe.csv").read_bytes() == records and (tmp_path / "probe.json").read_bytes() == summary
+    probe.main([*flags, "--iterations", "12", "--resume"])  # more is a continuation
+    assert len(read_csv(tmp_path / "probe.csv")) == 12
+
+
+def test_a_resume_with_other_settings_says_which_differ(checkpoints, tmp_path):
+    flags = [str(checkpoints["maml"]), "--batch", "4", "--iterations", "8", "--no-progress", "--out", str(tmp_path)]
+    probe.main([*flags, "--queries", "3"])
+    with pytest.raises(ConfigError, match=r"settings differ .*\(queries: 3 then, 2 now\)"):
+        probe.main([*flags, "--queries", "2", "--resume"])

@@ -5,12 +5,10 @@ import shutil
 import pytest
 import torch
 
-import data
-import flags
 import maml
 import probe
 import run_folder
-from conftest import STEP_FLAGS, tiny_flags
+from conftest import tiny_flags
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -59,19 +57,3 @@ def test_an_old_checkpoint_loads_probes_and_resumes_like_a_current_one(tmp_path)
     assert old["iteration"] == 4 and old["format"] == run_folder.CHECKPOINT_FORMAT
     assert all(torch.equal(now["params"][n], old["params"][n]) for n in now["params"])
     assert all(torch.equal(now["inner_lrs"][n], old["inner_lrs"][n]) for n in now["inner_lrs"])
-
-
-def test_new_runs_put_every_tensor_the_training_step_reads_on_the_runs_device(monkeypatch):
-    """Built for the meta device (the one device besides the CPU that a machine without a GPU has): a
-    tensor left on the host, as bench.py's normalisation statistics once were, is named."""
-    real_generator = torch.Generator  # the meta device has no random generator: draw on the host instead
-    monkeypatch.setattr(
-        torch, "Generator", lambda device="cpu": real_generator("cpu" if str(device) == "meta" else device)
-    )
-    argv = [*STEP_FLAGS, "--synthetic-per-class", "6", "--eval-queries", "2", "--learn-lr"]
-    config = vars(flags.build_parser().parse_args(argv))
-    config.update(data.dataset_defaults(None, 16), out="unused")
-    (run,) = run_folder.new_runs([(config, None)], maml.init_model, torch.device("meta"), 0, 1, cuda_graph=False)
-    assert run.device == torch.device("meta") and run.tensors_off_device() == []
-    run.norm = {k: torch.zeros_like(v, device="cpu") for k, v in run.norm.items()}
-    assert run.tensors_off_device() == ["norm[mean]", "norm[std]"]

@@ -526,3 +526,25 @@ def test_seeds_with_one_seed_runs_the_stacked_path_where_task_batching_auto_woul
     monkeypatch.setattr(maml, "meta_loss_seeds", lambda *a, **k: stacked_steps.append(1) or real(*a, **k))
     outs = maml.main(tiny_flags(tmp_path / "run", "--seeds", "0", "--iterations", "2", "--eval-every", "2"))
     assert outs == [tmp_path / "run" / "seed0"] and len(stacked_steps) == 2
+
+
+def test_a_kill_between_two_seeds_saves_then_resume_ends_identical_to_the_uninterrupted_seeds(tmp_path):
+    """Seed 0 has saved its 3rd checkpoint and seed 1 is writing its own when the process dies: the
+    resume takes seed 0 back to its previous checkpoint (the iteration both have) with no command to
+    type, and both seeds end as they would have without the kill."""
+    flags = ["--seeds", "0", "1", "--learn-lr", "--iterations", "12", "--eval-every", "4", "--save-every", "2"]
+    maml.main(tiny_flags(tmp_path / "whole", *flags))
+    out, marker = tmp_path / "cut", tmp_path / "in-save"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAVE, str(marker), "seed1/ckpt.pt.tmp", "3", *tiny_flags(out, *flags)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    kill_when(proc, marker.exists)
+    ahead, behind = (run_folder.load_checkpoint(out / s / "ckpt.pt")["iteration"] for s in ("seed0", "seed1"))
+    assert ahead > behind and (out / "seed0" / "ckpt.prev.pt").exists()
+    maml.main(tiny_flags(out, *flags, "--resume"))
+    for seed in ("seed0", "seed1"):
+        reference = run_folder.load_checkpoint(tmp_path / "whole" / seed / "ckpt.pt")
+        metrics, lr_stats = logs(tmp_path / "whole" / seed)
+        assert_same_run(out / seed, {"params": reference["params"], "metrics": metrics, "lr_stats": lr_stats})
+        assert not (out / seed / "ckpt.prev.pt").exists()

@@ -1,0 +1,92 @@
+"""run_start.py: what a run's state is built from, and the rules a resumed run must meet."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import flags
+import maml
+import run_folder
+import run_start
+from cli import CheckpointError, ConfigError
+from conftest import STEP_FLAGS, make_jpegs, tiny_flags
+
+
+def test_new_runs_put_every_tensor_the_training_step_reads_on_the_runs_device(monkeypatch):
+    """Built for the meta device (the one device besides the CPU that a machine without a GPU has): a
+    tensor left on the host, as bench.py's normalisation statistics once were, is named."""
+    host_generator = lambda config, device: torch.Generator().manual_seed(config["seed"])  # meta has none
+    monkeypatch.setattr(run_start, "episode_generator", host_generator)
+    argv = [*STEP_FLAGS, "--synthetic-per-class", "6", "--eval-queries", "2", "--learn-lr"]
+    config = vars(flags.build_parser().parse_args(argv))
+    config.update(data.dataset_defaults(None, 16), out="unused")
+    (run,) = run_start.new_runs([(config, None)], maml.init_model, torch.device("meta"), 0, 1, cuda_graph=False)
+    assert run.device == torch.device("meta") and run.tensors_off_device() == []
+    run.norm = {k: torch.zeros_like(v, device="cpu") for k, v in run.norm.items()}
+    assert run.tensors_off_device() == ["norm[mean]", "norm[std]"]
+
+
+def train(out, *extra):
+    maml.main(tiny_flags(out, "--iterations", "2", "--eval-every", "2", *extra))
+
+
+def files_of(folder):
+    return {p: p.read_bytes() for p in Path(folder).rglob("*") if p.is_file() and p.suffix != ".lock"}
+
+
+def test_a_run_resumed_on_other_data_is_refused_naming_what_differs_and_changes_nothing(tmp_path):
+    make_jpegs(tmp_path / "ravi")
+    train(tmp_path / "run")
+    before = files_of(tmp_path / "run")
+    with pytest.raises(ConfigError, match="not the data the run trained on .*layout synthetic then, ravi now"):
+        train(tmp_path / "run", "--iterations", "4", "--resume", "--data", str(tmp_path / "ravi"), "--queries", "3")
+    assert files_of(tmp_path / "run") == before
+
+
+def test_a_moved_data_folder_resumes_and_other_images_in_it_are_refused(tmp_path):
+    make_jpegs(tmp_path / "ravi")
+    flags = ["--data", str(tmp_path / "ravi"), "--queries", "1", "--eval-queries", "1"]
+    train(tmp_path / "run", *flags)
+    shutil.move(tmp_path / "ravi", tmp_path / "moved")
+    flags[1] = str(tmp_path / "moved")
+    train(tmp_path / "run", *flags, "--iterations", "4", "--resume")  # the same data, elsewhere
+    assert run_folder.load_checkpoint(tmp_path / "run" / "ckpt.pt")["iteration"] == 4
+    rows = (tmp_path / "moved" / "train.csv").read_text().splitlines()
+    (tmp_path / "moved" / "train.csv").write_text("\n".join(rows[:-1]) + "\n")  # one training image fewer
+    with pytest.raises(ConfigError, match="train split images: 12 then, 11 now"):
+        train(tmp_path / "run", *flags, "--iterations", "6", "--resume")
+
+
+def test_a_checkpoint_without_a_data_identity_is_checked_by_its_normalisation_statistics(tmp_path, capsys):
+    train(tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    del ckpt["data_identity"]  # as written before identities were recorded
+    torch.save(ckpt, tmp_path / "run" / "ckpt.pt")
+    capsys.readouterr()
+    train(tmp_path / "run", "--iterations", "3", "--resume")
+    assert "predates data identities" in capsys.readouterr().out  # the same data: resumed, and said so
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    del ckpt["data_identity"]
+    ckpt["norm"]["mean"] += 0.01  # other training images
+    torch.save(ckpt, tmp_path / "run" / "ckpt.pt")
+    with pytest.raises(ConfigError, match="mean and std of its training images differ"):
+        train(tmp_path / "run", "--iterations", "4", "--resume")
+
+
+def test_a_named_flag_is_compared_on_resume_even_when_it_equals_its_default(tmp_path):
+    train(tmp_path / "run")  # 2-way
+    with pytest.raises(CheckpointError, match="--ways 5 disagrees with the checkpoint's 2"):
+        maml.main([*tiny_flags(tmp_path / "run", "--iterations", "4", "--resume"), "--ways", "5"])
+
+
+def test_a_single_seed_folder_and_a_seeds_folder_are_not_resumed_as_each_other(tmp_path):
+    train(tmp_path / "one")
+    train(tmp_path / "two", "--seeds", "0", "1")
+    with pytest.raises(ConfigError, match="holds a single-seed run .* resume it without --seeds"):
+        train(tmp_path / "one", "--iterations", "4", "--resume", "--seeds", "0", "1")
+    with pytest.raises(ConfigError, match="holds the runs of --seeds 0 1, .* resume them with --seeds 0 1"):
+        train(tmp_path / "two", "--iterations", "4", "--resume")
+    assert not (tmp_path / "one" / "seed0").exists()
