@@ -104,10 +104,15 @@ def csv_with_bom_and_wrong_header(ctx):
     return ravi(ctx)
 
 
-def csv_row_without_label(ctx):
-    path = ctx.d / "ravi" / "val.csv"
-    path.write_text(path.read_text() + "lonely.jpg\n")
-    return ravi(ctx)
+def csv_with_a_row(split, row):
+    """The split's CSV with one more row, as given."""
+
+    def setup(ctx):
+        path = ctx.d / "ravi" / f"{split}.csv"
+        path.write_text(path.read_text() + row + "\n")
+        return ravi(ctx)
+
+    return setup
 
 
 def latin1_csv(ctx):
@@ -441,12 +446,6 @@ def test_csv_naming_training_images(ctx):
     train_rows = (ctx.d / "ravi" / "train.csv").read_text().splitlines()[1:]
     rows = [f"{row.split(',')[0]},{row.split(',')[1].replace('n0', 'n2')}" for row in train_rows]
     (ctx.d / "ravi" / "test.csv").write_text("filename,label\n" + "\n".join(rows) + "\n")
-    return ravi(ctx)
-
-
-def csv_row_with_an_empty_file_name(ctx):
-    path = ctx.d / "ravi" / "train.csv"
-    path.write_text(path.read_text() + " ,n01\n")
     return ravi(ctx)
 
 

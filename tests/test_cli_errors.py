@@ -113,7 +113,9 @@ CASES = [
     pytest.param(
         "maml", bad.csv_with_bom_and_wrong_header, "header 'filename,label'", id="csv with bom and wrong header"
     ),
-    pytest.param("maml", bad.csv_row_without_label, "row without a label: lonely.jpg", id="csv row without label"),
+    pytest.param(
+        "maml", bad.csv_with_a_row("val", "lonely.jpg"), "row without a label: lonely.jpg", id="csv row without label"
+    ),
     pytest.param("maml", bad.latin1_csv, r"train.csv is not UTF-8 text \(line 2", id="latin-1 csv"),
     pytest.param("maml", bad.truncated_image, "cannot read image .*n02train0001.jpg", id="truncated image"),
     pytest.param(
@@ -419,7 +421,7 @@ CASES = [
     ),
     pytest.param(
         "maml",
-        bad.csv_row_with_an_empty_file_name,
+        bad.csv_with_a_row("train", " ,n01"),
         r"train.csv line 14 has an empty file name",
         id="csv row with an empty file name",
     ),
