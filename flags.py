@@ -35,6 +35,14 @@ def add_algorithm_flags(g):
     g("--inner-lr", type=float, default=0.01, help="MAML's inner rate alpha; Meta-SGD's initial value")
     g("--learn-lr", action="store_true", help="Meta-SGD: learn one inner rate per parameter entry")
     g(
+        "--inner-params",
+        choices=["all", "head", "body"],
+        default="all",
+        help="which parameters the inner loop adapts: 'all' (MAML, Meta-SGD), 'head' only (ANIL, Raghu et al. "
+        "2020) or 'body' only, the head frozen at theta (BOIL, Oh et al. 2021); every parameter still takes the "
+        "outer step, and --learn-lr learns rates only for those that adapt",
+    )
+    g(
         "--lr-init-range",
         type=float,
         nargs=2,

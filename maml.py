@@ -99,19 +99,31 @@ def per_task(params, tasks):
 
 def as_inner_lrs(inner_lrs, params):
     """The algorithm's one place inner rates change type: every other function takes and returns a dict
-    {parameter name: tensor}. A number (MAML's alpha) becomes a 0-d constant per parameter, which
-    broadcasts like the scalar; a dict is kept. Either way the tensors take their parameter's dtype and
-    device."""
+    {parameter name: tensor} whose keys are the parameters the inner loop adapts. A number (MAML's alpha)
+    becomes a 0-d constant for every parameter of `params`, which broadcasts like the scalar; a dict is
+    kept. Either way the tensors take their parameter's dtype and device."""
     if not isinstance(inner_lrs, dict):  # built in the parameter's dtype: float32(0.01) != float64(0.01)
         inner_lrs = {name: torch.tensor(float(inner_lrs), dtype=p.dtype) for name, p in params.items()}
-    return {name: inner_lrs[name].to(p.device, p.dtype) for name, p in params.items()}
+    return {name: r.to(params[name].device, params[name].dtype) for name, r in inner_lrs.items()}
 
 
-def init_inner_lrs(params, inner_lr, learn_lr=False, lr_init_range=None, generator=None):
-    """alpha for every parameter. MAML (learn_lr=False): the fixed `inner_lr`, as 0-d constants.
-    Meta-SGD (learn_lr=True): one learnable rate per parameter entry, at `inner_lr` or uniform in
-    `lr_init_range` (low, high). Nothing constrains the sign: the paper's point is that many entries turn
-    negative."""
+INNER_PARAMS = ("all", "head", "body")  # what adapts: MAML and Meta-SGD; ANIL (Raghu et al.); BOIL (Oh et al.)
+
+
+def adapting(params, inner_params="all"):
+    """The parameters of `params` the inner loop adapts: all of them, only the head's (ANIL), or all but
+    the head's (BOIL). The rest keep theta in the inner loop and still get their meta-gradient."""
+    return {
+        n: p for n, p in params.items() if inner_params == "all" or n.startswith("head.") == (inner_params == "head")
+    }
+
+
+def init_inner_lrs(params, inner_lr, learn_lr=False, lr_init_range=None, generator=None, inner_params="all"):
+    """alpha for every parameter the inner loop adapts (`adapting`): the dict's keys are that set. MAML
+    (learn_lr=False): the fixed `inner_lr`, as 0-d constants. Meta-SGD (learn_lr=True): one learnable rate
+    per parameter entry, at `inner_lr` or uniform in `lr_init_range` (low, high). Nothing constrains the
+    sign: the paper's point is that many entries turn negative."""
+    params = adapting(params, inner_params)
     if not learn_lr:
         return as_inner_lrs(inner_lr, params)
     inner_lrs = {}
@@ -131,7 +143,9 @@ def init_inner_lrs(params, inner_lr, learn_lr=False, lr_init_range=None, generat
 
 
 def adapt(params, inner_lrs, x, y, steps, create_graph=True, net=conv4):
-    """The inner loop: `steps` times theta <- theta - alpha * grad L_support(theta).
+    """The inner loop: `steps` times theta <- theta - alpha * grad L_support(theta), for the parameters
+    that have a rate in `inner_lrs` (all of them for MAML and Meta-SGD); the others stay theta, and no
+    gradient is taken for them.
 
     `inner_lrs` holds alpha per parameter: MAML's 0-d constants or Meta-SGD's per-entry rates. With
     create_graph the result stays differentiable through the gradients themselves (second-order
@@ -139,12 +153,14 @@ def adapt(params, inner_lrs, x, y, steps, create_graph=True, net=conv4):
     theta and alpha. The loss is the sum over tasks of each task's mean loss, so with
     `net=conv4_tasks` every task gets exactly its own gradient."""
     with torch.enable_grad():
-        params = {n: (p if p.requires_grad else p.detach().requires_grad_()) for n, p in params.items()}
+        params = {
+            n: (p if p.requires_grad or n not in inner_lrs else p.detach().requires_grad_()) for n, p in params.items()
+        }
         for _ in range(steps):
             logits = net(params, x)
             loss = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="sum") / y.shape[-1]
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-            params = {name: p - inner_lrs[name] * g for (name, p), g in zip(params.items(), grads)}
+            grads = torch.autograd.grad(loss, [params[name] for name in inner_lrs], create_graph=create_graph)
+            params = {**params, **{name: params[name] - inner_lrs[name] * g for name, g in zip(inner_lrs, grads)}}
     return params
 
 
@@ -277,7 +293,7 @@ def init_model(config, device):
     """theta and alpha as --seed initialises them (Algorithm 1's starting point), on `device`."""
     c, generator, dtype = config, torch.Generator().manual_seed(config["seed"]), getattr(torch, config["dtype"])
     params = init_params(c["ways"], c["hidden"], c["image_size"], c["channels"], generator, dtype, c["conv_bias"])
-    inner_lrs = init_inner_lrs(params, c["inner_lr"], c["learn_lr"], c["lr_init_range"], generator)
+    inner_lrs = init_inner_lrs(params, c["inner_lr"], c["learn_lr"], c["lr_init_range"], generator, c["inner_params"])
     params = {n: p.to(device).requires_grad_() for n, p in params.items()}
     inner_lrs = {n: r.to(device).detach().requires_grad_(c["learn_lr"]) for n, r in inner_lrs.items()}
     return params, inner_lrs

@@ -316,7 +316,7 @@ def probe_settings(args, ckpt, batch):
     return {
         "checkpoint": str(args.checkpoint),
         "checkpoint_file": Path(args.checkpoint).name,
-        "method": "metasgd" if config["learn_lr"] else "maml",
+        "method": stats.method_of(config),
         "split": args.split,
         "iterations": args.iterations,
         "queries": args.queries,

@@ -26,14 +26,14 @@ from cli import (
     atomic_write,
 )
 from logs import append_rows, read_json, read_log_strictly, read_records, repair_logs, write_json
-from stats import rate_statistics
+from stats import method_of, rate_statistics
 
 PROGRAM = "negative-lr-maml"  # written into every checkpoint, to recognise ours
 CHECKPOINT_FORMAT = 2  # 2: inner_lrs is always a dict of tensors (1 stored MAML's alpha as a float)
 RUN_FILES = ("ckpt.pt", "ckpt.prev.pt", "best.pt", "metrics.csv", "lr_stats.csv", "test.json")  # what training writes
 # Settings that later versions added to the config, with the value that runs from before them had.
 CONFIG_ADDED = {"dtype": "float32", "channels": 3, "conv_bias": True, "clip_grad": None, "rotations": None,
-                "omniglot_split": None, "precision": "auto"}  # fmt: skip
+                "omniglot_split": None, "precision": "auto", "inner_params": "all"}  # fmt: skip
 
 
 @dataclass
@@ -195,13 +195,14 @@ def load_checkpoint(path, map_location="cpu"):
 def upgrade_checkpoint(ckpt):
     """The one place older checkpoints are read as the current format: format 1 stored MAML's alpha as a
     float (now the dict of 0-d tensors that maml.init_inner_lrs gives; every format's rates take their
-    parameter's dtype, in the parameters' order); a config from before a setting existed gets that
-    setting's value of the time (CONFIG_ADDED); a checkpoint from before the running sums were kept
-    starts them afresh, and one from before GPU episode generators drew its episodes on the CPU."""
+    parameter's dtype, in the parameters' order; only adapting parameters have one); a config from before
+    a setting existed gets that setting's value of the time (CONFIG_ADDED); a checkpoint from before the
+    running sums were kept starts them afresh, and one from before GPU episode generators drew its episodes
+    on the CPU."""
     rates, params = ckpt["inner_lrs"], ckpt["params"]
     if not isinstance(rates, dict):
         rates = {name: torch.tensor(float(rates), dtype=p.dtype) for name, p in params.items()}
-    ckpt["inner_lrs"] = {name: rates[name].to(p.device, p.dtype) for name, p in params.items()}
+    ckpt["inner_lrs"] = {name: rates[name].to(p.device, p.dtype) for name, p in params.items() if name in rates}
     for key, value in CONFIG_ADDED.items():
         ckpt["config"].setdefault(key, value)
     for key, value in {"generator_device": "cpu", "since_eval": 0}.items():
@@ -295,7 +296,7 @@ def load_run(path):
         "checkpoint": ckpt_path,
         "config": config,
         "iteration": ckpt["iteration"],
-        "method": "metasgd" if config["learn_lr"] else "maml",
+        "method": method_of(config),
         "metrics": read_log_strictly(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
         "lr_stats": read_log_strictly(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
         "test": read_json(folder / "test.json") if (folder / "test.json").exists() else None,

@@ -15,6 +15,7 @@ import data
 import flags
 from cli import CheckpointError, ConfigError, WriteError, lock_outputs, refuse_to_overwrite, remove_stale_temporaries
 from run_folder import RUN_FILES, RunState, load_checkpoint, restore
+from stats import method_of
 
 # Flags that may change when a run is resumed; every other flag must match the checkpoint.
 RESUME_MAY_CHANGE = {"iterations", "device", "eval_every", "save_every", "log_every", "no_progress",
@@ -71,7 +72,7 @@ def check_seeds_folder(args):
 
 
 def default_out(config):
-    method = "metasgd" if config["learn_lr"] else "maml"
+    method = method_of(config)
     return str(Path("runs") / f"{method}-{config['ways']}w{config['shots']}s-seed{config['seed']}")
 
 
@@ -179,6 +180,7 @@ def resume_command(args, outs):
     if args.out:
         return f"python maml.py --resume {seeds} --out {args.out}"
     method = " --learn-lr" if args.learn_lr else ""  # the default folders are named by method and task shape
+    method += f" --inner-params {args.inner_params}" if args.inner_params != "all" else ""
     return f"python maml.py --resume {seeds}{method} --ways {args.ways} --shots {args.shots}"
 
 

@@ -121,9 +121,11 @@ def meta_sgd_rates(params, seed=1):
     return {n: (0.05 * torch.randn(p.shape, generator=g, dtype=DT)).requires_grad_() for n, p in params.items()}
 
 
-def method_rates(method, params):
-    """The inner rates of `method`: MAML's fixed alpha = 0.1, or Meta-SGD's learnable `meta_sgd_rates`."""
-    return meta_sgd_rates(params) if method == "metasgd" else maml.init_inner_lrs(params, 0.1)
+def method_rates(method, params, inner_params="all"):
+    """The inner rates of `method`: MAML's fixed alpha = 0.1, or Meta-SGD's learnable `meta_sgd_rates`, for
+    the parameters that `inner_params` adapts (all; head: ANIL; body: BOIL)."""
+    adapting = maml.adapting(params, inner_params)
+    return meta_sgd_rates(adapting) if method == "metasgd" else maml.init_inner_lrs(adapting, 0.1)
 
 
 def learnable(rates):

@@ -3,6 +3,7 @@ scripts, then compares two such outputs file by file.
 
     python tests/same_behaviour.py run TREE OUT          # the matrix with TREE's scripts, into OUT
     python tests/same_behaviour.py compare BEFORE AFTER  # every file of two outputs; exit code 1 if any differs
+    python tests/same_behaviour.py compare BEFORE AFTER --added inner_params  # AFTER's new setting left out
 
 The matrix: MAML and Meta-SGD with the task loop and grouped, first order with clipping and no conv
 biases, float64, `--seeds 0 1` for both methods, torchrun with 2 processes (gloo), a resumed run, a
@@ -116,6 +117,7 @@ def same(a, b, where):
         ok = ok and torch.equal(a, b)
         return [] if ok else [f"{where}: tensors differ"]
     if isinstance(a, dict) and isinstance(b, dict):
+        b = {k: v for k, v in b.items() if k in a or k not in ADDED}  # settings the AFTER tree added
         if list(a) != list(b):
             return [f"{where}: keys {list(a)} != {list(b)}"]
         return [line for k in a if k not in VOLATILE for line in same(a[k], b[k], f"{where}.{k}")]
@@ -133,6 +135,9 @@ def load(path):
     if path.suffix == ".json":
         return json.loads(path.read_text())
     return path.read_bytes()
+
+
+ADDED = set()  # compare --added KEY: a key only the AFTER output has (a new setting), left out of the comparison
 
 
 def compare(before, after):
@@ -158,7 +163,11 @@ def main():
     p.add_argument("first", help="run: the tree whose scripts run; compare: the BEFORE output")
     p.add_argument("second", help="run: the output folder; compare: the AFTER output")
     p.add_argument("--old", default=None, help="run: a BEFORE output whose Meta-SGD run this tree resumes and probes")
+    p.add_argument(
+        "--added", nargs="*", default=[], help="compare: keys only AFTER has (a new setting's), not compared"
+    )
     args = p.parse_args()
+    ADDED.update(args.added)
     if args.verb == "compare":
         return compare(args.first, args.second)
     failed = run_matrix(args.first, args.second, args.old)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import data
 import maml
@@ -47,15 +48,17 @@ def directional_fd(params, lrs, episode, direction, steps=2, eps=1e-5):
     return (loss_at(1) - loss_at(-1)) / (2 * eps)
 
 
+@pytest.mark.parametrize("inner_params", ["all", "head", "body"])
 @pytest.mark.parametrize("method", ["maml", "metasgd"])
-def test_meta_gradient_matches_central_finite_differences(method):
+def test_meta_gradient_matches_central_finite_differences(method, inner_params):
     """The inner gradient jumps where a ReLU or max-pool switches, so the meta-loss has small
-    discontinuities; a finite difference is only trusted where two step sizes agree."""
+    discontinuities; a finite difference is only trusted where two step sizes agree. For ANIL (head)
+    and BOIL (body) the parameters frozen in the inner loop are still differentiated, through the loss."""
     params, episode = micro_problem(tasks=2, hidden=2)
-    lrs = method_rates(method, params)
+    lrs = method_rates(method, params, inner_params)
     g = torch.Generator().manual_seed(5)
     second = meta_grad(params, lrs, episode)
-    assert len(second) == len(params) + (len(params) if method == "metasgd" else 0)
+    assert len(second) == len(params) + (len(lrs) if method == "metasgd" else 0)
     first = meta_grad(params, lrs, episode, first_order=True)
     grouped = meta_grad(params, lrs, episode, grouped=True)
     checked = 0
@@ -72,6 +75,83 @@ def test_meta_gradient_matches_central_finite_differences(method):
         first_order = sum((a * d).sum() for a, d in zip(first, direction)).item()
         assert abs(first_order - fd_finer) > 1e-3 * max(1.0, abs(fd_finer))
     assert checked >= 4
+
+
+def first_order_reference(params, lrs, episode, steps):
+    """First-order MAML / Meta-SGD written out task by task, apart from maml.py: the inner gradients g_k
+    are constants, so d theta'/d theta = I and d theta'/d alpha = -sum_k g_k; parameters without a rate
+    stay theta. Returns the meta-gradient for theta, then for the learnable rates."""
+    tasks = episode["support_x"].shape[0]
+    grad_theta = {n: torch.zeros_like(p) for n, p in params.items()}
+    grad_rates = {n: torch.zeros_like(r) for n, r in lrs.items() if r.requires_grad}
+    for t in range(tasks):
+        theta = {n: p.detach().clone() for n, p in params.items()}
+        summed = {n: torch.zeros_like(theta[n]) for n in lrs}
+        for _ in range(steps):
+            for n in lrs:
+                theta[n].requires_grad_()
+            support_loss = F.cross_entropy(maml.conv4(theta, episode["support_x"][t]), episode["support_y"][t])
+            for n, g in zip(lrs, torch.autograd.grad(support_loss, [theta[n] for n in lrs])):
+                summed[n] += g
+                theta[n] = (theta[n] - lrs[n].detach() * g).detach()
+        theta = {n: p.detach().requires_grad_() for n, p in theta.items()}
+        query_loss = F.cross_entropy(maml.conv4(theta, episode["query_x"][t]), episode["query_y"][t]) / tasks
+        for n, g in zip(theta, torch.autograd.grad(query_loss, list(theta.values()))):
+            grad_theta[n] += g
+            if n in grad_rates:
+                grad_rates[n] += -summed[n] * g
+    return [*grad_theta.values(), *grad_rates.values()]
+
+
+@pytest.mark.parametrize("inner_params", ["all", "head", "body"])
+@pytest.mark.parametrize("method", ["maml", "metasgd"])
+def test_first_order_meta_gradient_matches_a_separately_written_first_order_reference(method, inner_params):
+    params, episode = micro_problem()
+    lrs = method_rates(method, params, inner_params)
+    for grouped in (False, True):
+        ours = flat(meta_grad(params, lrs, episode, steps=3, first_order=True, grouped=grouped))
+        reference = flat(first_order_reference(params, lrs, episode, steps=3))
+        assert reference.abs().max() > 1e-3
+        assert (ours - reference).abs().max() < 1e-10 * max(1.0, reference.abs().max().item())
+
+
+@pytest.mark.parametrize("inner_params", ["head", "body"])
+def test_frozen_parameters_keep_theta_in_the_inner_loop_and_get_their_outer_gradient(inner_params):
+    params, episode = micro_problem()
+    lrs = method_rates("metasgd", params, inner_params)
+    frozen = [n for n in params if n not in lrs]
+    assert frozen and all(n.startswith("head.") == (inner_params == "body") for n in frozen)
+    adapted = maml.adapt(params, lrs, episode["support_x"][0], episode["support_y"][0], steps=2)
+    for n in params:  # frozen: theta itself; the others are stepped (a conv bias's step is 0: BatchNorm cancels it)
+        assert (adapted[n] is params[n]) == (n in frozen), n
+    assert any(not torch.equal(adapted[n], params[n]) for n in lrs)
+    grads = dict(zip(params, meta_grad(params, lrs, episode)))
+    for n in frozen:
+        assert grads[n].abs().max() > 0, n
+
+
+@pytest.mark.parametrize("inner_params", ["all", "head", "body"])
+def test_the_inner_loop_takes_gradients_only_for_the_parameters_that_adapt(inner_params, monkeypatch):
+    params, episode = micro_problem()
+    lrs = method_rates("maml", params, inner_params)
+    taken, real_grad = [], torch.autograd.grad
+
+    def counting_grad(outputs, inputs, *args, **kwargs):
+        taken.append(len(inputs))
+        return real_grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    maml.meta_loss(params, lrs, episode, steps=3)
+    expected = {"all": len(params), "head": 2, "body": len(params) - 2}[inner_params]
+    assert taken == [expected] * 3
+
+
+def test_init_inner_lrs_gives_rates_only_for_the_parameters_that_adapt():
+    params, _ = micro_problem()
+    assert list(maml.init_inner_lrs(params, 0.01, inner_params="head")) == ["head.weight", "head.bias"]
+    body = maml.init_inner_lrs(params, 0.01, learn_lr=True, inner_params="body")
+    assert list(body) == [n for n in params if not n.startswith("head.")]
+    assert all(r.shape == params[n].shape and r.requires_grad for n, r in body.items())
 
 
 def test_second_order_gradient_differs_from_first_order():

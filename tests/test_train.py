@@ -94,6 +94,22 @@ def test_meta_sgd_run_saves_rates_and_their_statistics(tmp_path):
     assert all(abs(float(r["mean"]) - 0.01) < 1e-9 and float(r["frac_negative"]) == 0 for r in first)
 
 
+def test_anil_with_learned_rates_learns_head_rates_only_trains_the_body_and_refuses_another_setting_on_resume(tmp_path):
+    out = tmp_path / "run"
+    maml.main(tiny_flags(out, "--learn-lr", "--inner-params", "head", "--iterations", "2", "--eval-every", "2"))
+    ckpt, start = (
+        run_folder.load_checkpoint(out / "ckpt.pt"),
+        maml.init_model({**run_folder.load_checkpoint(out / "ckpt.pt")["config"]}, torch.device("cpu")),
+    )
+    assert ckpt["config"]["inner_params"] == "head" and list(ckpt["inner_lrs"]) == ["head.weight", "head.bias"]
+    assert not torch.equal(ckpt["params"]["conv1.weight"], start[0]["conv1.weight"])  # the body's outer step
+    assert {r["name"] for r in read_csv(out / "lr_stats.csv") if r["kind"] == "layer"} == {"logits"}
+    with pytest.raises(cli.CheckpointError, match="--inner-params body disagrees with the checkpoint's head"):
+        maml.main(tiny_flags(out, "--learn-lr", "--inner-params", "body", "--iterations", "4", "--resume"))
+    maml.main(tiny_flags(out, "--learn-lr", "--iterations", "3", "--eval-every", "2", "--resume"))  # keeps 'head'
+    assert list(run_folder.load_checkpoint(out / "ckpt.pt")["inner_lrs"]) == ["head.weight", "head.bias"]
+
+
 @pytest.mark.parametrize("vinyals", [False, True], ids=["lake", "vinyals"])
 def test_tiny_run_trains_on_omniglot_as_it_ships_with_one_channel(vinyals, tmp_path):
     root = make_omniglot(tmp_path / "omniglot", vinyals=vinyals)
