@@ -53,10 +53,11 @@ def settings_groups(runs):
     """The runs, in groups whose every result-changing setting agrees (Meta-SGD's --lr-init-range aside
     for MAML runs): {label: runs}, the label naming the settings that separate the groups ('' for one)."""
 
-    def settings(run):
+    def settings(run):  # the data by what it holds when the checkpoint says so: a moved folder is the same data
         c = run["config"]
         skip = NOT_RESULTS | SEED_SETTINGS | (set() if c["learn_lr"] else {"lr_init_range"})
-        return {k: v for k, v in c.items() if k not in skip}
+        skip |= {"synthetic_per_class"} if c["data"] else set()
+        return {**{k: v for k, v in c.items() if k not in skip}, "data": run.get("data_identity") or c["data"]}
 
     keys = [json.dumps(settings(r), sort_keys=True, default=str) for r in runs]
     if len(set(keys)) == 1:
@@ -64,7 +65,7 @@ def settings_groups(runs):
     varying = sorted({k for r in runs for k, v in settings(r).items() if any(settings(o).get(k) != v for o in runs)})
     groups = {}
     for run in runs:
-        label = ", ".join(f"--{k.replace('_', '-')} {settings(run).get(k)}" for k in varying)
+        label = ", ".join(f"--{k.replace('_', '-')} {run['config'].get(k, settings(run).get(k))}" for k in varying)
         groups.setdefault(label, []).append(run)
     return groups
 

@@ -130,11 +130,14 @@ def _ravi_files(root, split):
         name = row[0].strip()
         if not name:
             raise DataError(f"{path} line {line} has an empty file name")
+        if not row[1].strip():
+            raise DataError(f"{path} line {line} has an empty label; give every image its class")
         # Some copies of the CSVs name images as images/<file>: the same folder either way.
         file = root / name if name.startswith("images/") else root / "images" / name
-        if file in line_of:  # a task could then draw one image as its support and its query
-            raise DataError(f"{path} names {file.name} twice (lines {line_of[file]} and {line}); list each image once")
-        line_of[file] = line
+        key = os.path.abspath(file)  # one image named relatively and by its absolute path is one image
+        if key in line_of:  # a task could then draw one image as its support and its query
+            raise DataError(f"{path} names {file.name} twice (lines {line_of[key]} and {line}); list each image once")
+        line_of[key] = line
         files.append(file)
         labels.append(row[1].strip())
     missing = [f for f in files if not f.exists()]
@@ -274,19 +277,30 @@ def _load_pickle(root, split, image_size):
     if image_data.ndim != 4 or image_data.shape[-1] != 3:
         raise DataError(f"{path}: image_data should be uint8 N x H x W x 3, got shape {image_data.shape}")
     names = sorted(class_dict)
-    for name in names:
-        index = np.asarray(class_dict[name]).reshape(-1)
-        if index.size and (
-            not np.issubdtype(index.dtype, np.integer) or index.min() < 0 or index.max() >= len(image_data)
-        ):
-            raise DataError(
-                f"{path}: class_dict[{name!r}] names image {index.max() if index.size else ''} outside image_data's "
-                f"{len(image_data)} images; expected indices 0..{len(image_data) - 1}"
-            )
-    order = np.concatenate([np.asarray(class_dict[n], dtype=np.int64) for n in names])
+    if not names:
+        raise DataError(f"{path}: class_dict is empty; expected the {split} split's classes")
+    order = np.concatenate([_pickle_indices(path, name, class_dict[name], len(image_data)) for name in names])
+    values, counts = np.unique(order, return_counts=True)
+    if (counts > 1).any():  # a task could then draw one image as its support and its query
+        twice = values[counts > 1][0]
+        raise DataError(f"{path}: class_dict names image_data[{twice}] more than once; list each image once")
     labels = np.concatenate([np.full(len(class_dict[n]), i) for i, n in enumerate(names)])
     images = _pixels_as_uint8(image_data[order], f"{path}: image_data").transpose(0, 3, 1, 2)
     return _resize_uint8(images, image_size), labels, names
+
+
+def _pickle_indices(path, name, indices, images):
+    """A pickle class's image indices, checked: whole numbers within image_data."""
+    index = np.asarray(indices).reshape(-1)
+    if index.size and not np.issubdtype(index.dtype, np.integer):
+        raise DataError(f"{path}: class_dict[{name!r}] holds {index.dtype} indices; expected integer indices")
+    outside = index[(index < 0) | (index >= images)]
+    if outside.size:
+        raise DataError(
+            f"{path}: class_dict[{name!r}] names image {outside[0]} outside image_data's {images} images; "
+            f"expected indices 0..{images - 1}"
+        )
+    return index.astype(np.int64)
 
 
 def _pixels_as_uint8(pixels, where):
@@ -332,6 +346,8 @@ def _load_hdf5(root, split, image_size):
             f"{data_path} is not a torchmeta Mini-ImageNet HDF5 file (group 'datasets', one "
             f"uint8 array per class): {type(e).__name__}: {e}"
         ) from None
+    if not names:
+        raise DataError(f"{labels_path} names no classes; expected the {split} split's class names")
     for name, array in zip(names, arrays):
         if array.ndim != 4 or array.shape[-1] != 3 or array.shape[1:] != arrays[0].shape[1:]:
             raise DataError(

@@ -296,6 +296,7 @@ def load_run(path):
         "checkpoint": ckpt_path,
         "config": config,
         "iteration": ckpt["iteration"],
+        "data_identity": ckpt.get("data_identity"),  # what the data was, wherever its folder is now
         "method": method_of(config),
         "metrics": read_log_strictly(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
         "lr_stats": read_log_strictly(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],

@@ -456,6 +456,36 @@ def pickle_naming_an_image_past_its_images(ctx):
     return train(ctx, "--data", str(ctx.d / "pk"))
 
 
+def pickle_with(class_dict, images=4):
+    """A train pickle of `images` black images whose class_dict is `class_dict`."""
+
+    def setup(ctx):
+        (ctx.d / "pk").mkdir()
+        with open(ctx.d / "pk" / "mini-imagenet-cache-train.pkl", "wb") as f:
+            pickle.dump({"image_data": np.zeros((images, 8, 8, 3), np.uint8), "class_dict": class_dict}, f)
+        return train(ctx, "--data", str(ctx.d / "pk"))
+
+    return setup
+
+
+def hdf5_naming_no_classes(ctx):
+    import h5py
+
+    (ctx.d / "h5").mkdir()
+    with h5py.File(ctx.d / "h5" / "train_data.hdf5", "w") as f:
+        f.create_group("datasets")
+    (ctx.d / "h5" / "train_labels.json").write_text("[]")
+    return train(ctx, "--data", str(ctx.d / "h5"))
+
+
+def csv_naming_an_image_again_by_another_path(ctx):
+    """The first image again, by an absolute path that spells its folder another way."""
+    path = ctx.d / "ravi" / "train.csv"
+    name, label = path.read_text().splitlines()[1].split(",")
+    path.write_text(path.read_text() + f"{ctx.d / 'ravi' / 'images' / '..' / 'images' / name},{label}\n")
+    return ravi(ctx)
+
+
 def hdf5_class_with_other_dimensions(ctx):
     import h5py
 

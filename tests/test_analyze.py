@@ -408,3 +408,17 @@ def test_a_report_cut_by_a_full_disk_or_a_kill_leaves_whole_files_no_manifest_an
     done = subprocess.run([sys.executable, "-c", LIMITED, "0", "-", *argv], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "held an unfinished report" in done.stdout
     assert not analyze.unfinished_report(out)
+
+
+def test_runs_on_the_same_data_in_two_folders_are_seeds_of_one_group_and_other_data_is_not(tmp_path):
+    identity = {"layout": "ravi", "train": {"classes": 64, "images": 38400}}
+    for seed, folder, images in ((0, "/data/mini", 38400), (1, "/moved/mini", 38400), (2, "/other/mini", 100)):
+        make_run(tmp_path / f"maml{seed}", "maml", seed, data=folder, synthetic_per_class=600 + seed)
+        for name in ("ckpt.pt", "best.pt"):  # as maml.py records the data it trained on
+            ckpt = torch.load(tmp_path / f"maml{seed}" / name, weights_only=False)
+            ckpt["data_identity"] = {**identity, "train": {**identity["train"], "images": images}}
+            torch.save(ckpt, tmp_path / f"maml{seed}" / name)
+    one = analyze.analyze([tmp_path / "maml0", tmp_path / "maml1"], tmp_path / "one").read_text()
+    assert "runs in groups" not in one  # a moved folder holds the same data; --synthetic-per-class means nothing
+    apart = analyze.analyze([tmp_path / "maml0", tmp_path / "maml2"], tmp_path / "apart").read_text()
+    assert "they differ in --data." in apart and "[--data /other/mini](group2/report.md)" in apart

@@ -437,6 +437,36 @@ CASES = [
         r"class b is stored as \(4, 9, 9, 3\)",
         id="hdf5 class with other dimensions",
     ),
+    # ---- round 3, the independent tester's inputs
+    pytest.param("maml", bad.pickle_with({}), "class_dict is empty", id="pickle of no classes"),
+    pytest.param("maml", bad.hdf5_naming_no_classes, "names no classes", id="hdf5 naming no classes"),
+    pytest.param(
+        "maml",
+        bad.pickle_with({"a": [0, 0, 1], "b": [2, 3]}),
+        r"names image_data\[0\] more than once",
+        id="pickle naming an image twice",
+    ),
+    pytest.param(
+        "maml", bad.pickle_with({"a": [0, 1, -1], "b": [2, 3]}), "names image -1 outside", id="pickle negative index"
+    ),
+    pytest.param(
+        "maml",
+        bad.pickle_with({"a": [0.0, 1.0], "b": [2.0, 3.0]}),
+        "holds float64 indices; expected integer",
+        id="pickle of float indices",
+    ),
+    pytest.param(
+        "maml",
+        bad.csv_naming_an_image_again_by_another_path,
+        r"names n01train0000.jpg twice \(lines 2 and 14\)",
+        id="csv naming an image again by another path",
+    ),
+    pytest.param(
+        "maml",
+        bad.csv_with_a_row("train", "new.jpg, "),
+        "train.csv line 14 has an empty label",
+        id="csv row with an empty label",
+    ),
     # ---- round 3: flags, every script
     pytest.param(
         "maml",
