@@ -9,9 +9,16 @@ import json
 from pathlib import Path
 
 from cli import CheckpointError, DataError, WriteError, atomic_write, write_failure
-from stats import PAIR_COLUMNS, REGIMES
+from stats import CKA_COLUMNS, PAIR_COLUMNS, REGIMES
 
 PROBE_COLUMNS = ["iteration", "chunk", "chunk_seed", *REGIMES, "classes_A", "classes_B"]
+
+
+def probe_columns(similarity):
+    """A probe's records: the accuracies, and with probe.py --similarity the layers' CKA after them."""
+    return PROBE_COLUMNS + (list(CKA_COLUMNS) if similarity else [])
+
+
 TEXT_COLUMNS = {"name", "kind", "classes_A", "classes_B"}  # the columns of our logs that are not numbers
 
 
@@ -132,10 +139,12 @@ def repair_logs(paths, iteration):
 
 
 def read_records(path):
-    """A probe's records CSV as {column: list}: the regimes as floats, the task-pair columns as strings.
+    """A probe's records CSV as {column: list}: the regimes (and CKA, if recorded) as floats, the task-pair
+    columns as strings.
     A damaged file is named, with its line."""
     rows = read_log_strictly(path)
-    records = {k: [float(r[k]) for r in rows] for k in REGIMES}
+    columns = [*REGIMES, *(k for k in CKA_COLUMNS if rows and k in rows[0])]
+    records = {k: [float(r[k]) for r in rows] for k in columns}
     records.update({k: [r.get(k, "") for r in rows] for k in PAIR_COLUMNS})
     return records
 

@@ -68,12 +68,14 @@ def conv4(params, x):
     return F.linear(features(params, x), params["head.weight"], params["head.bias"])
 
 
-def features_tasks(params, x):
-    """`features` for T tasks at once: every parameter has a leading task dim [T, ...] and
-    x is [T, batch, channels, H, W]. The tasks become channel groups of one grouped convolution, and
-    BatchNorm over [batch, T*channels, H, W] is exactly per-task batch statistics."""
+def blocks_tasks(params, x):
+    """The outputs [T, batch, C, H, W] of the encoder's four blocks for T tasks at once: every parameter
+    has a leading task dim [T, ...] and x is [T, batch, channels, H, W]. The tasks become channel groups
+    of one grouped convolution, and BatchNorm over [batch, T*channels, H, W] is exactly per-task batch
+    statistics."""
     tasks, batch = x.shape[:2]
     x = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
+    outputs = []
     for i in range(1, 5):
         w, b = params[f"conv{i}.weight"], params.get(f"conv{i}.bias")
         b = None if b is None else b.reshape(-1)
@@ -82,7 +84,13 @@ def features_tasks(params, x):
             x, None, None, params[f"bn{i}.weight"].reshape(-1), params[f"bn{i}.bias"].reshape(-1), training=True
         )
         x = F.max_pool2d(F.relu(x), 2)
-    return x.view(batch, tasks, -1).transpose(0, 1)  # [T, batch, features], same order as `features`
+        outputs.append(x.view(batch, tasks, -1, *x.shape[2:]).transpose(0, 1))  # a view: no copy
+    return outputs
+
+
+def features_tasks(params, x):
+    """`features` for T tasks at once: [T, batch, features], in the order `features` flattens."""
+    return blocks_tasks(params, x)[-1].flatten(2)
 
 
 def conv4_tasks(params, x):

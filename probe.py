@@ -34,7 +34,8 @@ import logs
 import run_folder
 import stats
 from cli import ConfigError, DataError, WriteError
-from maml import adapt, as_inner_lrs, conv4_tasks, features_tasks, per_task
+from maml import adapt, as_inner_lrs, blocks_tasks, conv4_tasks, features_tasks, per_task
+from stats import CKA_LAYERS
 
 RATE_MODES = ("learned", "negative", "positive", "abs", "flipped", "fixed")
 
@@ -58,8 +59,27 @@ def encoder_accuracy(task_params, episode, ways):
     return prototype_accuracy(support_f, episode["support_y"], query_f, episode["query_y"], ways)
 
 
-def probe_tasks(params, rates, task_a, task_b, steps, ways):
-    """One probe iteration for each of a batch of task pairs: dict of per-pair accuracies."""
+def layer_outputs(task_params, x):
+    """The outputs of the four conv blocks and the head (logits) on images x, per task."""
+    return [*blocks_tasks(task_params, x), conv4_tasks(task_params, x)]
+
+
+def similarity(initial, adapted, task_a, task_b):
+    """Linear CKA of each layer's output before and after adaptation, on task A's query images (on-task)
+    and on task B's (off-task): {"cka_on_block1": [T], ...}. At 0 steps, or for a layer that does not
+    adapt, the outputs are identical and the CKA is exactly 1."""
+    out = {}
+    with torch.no_grad():
+        for regime, task in (("on", task_a), ("off", task_b)):
+            before, after = layer_outputs(initial, task["query_x"]), layer_outputs(adapted, task["query_x"])
+            for layer, b, a in zip(CKA_LAYERS, before, after, strict=True):
+                out[f"cka_{regime}_{layer}"] = stats.linear_cka(b, a)
+    return out
+
+
+def probe_tasks(params, rates, task_a, task_b, steps, ways, similar=False):
+    """One probe iteration for each of a batch of task pairs: dict of per-pair accuracies (and with
+    `similar`, the layers' CKA)."""
     tasks = task_a["support_x"].shape[0]
     initial = per_task(params, tasks)
     adapted = adapt(
@@ -74,6 +94,7 @@ def probe_tasks(params, rates, task_a, task_b, steps, ways):
         "pre_B": encoder_accuracy(initial, task_b, ways),
         "off_B": encoder_accuracy(adapted, task_b, ways),
         "head_A": head,
+        **(similarity(initial, adapted, task_a, task_b) if similar else {}),
     }
 
 
@@ -115,6 +136,9 @@ def format_summary(summary, title):
         f"  on-task change vs 0: p = {summary['on_change_vs_zero']['p']:.3g};  "
         f"off-task change vs 0: p = {summary['off_change_vs_zero']['p']:.3g}",
     ]
+    for regime, where in (("on", "task A"), ("off", "task B")) if "similarity" in summary else ():
+        cka = ", ".join(f"{layer} {summary['similarity'][f'cka_{regime}_{layer}']['mean']:.4f}" for layer in CKA_LAYERS)
+        lines.append(f"  linear CKA before vs after adaptation, on {where}'s queries: {cka}")
     return "\n".join(lines)
 
 
@@ -162,14 +186,26 @@ def build_parser():
         help="task pairs probed at once (0: 64 on a GPU, 8 on the CPU); "
         "part of the seeding, so a resumed probe keeps its batch",
     )
+    a(
+        "--similarity",
+        action="store_true",
+        help="also record, per iteration, the linear CKA between each layer's output (the four conv blocks and "
+        "the head's logits) before and after adaptation, on task A's query images (on-task) and on task B's "
+        "(off-task); the accuracies and task pairs stay those of the same probe without it",
+    )
     a("--seed", type=int, default=0, help="seeds the tasks")
+    add_run_flags(a)
+    return p
+
+
+def add_run_flags(a):
+    """Where the records go and how the probe runs: nothing the records depend on."""
     a("--out", default=None, help="folder for the records (default: beside the checkpoint)")
     a("--resume", action="store_true", help="continue an interrupted probe with the same settings")
     a("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', ...")
     a("--cache-dir", default="default", help="decoded-image cache folder ('none' disables)")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--debug", action="store_true", help="show full tracebacks on errors")
-    return p
 
 
 def output_stem(args, steps_default):
@@ -209,8 +245,8 @@ def finished_rows(records_path, summary_path, settings, resume):
         return []
     saved = logs.read_json(summary_path).get("settings") if summary_path.exists() else None
 
-    def comparable(s):
-        return {k: v for k, v in s.items() if k not in ("iterations", "checkpoint_file")}  # older probes lack the file
+    def comparable(s):  # older probes lack the file name and the similarity setting
+        return {"similarity": False, **{k: v for k, v in s.items() if k not in ("iterations", "checkpoint_file")}}
 
     if saved is not None and comparable(saved) != comparable(settings):
         differ = [k for k in {**comparable(saved), **comparable(settings)} if saved.get(k) != settings.get(k)]
@@ -292,7 +328,7 @@ def probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype):
         )
         for classes in (classes_a, classes_b)
     )
-    result = probe_tasks(params, inner_lrs, task_a, task_b, settings["steps"], ways)
+    result = probe_tasks(params, inner_lrs, task_a, task_b, settings["steps"], ways, settings["similarity"])
     result = {k: v.cpu().tolist() for k, v in result.items()}
     ca, cb = task_a["classes"].cpu().tolist(), task_b["classes"].cpu().tolist()
     return [
@@ -330,15 +366,16 @@ def probe_settings(args, ckpt, batch):
         "shots": config["shots"],
         "checkpoint_iteration": ckpt["iteration"],
         "data": args.data or config["data"] or "synthetic",
+        "similarity": args.similarity,
     }
 
 
-def append_chunk(records_path, rows):
+def append_chunk(records_path, rows, columns):
     """Append one chunk's records, flushed to disk so a kill keeps every finished chunk. A failed write
     (a full disk) ends in one line saying that --resume continues."""
     try:
         with open(records_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=logs.PROBE_COLUMNS).writerows(rows)
+            csv.DictWriter(f, fieldnames=columns).writerows(rows)
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
@@ -378,7 +415,7 @@ def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
         # for --resume to compare.
         if not (records_path.exists() and summary_path.exists()):
             logs.write_json(summary_path, {"settings": settings})
-        logs.write_rows(records_path, done_rows, logs.PROBE_COLUMNS)
+        logs.write_rows(records_path, done_rows, logs.probe_columns(settings["similarity"]))
 
     dtype = getattr(torch, config["dtype"])
     params = {n: p.to(device, dtype) for n, p in ckpt["params"].items()}
@@ -405,7 +442,7 @@ def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
         )
         for rows in chunks:
             if rank == 0:
-                append_chunk(records_path, rows)
+                append_chunk(records_path, rows, logs.probe_columns(settings["similarity"]))
             bar.update(len(rows))
     if rank != 0:
         return None

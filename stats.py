@@ -12,6 +12,8 @@ import torch
 from cli import AnalysisError
 
 REGIMES = ("pre_A", "on_A", "pre_B", "off_B", "head_A")  # the probe's five accuracies, per iteration
+CKA_LAYERS = ("block1", "block2", "block3", "block4", "head")  # the outputs probe.py --similarity compares
+CKA_COLUMNS = tuple(f"cka_{regime}_{layer}" for regime in ("on", "off") for layer in CKA_LAYERS)
 PAIR_COLUMNS = ("chunk_seed", "classes_A", "classes_B")  # what identifies a probe iteration's task pair
 METHOD_NAMES = {  # every method maml.py trains, in the report's order; MAML is the one the others are compared with
     "maml": "MAML",
@@ -90,6 +92,21 @@ def rate_statistics(inner_lrs):
     return rows
 
 
+def linear_cka(x, y):
+    """Linear CKA (Kornblith et al. 2019) of representations x [T, n, ...] and y [T, n, ...] of the same n
+    examples, for each of T pairs: HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with the linear kernels
+    K = Xc Xc^T, L = Yc Yc^T of the column-centred, flattened features. Through the n x n kernels because a
+    conv block has up to a hundred thousand features per example; in float64 whatever the inputs (a TF32
+    product would move the third digit). Identical inputs give exactly 1; either one constant over the
+    examples gives NaN. Invariant to orthogonal transforms and isotropic scaling."""
+    x, y = x.flatten(2).double(), y.flatten(2).double()
+    same = (x == y).flatten(1).all(1) if x.shape == y.shape else torch.zeros(len(x), dtype=torch.bool)
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    k, l_ = x @ x.transpose(1, 2), y @ y.transpose(1, 2)
+    cka = (k * l_).sum((1, 2)) / torch.sqrt((k * k).sum((1, 2)) * (l_ * l_).sum((1, 2)))
+    return torch.where(same, torch.ones_like(cka), cka)
+
+
 def mean_t_ci95(values):
     """Mean and half-width of the Student-t 95% confidence interval (mean_normal_ci95 is the
     normal-approximation one that MAML reports for test accuracy)."""
@@ -111,7 +128,8 @@ def changes(records):
 def summarize(records):
     """The probe's summary: every regime's mean and 95% CI, both changes, the paired t-test of
     on-task change against off-task change (the paper's p = 0.00044 test) and one-sample t-tests
-    of each change against zero. `records` maps column name -> sequence of per-iteration values."""
+    of each change against zero; with probe.py --similarity each layer's mean CKA. `records` maps column
+    name -> sequence of per-iteration values."""
     on_change, off_change = changes(records)
 
     def test(result):
@@ -120,6 +138,7 @@ def summarize(records):
     return {
         "iterations": len(on_change),
         "regimes": {k: mean_t_ci95(records[k]) for k in REGIMES},
+        **({"similarity": {k: mean_t_ci95(records[k]) for k in CKA_COLUMNS}} if CKA_COLUMNS[0] in records else {}),
         "on_change": mean_t_ci95(on_change),
         "off_change": mean_t_ci95(off_change),
         "paired_t_on_vs_off": test(scipy_stats().ttest_rel(on_change, off_change)),

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 import data
+import logs
 import maml
 import probe
 from cli import CheckpointError, ConfigError
 from conftest import read_csv, tiny_flags
+from stats import CKA_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,12 @@ def checkpoints(tmp_path_factory):
             root / "metasgd", "--iterations", "2", "--eval-every", "2", "--learn-lr", "--lr-init-range", "-0.05", "0.05"
         )
     )
-    return {"maml": root / "maml" / "best.pt", "metasgd": root / "metasgd" / "best.pt"}
+    maml.main(tiny_flags(root / "anil", "--iterations", "2", "--eval-every", "2", "--inner-params", "head"))
+    return {
+        "maml": root / "maml" / "best.pt",
+        "metasgd": root / "metasgd" / "best.pt",
+        "anil": root / "anil" / "best.pt",
+    }
 
 
 def tiny_tasks(tasks=12, ways=3, seed=0):
@@ -201,3 +208,51 @@ def test_a_resume_with_other_settings_says_which_differ(checkpoints, tmp_path):
     probe.main([*flags, "--queries", "3"])
     with pytest.raises(ConfigError, match=r"settings differ .*\(queries: 3 then, 2 now\)"):
         probe.main([*flags, "--queries", "2", "--resume"])
+
+
+def probe_records(checkpoint, out, *extra):
+    probe.main(
+        [
+            str(checkpoint),
+            "--iterations",
+            "8",
+            "--batch",
+            "4",
+            "--queries",
+            "3",
+            "--no-progress",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+    (records,) = out.glob("probe*.csv")
+    return read_csv(records)
+
+
+def test_similarity_at_zero_steps_is_exactly_one_and_leaves_the_accuracies_as_they_were(checkpoints, tmp_path):
+    plain = probe_records(checkpoints["metasgd"], tmp_path / "plain", "--steps", "0")
+    similar = probe_records(checkpoints["metasgd"], tmp_path / "similar", "--steps", "0", "--similarity")
+    assert [{k: r[k] for k in plain[0]} for r in similar] == plain
+    assert all(float(r[k]) == 1.0 for r in similar for k in CKA_COLUMNS)
+    adapted = probe_records(checkpoints["metasgd"], tmp_path / "adapted", "--similarity")
+    assert all(float(r[k]) < 1.0 for r in adapted for k in CKA_COLUMNS if k.endswith("head"))
+    assert json.loads((tmp_path / "adapted" / "probe.json").read_text())["settings"]["similarity"] is True
+    assert list(adapted[0]) == logs.probe_columns(True)
+
+
+@pytest.mark.parametrize("rates", [[], ["--rates", "fixed", "--inner-lr", "0.5"]], ids=["learned", "fixed"])
+def test_an_anil_checkpoint_is_probed_adapting_only_its_head(checkpoints, tmp_path, rates):
+    ckpt = torch.load(checkpoints["anil"], weights_only=False)
+    assert ckpt["config"]["inner_params"] == "head" and list(ckpt["inner_lrs"]) == ["head.weight", "head.bias"]
+    records = probe_records(checkpoints["anil"], tmp_path, "--similarity", *rates)
+    conv = [k for k in CKA_COLUMNS if not k.endswith("head")]
+    assert all(float(r[k]) == 1.0 for r in records for k in conv)  # the encoder never moved: by construction
+    assert all(r["pre_A"] == r["on_A"] and r["pre_B"] == r["off_B"] for r in records)
+    assert any(float(r["cka_on_head"]) < 1.0 for r in records)
+
+
+def test_a_resume_with_similarity_over_a_probe_without_it_names_the_setting(checkpoints, tmp_path):
+    probe_records(checkpoints["maml"], tmp_path)
+    with pytest.raises(ConfigError, match="similarity: False then, True now"):
+        probe_records(checkpoints["maml"], tmp_path, "--similarity", "--resume")

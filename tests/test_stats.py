@@ -64,3 +64,51 @@ def test_rate_statistics_per_layer_pool_the_layers_tensors():
     assert conv1["count"] == 4 and conv1["mean"] == pytest.approx(-0.5) and conv1["frac_negative"] == 0.5
     assert conv1["std"] == pytest.approx(np.std([-1, 1, 2, -4], ddof=1)) and (conv1["min"], conv1["max"]) == (-4, 2)
     assert rows["layer", "logits"]["std"] == 0 and rows["tensor", "conv1.bias"]["count"] == 1
+
+
+def direct_linear_cka(x, y):
+    """Linear CKA as Kornblith et al. (2019) define it, in numpy: HSIC of the linear kernels K = X X^T and
+    L = Y Y^T with the centring matrix H, HSIC(K, L) = tr(K H L H) / (n - 1)^2, normalised."""
+    n = x.shape[0]
+    h = np.eye(n) - np.ones((n, n)) / n
+    k, l_ = x @ x.T, y @ y.T
+
+    def hsic(a, b):
+        return np.trace(a @ h @ b @ h) / (n - 1) ** 2
+
+    return hsic(k, l_) / math.sqrt(hsic(k, k) * hsic(l_, l_))
+
+
+def test_linear_cka_matches_a_direct_implementation_on_random_matrices():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 12, 30))  # 4 pairs of representations of 12 examples
+    y = x @ rng.normal(size=(30, 7)) + rng.normal(size=(4, 12, 7))  # related, other width
+    ours = stats.linear_cka(torch.from_numpy(x), torch.from_numpy(y))
+    direct = [direct_linear_cka(x[i], y[i]) for i in range(4)]
+    assert ours.shape == (4,) and ours.dtype == torch.float64
+    assert ours.tolist() == pytest.approx(direct, rel=1e-12)
+    assert 0.05 < min(direct) and max(direct) < 0.999  # neither trivial end
+
+
+def test_linear_cka_is_one_for_identical_representations_and_invariant_to_rotation_and_scale():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(size=(3, 10, 16)))
+    assert torch.equal(stats.linear_cka(x, x), torch.ones(3, dtype=torch.float64))  # exactly, not to rounding
+    rotation = torch.from_numpy(np.linalg.qr(rng.normal(size=(16, 16)))[0])
+    assert stats.linear_cka(x, x @ rotation).tolist() == pytest.approx([1.0] * 3, abs=1e-12)
+    assert stats.linear_cka(x, 7.5 * x).tolist() == pytest.approx([1.0] * 3, abs=1e-12)
+    assert stats.linear_cka(x, x + 3.0).tolist() == pytest.approx([1.0] * 3, abs=1e-12)  # centred first
+    unrelated = torch.from_numpy(rng.normal(size=(3, 10, 16)))
+    assert (stats.linear_cka(x, unrelated) < 0.9).all()
+
+
+def test_linear_cka_flattens_feature_maps_and_keeps_float32_inputs_in_float64():
+    rng = np.random.default_rng(2)
+    maps = torch.from_numpy(rng.normal(size=(2, 6, 4, 3, 3))).float()
+    other = torch.from_numpy(rng.normal(size=(2, 6, 5))).float()
+    flat = stats.linear_cka(maps.flatten(2), other)
+    assert torch.equal(stats.linear_cka(maps, other), flat)
+    assert flat.tolist() == pytest.approx(
+        [direct_linear_cka(maps[i].flatten(1).double().numpy(), other[i].double().numpy()) for i in range(2)],
+        rel=1e-12,
+    )
