@@ -27,7 +27,9 @@ import run_folder
 import stats
 from cli import AnalysisError
 from stats import LAYERS, METHOD_NAMES, ONE_SEED
+from stats_md import fmt, p_text, stats_markdown
 
+ADAPTS = {"all": "all", "head": "head only", "body": "body only (head frozen)"}  # --inner-params, in words
 PAPER_TABLE1 = {
     "conv1": ("-0.006", "0.032"),
     "conv2": ("-0.004", "0.027"),
@@ -46,7 +48,7 @@ PAPER_TABLE1 = {
 NOT_RESULTS = {"out", "resume", "no_progress", "debug", "device", "cache_dir", "task_batching", "log_every"}
 # ... and those that make a run one seed of its method: runs that differ in anything else are not seeds of
 # one group (another architecture, task shape, dataset, precision or length is another study).
-SEED_SETTINGS = {"seed", "seeds", "learn_lr", "save_every", "cuda_graph"}
+SEED_SETTINGS = {"seed", "seeds", "learn_lr", "inner_params", "save_every", "cuda_graph"}  # the method is a column
 
 
 def settings_groups(runs):
@@ -100,11 +102,6 @@ def check_compatible(runs):
 # ----------------------------------------------------------------------------------------------
 # Table 1: the learned rates
 # ----------------------------------------------------------------------------------------------
-
-
-def fmt(mean_std, scale=1.0, digits=3):
-    mean, std = mean_std
-    return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if std else "")
 
 
 def table1_row_names(layer):
@@ -189,126 +186,6 @@ def table1_markdown(rows, runs):
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------
-# The statistics as markdown, and the paper's numbers beside ours
-# ----------------------------------------------------------------------------------------------
-
-
-def pct(d):
-    """A mean ± 95% CI half-width in percent (or percentage points)."""
-    return f"{100 * d['mean']:.2f} ± {100 * d['ci95']:.2f}"
-
-
-def p_text(test):
-    """A p-value with what it is: its test, its unit and n. Every p-value of the report goes through here."""
-    where = f"{test['test']}, n = {test['n']} {test['unit']}"
-    if not np.isfinite(test["p"]):
-        return f"no test ({where}: needs n ≥ 2)"
-    return f"t = {test['t']:.3f}, p = {test['p']:.3g} ({where})"
-
-
-def accuracy_markdown(stats_out):
-    lines = ["| method | test accuracy (95% CI) | best validation accuracy |", "|---|---|---|"]
-    for method, s in stats_out["methods"].items():
-        test = "not measured (no test.json)"
-        if "test_acc" in s:
-            test = "; ".join(f"{100 * a:.2f} ± {100 * c:.2f}%" for a, c in s["test_acc"]["per_run"])
-            if len(s["test_acc"]["per_run"]) > 1:
-                test += f" (seeds: {fmt(s['test_acc']['mean_std'], 100, 2)}%)"
-        val = fmt(s["best_val_acc"]["mean_std"], 100, 2) + "%" if "best_val_acc" in s else "not measured"
-        lines.append(f"| {METHOD_NAMES[method]} | {test} | {val} |")
-    return lines
-
-
-def per_seed_markdown(stats_out):
-    lines = [
-        "### Probe, per seed (unit: the probe's iterations)",
-        "",
-        "Each row is one trained network. Its tests treat that network's probe iterations (task pairs) as the "
-        "sample: they say how sure we are about this network, not about the method. Changes in percentage points.",
-        "",
-        "| method | probe | seed | iterations | pre A | on A | off B | on-task change | off-task change | "
-        "on- vs off-task change | on-task change vs 0 | off-task change vs 0 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for method, s in stats_out["methods"].items():
-        for stem, p in s["probes"].items():
-            for r in p["per_seed"]:
-                g = r["regimes"]
-                lines.append(
-                    f"| {METHOD_NAMES[method]} | {stem} | {r['seed']} | {r['iterations']} | {pct(g['pre_A'])} | "
-                    f"{pct(g['on_A'])} | {pct(g['off_B'])} | {pct(r['on_change'])} | {pct(r['off_change'])} | "
-                    f"{p_text(r['paired_t_on_vs_off'])} | {p_text(r['on_change_vs_zero'])} | "
-                    f"{p_text(r['off_change_vs_zero'])} |"
-                )
-    return lines
-
-
-def across_seeds_markdown(stats_out):
-    lines = [
-        "### Probe, across seeds (unit: the seed)",
-        "",
-        "The claim about a method: each seed contributes its mean change; mean of the per-seed means, its "
-        "95% t-interval over seeds and a one-sample t-test over seeds. Percentage points.",
-        "",
-        "| method | probe | seeds | on-task change | off-task change | on − off change |",
-        "|---|---|---|---|---|---|",
-    ]
-    for method, s in stats_out["methods"].items():
-        for stem, p in s["probes"].items():
-            a = p["across_seeds"]
-            if "note" in a:
-                lines.append(f"| {METHOD_NAMES[method]} | {stem} | {a['seeds']} | {a['note']} | | |")
-                continue
-            cells = [f"{pct(a[k])}; {p_text(a[k])}" for k in ("on_change", "off_change", "on_minus_off")]
-            lines.append(f"| {METHOD_NAMES[method]} | {stem} | {a['seeds']} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def between_methods_markdown(stats_out):
-    lines = [
-        "### Between methods: Meta-SGD − MAML on the same task pairs",
-        "",
-        "Runs with the same seed and probe settings were probed on identical task pairs (checked from the "
-        "records), so the difference is paired: per seed over its task pairs, then over seeds. The interaction "
-        "is the paper's contrast: is (on-task change − off-task change) different between the methods?",
-        "",
-        "| probe | seed | off-task change difference (pp) | interaction: difference of (on − off) (pp) |",
-        "|---|---|---|---|",
-    ]
-    for stem, b in stats_out["between_methods"].items():
-        for r in b["per_seed"]:
-            cells = [f"{pct(r[k])}; {p_text(r[k])}" for k in ("off_difference", "interaction")]
-            lines.append(f"| {stem} | {r['seed']} | " + " | ".join(cells) + " |")
-        a = b["across_seeds"]
-        if a["note"]:
-            lines.append(f"| {stem} | across seeds | {a['note']} | |")
-        else:
-            cells = [f"{pct(a[k])}; {p_text(a[k])}" for k in ("off_difference", "interaction")]
-            lines.append(f"| {stem} | across {a['seeds']} seeds | " + " | ".join(cells) + " |")
-        lines += [f"| {stem} | not paired | {why} | |" for why in b["unpaired"]]
-    return lines
-
-
-def stats_markdown(stats_out):
-    queries = sorted(
-        {r["queries"] for s in stats_out["methods"].values() for p in s["probes"].values() for r in p["per_seed"]}
-        - {None}
-    )
-    lines = ["## Statistics", "", *accuracy_markdown(stats_out), ""]
-    lines += [
-        f"Our probe scores {', '.join(map(str, queries)) or '?'} query image(s) per class in each task, where the "
-        "paper scores 'an evaluation image'; each iteration's accuracy is then less noisy, so our per-iteration "
-        "p-values are not on the paper's scale (`probe.py --queries 1` is). The paper's single p-value, "
-        "0.00044, does not state its test.",
-        "",
-    ]
-    lines += per_seed_markdown(stats_out) + [""] + across_seeds_markdown(stats_out) + [""]
-    if stats_out["between_methods"]:
-        lines += between_methods_markdown(stats_out) + [""]
-    return "\n".join(lines) + "\n"
-
-
 def ours_change(probe_stats, key):
     """A change for the comparison table: over seeds when there are several, else the one seed's."""
     if probe_stats is None:
@@ -363,13 +240,30 @@ def comparison_table(by_method, stats_out, table1_rows):
             per_seed = [(s["seed"], s["paired_t_on_vs_off"]) for s in p["per_seed"]]
             ours = ours_p(per_seed, p["across_seeds"].get("on_minus_off"), ONE_SEED)
         lines.append(f"| {METHOD_NAMES[method]}: on- vs off-task change | {paper_p} | {ours} |")
-    b = stats_out["between_methods"].get("probe")
+    b = stats_out["between_methods"].get("metasgd", {}).get("probe")
     ours = "not measured"
     if b and b["per_seed"]:
         per_seed = [(s["seed"], s["interaction"]) for s in b["per_seed"]]
         ours = ours_p(per_seed, b["across_seeds"].get("interaction"), ONE_SEED)
     lines.append(f"| interaction: (on − off change), Meta-SGD − MAML | {paper_p} | {ours} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + beside_the_paper(stats_out)) + "\n"
+
+
+def beside_the_paper(stats_out):
+    """The paper's claim is Meta-SGD − MAML in off-task change; the other methods' rows on the same axis."""
+    lines = []
+    for method, by_stem in stats_out["between_methods"].items():
+        probe = stats_out["methods"][method]["probes"].get("probe")
+        if method != "metasgd":
+            frozen = probe and probe["per_seed"][0]["off_change_vs_zero"].get("note")
+            ours = ours_change(probe, "off_change") + (f" ({frozen})" if frozen else "")
+            lines.append(f"| {METHOD_NAMES[method]} off-task change | not in the paper | {ours} |")
+        b, ours = by_stem.get("probe"), "not measured"
+        if b and b["per_seed"]:
+            per_seed = [(s["seed"], s["off_difference"]) for s in b["per_seed"]]
+            ours = ours_p(per_seed, b["across_seeds"].get("off_difference"), ONE_SEED)
+        lines.append(f"| off-task change, {METHOD_NAMES[method]} − MAML (paired) | not stated | {ours} |")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,16 +283,17 @@ def data_label(config):
 
 def provenance(runs):
     lines = [
-        "| run | method | data | iterations | seed | image size | channels | filters | conv biases | "
-        "meta-gradient clipping | Table 1 rates from | probe files |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | method | inner loop adapts | data | iterations | seed | image size | channels | filters | "
+        "conv biases | meta-gradient clipping | Table 1 rates from | probe files |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         c = r["config"]
         clip = f"to ±{c['clip_grad']:g}" if c["clip_grad"] else "off"
         rates_from = f"{r['table1']['checkpoint']} (iteration {r['table1']['iteration']})" if r["table1"] else "—"
         lines.append(
-            f"| {r['folder']} | {METHOD_NAMES[r['method']]} | {data_label(c)} | {r['iteration']} of "
+            f"| {r['folder']} | {METHOD_NAMES[r['method']]} | {ADAPTS[c['inner_params']]} | {data_label(c)} | "
+            f"{r['iteration']} of "
             f"{c['iterations']} | {c['seed']} | {c['image_size']} | {c['channels']} | {c['hidden']} | "
             f"{'yes' if c['conv_bias'] else 'no'} | {clip} | {rates_from} | "
             f"{', '.join(r['probes']) or 'none'} |"
@@ -530,7 +425,7 @@ def write_report(runs, out, group=""):
     by_method = {}
     for run in runs:
         by_method.setdefault(run["method"], []).append(run)
-    by_method = {m: by_method[m] for m in ("maml", "metasgd") if m in by_method}
+    by_method = {m: by_method[m] for m in METHOD_NAMES if m in by_method}
     stats_out = stats.compute_stats(by_method)
     write_files(out, {"stats.json": json.dumps(stats_out, indent=2) + "\n", "stats.md": stats_markdown(stats_out)})
     table1 = write_table1(by_method.get("metasgd", []), out)
@@ -539,6 +434,7 @@ def write_report(runs, out, group=""):
     written += ["table1_learned_rates.csv", "table1_learned_rates.md"] if table1 else []
     written += ["fig6_learned_rates.png", "fig6_rates_over_training.png"] if figures.fig6(runs, out) else []
     written += ["fig7_probe.png"] if figures.fig7(stats_out, out) else []
+    written += ["fig_cka_per_layer.png"] if figures.fig_cka(stats_out, out) else []
     parts = report_head(runs, by_method, group) + [
         "## The paper's numbers beside ours", "", comparison_table(by_method, stats_out, table1),
         "## Runs", "", provenance(runs), "## Figure 5: training", "", "![Figure 5](fig5_training.png)", "",
@@ -550,6 +446,8 @@ def write_report(runs, out, group=""):
         parts += ["## Figure 6: learned rates", "", *figure6]
     if "fig7_probe.png" in written:
         parts += ["## Figure 7: embedding probe", "", "![Figure 7](fig7_probe.png)", ""]
+    if "fig_cka_per_layer.png" in written:
+        parts += ["## Representation change per layer (linear CKA)", "", "![CKA](fig_cka_per_layer.png)", ""]
     write_files(out, {"report.md": "\n".join([*parts, stats_markdown(stats_out)])})
     finish_report(out, written)
     return out / "report.md"

@@ -6,7 +6,7 @@ embedding probe), from the runs and statistics that analyze.py has read and comp
 import numpy as np
 
 from cli import atomic_write
-from stats import LAYERS, METHOD_NAMES, figure_numbers, layer_of
+from stats import CKA_LAYERS, LAYERS, METHOD_NAMES, figure_numbers, layer_of
 
 
 def _plt():
@@ -147,5 +147,38 @@ def fig7(stats_out, out, stem="probe"):
     fig.suptitle("Figure 7: embedding probe, cosine nearest-prototype accuracy of the encoder")
     fig.tight_layout()
     save(fig, out / "fig7_probe.png")
+    plt.close(fig)
+    return True
+
+
+def fig_cka(stats_out, out, stem="probe"):
+    """Linear CKA before vs after adaptation per layer, on- and off-task, one line per method (the shape of
+    Raghu et al.'s Figure 2): over seeds when there are several, else the one seed's iterations."""
+    have = {}
+    for method, s in stats_out["methods"].items():
+        p = s["probes"].get(stem)
+        if p and all("similarity" in r for r in p["per_seed"]):
+            have[method] = p["across_seeds"].get("similarity") or p["per_seed"][0]["similarity"]
+    if not have:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (regime, title) in zip(
+        axes, (("on", "on-task (task A's queries)"), ("off", "off-task (task B's queries)"))
+    ):
+        for method, cka in have.items():
+            numbers = [cka[f"cka_{regime}_{layer}"] for layer in CKA_LAYERS]
+            errors = [c["ci95"] if np.isfinite(c["ci95"]) else 0 for c in numbers]
+            ax.errorbar(
+                CKA_LAYERS, [c["mean"] for c in numbers], yerr=errors, marker="o", capsize=3, label=METHOD_NAMES[method]
+            )
+        ax.set_title(title)
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("linear CKA, before vs after adaptation (95% CI)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Where adaptation changes the representation: 1 = unchanged (up to rotation and scale)")
+    fig.tight_layout()
+    save(fig, out / "fig_cka_per_layer.png")
     plt.close(fig)
     return True

@@ -27,6 +27,7 @@ LAYERS = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "logit
 # The probe settings that fix the task pairs: two probes that agree on these drew the same pairs.
 PAIRING_SETTINGS = ("split", "iterations", "queries", "off_task", "batch", "seed", "ways", "shots", "data")
 ONE_SEED = "one seed: no across-seed claim can be made"
+NO_CHANGE = "no change by construction"  # a layer the inner loop never moves (ANIL's encoder): its CKA is exactly 1
 
 
 def method_of(config):
@@ -179,8 +180,14 @@ def per_seed_probe(run, stem):
         "on_change_vs_zero": "one-sample t-test, on-task change vs 0",
         "off_change_vs_zero": "one-sample t-test, off-task change vs 0",
     }
-    for key, test in label.items():
-        s[key].update(test=test, unit="iterations", n=n)
+    on, off = changes(run["probes"][stem]["records"])
+    frozen = run["config"].get("inner_params") == "head" and not on.any() and not off.any()
+    for key, test in label.items():  # ANIL's encoder never moves: its changes are 0, no test can vary
+        s[key].update(test=test, unit="iterations", n=n, **({"note": NO_CHANGE} if frozen else {}))
+    for column, cka in s.get("similarity", {}).items():
+        if cka["ci95"] == 0 and set(run["probes"][stem]["records"][column]) == {1.0}:
+            frozen = run["config"].get("inner_params") == "head" and "_block" in column
+            cka["note"] = NO_CHANGE if frozen else "no change: exactly 1 in every iteration"
     queries = run["probes"][stem]["settings"].get("queries")
     return {"seed": run["config"]["seed"], "folder": str(run["folder"]), "queries": queries, **s}
 
@@ -196,7 +203,20 @@ def across_seed_tests(per_seed):
         "on_minus_off": [s["on_change"]["mean"] - s["off_change"]["mean"] for s in per_seed],
     }
     test = "one-sample t-test of the per-seed means vs 0"
-    return {"seeds": len(per_seed), **{k: t_test_of_mean(v, test, "seeds") for k, v in means.items()}}
+    out = {"seeds": len(per_seed), **{k: t_test_of_mean(v, test, "seeds") for k, v in means.items()}}
+    if all(s["on_change_vs_zero"].get("note") for s in per_seed):
+        for key in means:
+            out[key]["note"] = NO_CHANGE
+    if all("similarity" in s for s in per_seed):  # each layer's CKA: the t-interval of the per-seed means
+        out["similarity"] = {}
+        for column in CKA_COLUMNS:
+            cka = mean_t_ci95([s["similarity"][column]["mean"] for s in per_seed])
+            notes = {s["similarity"][column].get("note") for s in per_seed}
+            out["similarity"][column] = {
+                **cka,
+                **({"note": notes.pop()} if len(notes) == 1 and None not in notes else {}),
+            }
+    return out
 
 
 def method_stats(runs, stems):
@@ -218,10 +238,10 @@ def method_stats(runs, stems):
     return m
 
 
-def same_task_pairs(maml_run, sgd_run, stem):
+def same_task_pairs(maml_run, other_run, stem):
     """Whether the two runs' probes can be paired: None if so, else why not. Same settings must mean the
     same task pairs; records that say otherwise are refused (AnalysisError), never paired."""
-    a, b = maml_run["probes"][stem], sgd_run["probes"][stem]
+    a, b = maml_run["probes"][stem], other_run["probes"][stem]
     differ = [k for k in PAIRING_SETTINGS if a["settings"].get(k) != b["settings"].get(k)]
     if differ:
         return f"probed with different settings ({', '.join(differ)}), so on different task pairs"
@@ -230,24 +250,25 @@ def same_task_pairs(maml_run, sgd_run, stem):
             i = next((i for i, (x, y) in enumerate(zip(a["records"][key], b["records"][key])) if x != y), None)
             where = f"at iteration {i}" if i is not None else "in length"
             raise AnalysisError(
-                f"{stem}: the MAML and Meta-SGD probes of seed {maml_run['config']['seed']} have the same settings "
+                f"{stem}: the MAML and {METHOD_NAMES[other_run['method']]} probes of seed {maml_run['config']['seed']} "
+                f"have the same settings "
                 f"but different task pairs ({key} differs {where}); probe both again with the same flags"
             )
     return None
 
 
-def between_methods(by_method, stem):
-    """Meta-SGD − MAML on the same task pairs: the off-task change, and the interaction (on − off change),
+def between_methods(by_method, stem, method="metasgd"):
+    """`method` − MAML on the same task pairs: the off-task change, and the interaction (on − off change),
     as paired t-tests over a seed's task pairs, then over seeds."""
-    runs = {m: {r["config"]["seed"]: r for r in by_method[m] if stem in r["probes"]} for m in ("maml", "metasgd")}
+    runs = {m: {r["config"]["seed"]: r for r in by_method[m] if stem in r["probes"]} for m in ("maml", method)}
     per_seed, unpaired = [], []
-    for seed in sorted(set(runs["maml"]) & set(runs["metasgd"])):
-        why_not = same_task_pairs(runs["maml"][seed], runs["metasgd"][seed], stem)
+    for seed in sorted(set(runs["maml"]) & set(runs[method])):
+        why_not = same_task_pairs(runs["maml"][seed], runs[method][seed], stem)
         if why_not:
             unpaired.append(f"seed {seed}: {why_not}")
             continue
-        (on_m, off_m), (on_s, off_s) = (changes(runs[m][seed]["probes"][stem]["records"]) for m in ("maml", "metasgd"))
-        test = "paired t-test over task pairs, Meta-SGD − MAML"
+        (on_m, off_m), (on_s, off_s) = (changes(runs[m][seed]["probes"][stem]["records"]) for m in ("maml", method))
+        test = f"paired t-test over task pairs, {METHOD_NAMES[method]} − MAML"
         per_seed.append(
             {
                 "seed": seed,
@@ -258,7 +279,7 @@ def between_methods(by_method, stem):
                 "interaction": t_test_of_mean((on_s - off_s) - (on_m - off_m), test, "iterations"),
             }
         )
-    unpaired += [f"seed {s}: probed with one method only" for s in sorted(set(runs["maml"]) ^ set(runs["metasgd"]))]
+    unpaired += [f"seed {s}: probed with one method only" for s in sorted(set(runs["maml"]) ^ set(runs[method]))]
     across = {"seeds": len(per_seed), "note": ONE_SEED if len(per_seed) < 2 else None}
     if len(per_seed) >= 2:
         test = "one-sample t-test of the per-seed mean differences vs 0"
@@ -268,16 +289,15 @@ def between_methods(by_method, stem):
 
 
 def compute_stats(by_method):
-    """Every test the report shows, as plain numbers."""
+    """Every test the report shows, as plain numbers; between methods, each method against MAML."""
     for method, runs in by_method.items():
         seeds = [r["config"]["seed"] for r in runs]
         if len(set(seeds)) < len(seeds):
             raise AnalysisError(f"two {METHOD_NAMES[method]} runs have the same seed ({seeds}); give one run per seed")
     stems = sorted({s for runs in by_method.values() for r in runs for s in r["probes"]})
     out = {"methods": {m: method_stats(runs, stems) for m, runs in by_method.items()}, "between_methods": {}}
-    if len(by_method) == 2:
-        for stem in stems:
-            out["between_methods"][stem] = between_methods(by_method, stem)
+    for method in [m for m in by_method if m != "maml"] if "maml" in by_method else []:
+        out["between_methods"][method] = {stem: between_methods(by_method, stem, method) for stem in stems}
     return out
 
 

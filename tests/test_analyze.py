@@ -15,10 +15,12 @@ from PIL import Image
 from scipy import stats
 
 import analyze
-from conftest import ROOT, read_csv
+import maml
+import probe
+from conftest import ROOT, read_csv, tiny_flags
 from logs import PROBE_COLUMNS
 from run_folder import PROGRAM
-from stats import REGIMES
+from stats import NO_CHANGE, REGIMES
 
 PARAM_SHAPES = {
     "conv1.weight": (4, 3, 3, 3),
@@ -185,7 +187,7 @@ def test_per_seed_and_across_seed_statistics_match_scipy(runs, tmp_path):
 def test_between_methods_is_a_paired_test_over_task_pairs_then_over_seeds(runs, tmp_path):
     root, made = runs
     analyze.analyze(all_runs(root), tmp_path / "report")
-    between = json.loads((tmp_path / "report" / "stats.json").read_text())["between_methods"]["probe"]
+    between = json.loads((tmp_path / "report" / "stats.json").read_text())["between_methods"]["metasgd"]["probe"]
     off_means, interaction_means = [], []
     for seed, per_seed in zip(SEEDS, between["per_seed"]):
         m, s = made[("maml", seed)]["records"], made[("metasgd", seed)]["records"]
@@ -226,7 +228,7 @@ def test_probes_with_other_settings_are_not_paired_and_say_why(runs, tmp_path):
     summary["settings"]["queries"] = 1
     (root / "maml2" / "probe.json").write_text(json.dumps(summary))
     analyze.analyze(all_runs(root), tmp_path / "report")
-    between = json.loads((tmp_path / "report" / "stats.json").read_text())["between_methods"]["probe"]
+    between = json.loads((tmp_path / "report" / "stats.json").read_text())["between_methods"]["metasgd"]["probe"]
     assert [r["seed"] for r in between["per_seed"]] == [0, 1]
     assert between["unpaired"] == ["seed 2: probed with different settings (queries), so on different task pairs"]
 
@@ -236,7 +238,7 @@ def test_one_seed_says_no_across_seed_claim_can_be_made(runs, tmp_path):
     report = analyze.analyze(all_runs(root, seeds=(0,)), tmp_path / "report").read_text()
     result = json.loads((tmp_path / "report" / "stats.json").read_text())
     assert result["methods"]["maml"]["probes"]["probe"]["across_seeds"]["note"] == analyze.ONE_SEED
-    assert result["between_methods"]["probe"]["across_seeds"]["note"] == analyze.ONE_SEED
+    assert result["between_methods"]["metasgd"]["probe"]["across_seeds"]["note"] == analyze.ONE_SEED
     assert "no across-seed claim can be made" in (tmp_path / "report" / "stats.md").read_text()
     assert "no across-seed claim can be made" in report
 
@@ -422,3 +424,41 @@ def test_runs_on_the_same_data_in_two_folders_are_seeds_of_one_group_and_other_d
     assert "runs in groups" not in one  # a moved folder holds the same data; --synthetic-per-class means nothing
     apart = analyze.analyze([tmp_path / "maml0", tmp_path / "maml2"], tmp_path / "apart").read_text()
     assert "they differ in --data." in apart and "[--data /other/mini](group2/report.md)" in apart
+
+
+def test_four_methods_probed_with_similarity_are_each_reported_against_maml(tmp_path):
+    """MAML, Meta-SGD, ANIL and BOIL, two seeds each, trained, probed with --similarity and analysed: every
+    method has its rows and its paired tests against MAML, and ANIL's encoder reads 'no change by
+    construction', never a NaN from a zero-variance test."""
+    methods = {
+        "maml": [],
+        "metasgd": ["--learn-lr"],
+        "anil": ["--inner-params", "head"],
+        "boil": ["--inner-params", "body"],
+    }
+    folders = []
+    for method, extra in methods.items():
+        maml.main(tiny_flags(tmp_path / method, "--seeds", "0", "1", "--iterations", "2", "--eval-every", "2", *extra))
+        for seed in (0, 1):
+            folders.append(tmp_path / method / f"seed{seed}")
+            probe.main([str(folders[-1] / "best.pt"), "--iterations", "8", "--batch", "4", "--queries", "3",
+                        "--similarity", "--no-progress"])  # fmt: skip
+    report = analyze.analyze(folders, tmp_path / "report").read_text()
+    result = json.loads((tmp_path / "report" / "stats.json").read_text())
+    assert list(result["methods"]) == ["maml", "metasgd", "anil", "boil"]
+    assert list(result["between_methods"]) == ["metasgd", "anil", "boil"]
+    for method, by_stem in result["between_methods"].items():
+        assert [s["seed"] for s in by_stem["probe"]["per_seed"]] == [0, 1], method
+        assert by_stem["probe"]["across_seeds"]["off_difference"]["n"] == 2, method
+    anil = result["methods"]["anil"]["probes"]["probe"]["across_seeds"]["similarity"]
+    assert all(anil[f"cka_{r}_block{i}"] == {**anil[f"cka_{r}_block{i}"], "mean": 1.0, "note": NO_CHANGE}
+               for r in ("on", "off") for i in range(1, 5))  # fmt: skip
+    assert "note" not in anil["cka_on_head"] and anil["cka_on_head"]["mean"] < 1
+    assert "no change by construction" in report and "| ANIL | head only |" in report
+    anil = result["methods"]["anil"]["probes"]["probe"]
+    assert {anil["per_seed"][0]["off_change_vs_zero"]["note"], anil["across_seeds"]["off_change"]["note"]} == {
+        NO_CHANGE
+    }
+    assert not re.search(r"nan|needs n", (tmp_path / "report" / "stats.md").read_text().lower())
+    assert "off-task change, BOIL − MAML (paired)" in report
+    assert (tmp_path / "report" / "fig_cka_per_layer.png").stat().st_size > 10_000

@@ -10,7 +10,19 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = {"maml", "probe", "analyze", "bench", "gpu_check"}
-ROOMS = {"cli", "data", "distributed", "figures", "flags", "gpu", "logs", "run_folder", "run_start", "stats"}
+ROOMS = {
+    "cli",
+    "data",
+    "distributed",
+    "figures",
+    "flags",
+    "gpu",
+    "logs",
+    "run_folder",
+    "run_start",
+    "stats",
+    "stats_md",
+}
 SOURCES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "tests").glob("*.py"))
 
 

@@ -31,7 +31,7 @@ def test_make_paper_over_two_seeds_writes_one_report_with_per_seed_and_across_se
     for method in ("maml", "metasgd"):
         probe = result["methods"][method]["probes"]["probe"]
         assert [s["seed"] for s in probe["per_seed"]] == [0, 1] and probe["across_seeds"]["seeds"] == 2
-    between = result["between_methods"]["probe"]
+    between = result["between_methods"]["metasgd"]["probe"]
     assert [s["seed"] for s in between["per_seed"]] == [0, 1] and between["across_seeds"]["seeds"] == 2
     text = (report / "report.md").read_text()
     assert "n = 2 seeds" in text and "mean ± sd over 2 seeds" in text and "Omniglot, lake split" in text
