@@ -1,8 +1,9 @@
-# make demo   -- the whole study at demo scale on built-in synthetic data (CPU, about 10 minutes)
+# make demo   -- the whole study at demo scale, four methods, on built-in synthetic data (CPU, about 10 minutes)
 # make test   -- lint, then the test suite (CPU, a few minutes)
 # make test TORCH=2.11.0 -- the same in a venv of its own with that torch (.venv-torch2.11.0; the GPU machine's)
 # make lint   -- ruff check and ruff format --check; make format rewrites the code
 # make paper DATA=/path/to/data SEEDS="0 1 2"  -- the paper's full configuration per seed (meant for a GPU)
+# make paper DATA=... METHODS="maml metasgd anil boil"  -- with ANIL and BOIL beside the paper's two
 # make gpu-check DATA=/path/to/sample     -- the prepared first check on a GPU machine (system python3, no venv)
 PYTHON ?= python3
 TORCH ?=
@@ -10,12 +11,19 @@ VENV := .venv$(if $(TORCH),-torch$(TORCH))
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-# Demo scale: 32x32 glyphs, 32 filters, 400 meta-iterations; everything else is the paper's setting.
-# At this size the grouped task batching measured faster than the loop on a 2-core CPU (bench.py).
-# Sized for about 10 minutes on a 2-core CPU (RESULTS.md, Demo).
-DEMO_FLAGS := --image-size 32 --hidden 32 --synthetic-per-class 60 --iterations 400 --eval-every 200 \
-              --val-tasks 100 --test-tasks 200 --task-batching grouped
-DEMO_PROBE := --iterations 800 --queries 5
+# Demo scale: 32x32 glyphs, 32 filters, 250 meta-iterations, four methods (MAML, Meta-SGD, ANIL, BOIL), each
+# probed with the per-layer CKA; everything else is the paper's setting. At this size the grouped task batching
+# measured faster than the loop on a 2-core CPU (bench.py). Sized for about 10 minutes on a 2-core CPU
+# (RESULTS.md, Demo); the two-method demo of 400 iterations took as long.
+DEMO_FLAGS := --image-size 32 --hidden 32 --synthetic-per-class 60 --iterations 250 --eval-every 125 \
+              --val-tasks 60 --test-tasks 150 --task-batching grouped
+DEMO_PROBE := --iterations 250 --queries 5 --similarity
+DEMO_METHODS := maml metasgd anil boil
+
+# The four methods, by the flags that make them: MAML, Meta-SGD (--learn-lr), ANIL (only the head adapts in
+# the inner loop), BOIL (only the body does).
+KNOWN_METHODS := maml metasgd anil boil
+method_flags = $(if $(filter metasgd,$(1)),--learn-lr)$(if $(filter anil,$(1)),--inner-params head)$(if $(filter boil,$(1)),--inner-params body)
 
 .PHONY: test lint format demo paper gpu-check
 
@@ -38,30 +46,31 @@ test: lint
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(PY) maml.py $(DEMO_FLAGS) --out runs/demo/maml
-	$(PY) maml.py $(DEMO_FLAGS) --learn-lr --out runs/demo/metasgd
-	$(PY) probe.py runs/demo/maml/best.pt $(DEMO_PROBE)
-	$(PY) probe.py runs/demo/metasgd/best.pt $(DEMO_PROBE)
-	$(PY) analyze.py runs/demo/maml runs/demo/metasgd --out report/demo
+	$(foreach m,$(DEMO_METHODS),$(PY) maml.py $(DEMO_FLAGS) $(call method_flags,$(m)) --out runs/demo/$(m) &&) true
+	$(foreach m,$(DEMO_METHODS),$(PY) probe.py runs/demo/$(m)/best.pt $(DEMO_PROBE) &&) true
+	$(PY) analyze.py $(addprefix runs/demo/,$(DEMO_METHODS)) --out report/demo
 	@echo "demo report: report/demo/report.md"
 
-# make paper DATA=... SEEDS="0 1 2": both methods, all seeds of a method in one process (--seeds),
-# each best.pt probed, one report over all seeds. PAPER_FLAGS and PROBE_FLAGS add flags (e.g. --clip-grad 10,
-# --no-conv-bias); RUNS and REPORT move the outputs. Run folders: $(RUNS)/<method>/seed<s>.
+# make paper DATA=... SEEDS="0 1 2": each method, all its seeds in one process (--seeds), each best.pt
+# probed (with the per-layer CKA, --similarity), one report over all seeds. METHODS picks the methods (the
+# paper's two by default; any of maml metasgd anil boil). PAPER_FLAGS and PROBE_FLAGS add flags (e.g.
+# --clip-grad 10, --no-conv-bias); RUNS and REPORT move the outputs. Run folders: $(RUNS)/<method>/seed<s>.
 SEEDS ?= 0
+METHODS ?= maml metasgd
 PAPER_FLAGS ?=
 PROBE_FLAGS ?=
 RUNS ?= runs/paper
 REPORT ?= report/paper
+PAPER_RUNS = $(foreach seed,$(SEEDS),$(foreach m,$(METHODS),$(RUNS)/$(m)/seed$(seed)))
 
 paper: $(STAMP)
-	@test -n "$(DATA)" || { echo 'usage: make paper DATA=/path/to/data [SEEDS="0 1 2"]'; exit 2; }
-	$(PY) maml.py --data $(DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/maml
-	$(PY) maml.py --data $(DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/metasgd --learn-lr
-	for run in $(foreach seed,$(SEEDS),$(RUNS)/maml/seed$(seed) $(RUNS)/metasgd/seed$(seed)); do \
-	  $(PY) probe.py $$run/best.pt --data $(DATA) $(PROBE_FLAGS) || exit 1; \
+	@test -n "$(DATA)" || { echo 'usage: make paper DATA=/path/to/data [SEEDS="0 1 2"] [METHODS="maml metasgd anil boil"]'; exit 2; }
+	@test -z "$(filter-out $(KNOWN_METHODS),$(METHODS))" || { echo 'METHODS takes maml, metasgd, anil and boil (got: $(filter-out $(KNOWN_METHODS),$(METHODS)))'; exit 2; }
+	$(foreach m,$(METHODS),$(PY) maml.py --data $(DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/$(m) $(call method_flags,$(m)) &&) true
+	for run in $(PAPER_RUNS); do \
+	  $(PY) probe.py $$run/best.pt --data $(DATA) --similarity $(PROBE_FLAGS) || exit 1; \
 	done
-	$(PY) analyze.py $(foreach seed,$(SEEDS),$(RUNS)/maml/seed$(seed) $(RUNS)/metasgd/seed$(seed)) --out $(REPORT)
+	$(PY) analyze.py $(PAPER_RUNS) --out $(REPORT)
 	@echo "report: $(REPORT)/report.md"
 
 gpu-check:

@@ -1,6 +1,6 @@
 """The paper's tables, figures and t-tests from finished runs, side by side with the paper's numbers.
 
-    python analyze.py runs/maml runs/metasgd [more runs ...] --out report/
+    python analyze.py runs/maml runs/metasgd [more runs: seeds, ANIL, BOIL ...] --out report/
 
 Reads only files on disk, from each run folder (or checkpoint path): the checkpoint (config), the
 checkpoint the probe used (its learned rates make Table 1), metrics.csv, lr_stats.csv, test.json and
@@ -9,7 +9,8 @@ design: per seed, over that seed's probe iterations;
 across seeds, over the per-seed means (the unit of a claim about a method); between methods, paired
 over the identical task pairs that runs of one seed were probed on, then over seeds. Writes into --out:
 table1_learned_rates.{md,csv}, fig5_training.png, fig6_learned_rates.png, fig6_rates_over_training.png,
-fig7_probe.png, stats.{md,json} and report.md, which holds everything on one page.
+fig7_probe.png, fig_cka_per_layer.png (probes run with --similarity), stats.{md,json} and report.md, which
+holds everything on one page. Every method (MAML, Meta-SGD, ANIL, BOIL) has its rows, each against MAML.
 """
 
 import csv
@@ -131,7 +132,8 @@ def table1_caption(runs):
     iterations = ", ".join(f"seed {r['config']['seed']}: iteration {r['table1']['iteration']}" for r in runs)
     seeds = f"{len(runs)} run{'s' if len(runs) > 1 else ''}" + (", mean ± sd across seeds" if len(runs) > 1 else "")
     return (
-        f"Learned inner-loop rates of Meta-SGD ({seeds}), from {where} [{iterations}]; the paper's Table 1 "
+        f"Learned inner-loop rates of {METHOD_NAMES[runs[0]['method']]} ({seeds}), from {where} [{iterations}]; "
+        "the paper's Table 1 (Meta-SGD) "
         "beside. Layer rows are the weights only (BatchNorm: its scale); each bias (BatchNorm: its shift) has "
         "the row beside it. A conv bias is followed by batch-statistics BatchNorm, so its rates receive only "
         "rounding noise and stay near their initial value."
@@ -142,9 +144,10 @@ TABLE1_COLUMNS = ["layer", "count", "mean", "mean_seed_std", "std", "frac_negati
                   "paper_std", "runs", "checkpoints"]  # fmt: skip
 
 
-def write_table1(runs, out):
-    """Table 1 for the Meta-SGD runs, from the checkpoint each run's probe used: across seeds, mean ± sd
-    of each statistic. Written as table1_learned_rates.csv and .md; returns its rows."""
+def write_table1(runs, out, stem="table1_learned_rates"):
+    """Table 1 for the runs of one learned-rate method (Meta-SGD's is the paper's), from the checkpoint each
+    run's probe used: across seeds, mean ± sd of each statistic; only the rates that exist (ANIL with
+    --learn-lr has the head's). Written as `stem`.csv and .md; returns its rows."""
     runs = [r for r in runs if r["table1"]]
     tables = [rate_table(r["table1"]["rates"]) for r in runs]
     if not tables:
@@ -163,10 +166,19 @@ def write_table1(runs, out):
         numbers = [r["mean"][0], r["mean"][1], r["std"][0], r["frac_negative"][0], r["min"][0], r["max"][0]]
         w.writerow([r["layer"], int(r["count"][0]), *numbers, *PAPER_TABLE1.get(r["layer"], ("", "")), len(tables),
                     checkpoints])  # fmt: skip
-    write_files(
-        out, {"table1_learned_rates.csv": table.getvalue(), "table1_learned_rates.md": table1_markdown(rows, runs)}
-    )
+    write_files(out, {f"{stem}.csv": table.getvalue(), f"{stem}.md": table1_markdown(rows, runs)})
     return rows
+
+
+def other_rate_tables(by_method, out):
+    """Table 1's statistics for the learned rates of ANIL and BOIL run with --learn-lr: report parts, files."""
+    parts, written = [], []
+    for method in ("anil-metasgd", "boil-metasgd"):
+        name = f"table1_learned_rates_{method}"
+        if write_table1(by_method.get(method, []), out, name):
+            written += [f"{name}.csv", f"{name}.md"]
+            parts += [f"## Learned inner rates of {METHOD_NAMES[method]}", "", (out / f"{name}.md").read_text(), ""]
+    return parts, written
 
 
 def table1_markdown(rows, runs):
@@ -432,7 +444,10 @@ def write_report(runs, out, group=""):
     figures.fig5(runs, out)
     written = ["stats.json", "stats.md", "report.md", "fig5_training.png"]
     written += ["table1_learned_rates.csv", "table1_learned_rates.md"] if table1 else []
-    written += ["fig6_learned_rates.png", "fig6_rates_over_training.png"] if figures.fig6(runs, out) else []
+    fig6 = figures.fig6(by_method.get("metasgd", []), out)
+    written += ["fig6_learned_rates.png", "fig6_rates_over_training.png"] if fig6 else []
+    other_tables, other_files = other_rate_tables(by_method, out)
+    written += other_files
     written += ["fig7_probe.png"] if figures.fig7(stats_out, out) else []
     written += ["fig_cka_per_layer.png"] if figures.fig_cka(stats_out, out) else []
     parts = report_head(runs, by_method, group) + [
@@ -441,6 +456,7 @@ def write_report(runs, out, group=""):
     ]  # fmt: skip
     if table1:
         parts += ["## Table 1: learned inner rates", "", (out / "table1_learned_rates.md").read_text(), ""]
+    parts += other_tables
     if "fig6_learned_rates.png" in written:
         figure6 = ["![Figure 6](fig6_learned_rates.png)", "", "![Figure 6b](fig6_rates_over_training.png)", ""]
         parts += ["## Figure 6: learned rates", "", *figure6]

@@ -8,10 +8,12 @@ on a task: each class's support embedding(s) make a prototype, and each query ta
 the most cosine-similar prototype. One probe iteration:
     1. sample task A and task B (B's classes disjoint from A's unless --off-task any)
     2. pre:  accuracy of the meta-initialisation on A and on B
-    3. adapt the whole network (head included) on A's support with the checkpoint's own rule
+    3. adapt on A's support with the checkpoint's own rule (what the run adapted: all, ANIL's head, BOIL's body)
     4. on:   accuracy of the adapted encoder on A;  off: accuracy of the adapted encoder on B
     5. head: the adapted network's ordinary classification accuracy on A's query (sanity column)
 The design is paired: on-task change = on_A - pre_A and off-task change = off_B - pre_B, per iteration.
+With --similarity, each iteration also records the linear CKA of every conv block's and the head's output
+before vs after adaptation, on A's queries (on-task) and on B's (off-task): where the features change.
 """
 
 import contextlib

@@ -1,6 +1,7 @@
 """The statistics of the study, as pure functions of numbers and records (no files): confidence
-intervals, the probe's paired tests, Meta-SGD's rate statistics, and the report's tests per seed (unit:
-probe iterations), across seeds (unit: seeds) and between methods (paired over identical task pairs).
+intervals, the probe's paired tests, linear CKA, Meta-SGD's rate statistics, and the report's tests per
+seed (unit: probe iterations), across seeds (unit: seeds) and between methods (each against MAML, paired
+over identical task pairs).
 tests/test_stats.py checks them against scipy and hand-worked values.
 """
 

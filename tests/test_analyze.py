@@ -462,3 +462,24 @@ def test_four_methods_probed_with_similarity_are_each_reported_against_maml(tmp_
     assert not re.search(r"nan|needs n", (tmp_path / "report" / "stats.md").read_text().lower())
     assert "off-task change, BOIL − MAML (paired)" in report
     assert (tmp_path / "report" / "fig_cka_per_layer.png").stat().st_size > 10_000
+
+
+def test_anil_with_learned_rates_gets_its_own_table_of_the_head_rates_beside_meta_sgds(tmp_path):
+    head = {n: s for n, s in PARAM_SHAPES.items() if n.startswith("head.")}
+    make_run(tmp_path / "maml0", "maml", 0)
+    make_run(tmp_path / "metasgd0", "metasgd", 0)
+    made = make_run(tmp_path / "anil0", "metasgd", 0, inner_params="head")
+    for name in ("ckpt.pt", "best.pt"):  # as maml.py --learn-lr --inner-params head saves them: head rates only
+        ckpt = torch.load(tmp_path / "anil0" / name, weights_only=False)
+        ckpt["inner_lrs"] = {n: r for n, r in ckpt["inner_lrs"].items() if n in head}
+        torch.save(ckpt, tmp_path / "anil0" / name)
+    assert made["best_rates"] and set(head) == {"head.weight", "head.bias"}
+    report = analyze.analyze(
+        [tmp_path / "maml0", tmp_path / "metasgd0", tmp_path / "anil0"], tmp_path / "r"
+    ).read_text()
+    table = (tmp_path / "r" / "table1_learned_rates_anil-metasgd.md").read_text()
+    assert "Learned inner-loop rates of ANIL with Meta-SGD rates" in table
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and line[2].isalpha()]
+    assert rows[1:] == ["| logits", "| logits bias"]  # after the header: only the rates that exist
+    assert "| conv1 |" not in table and "| conv1 |" in (tmp_path / "r" / "table1_learned_rates.md").read_text()
+    assert "## Learned inner rates of ANIL with Meta-SGD rates" in report

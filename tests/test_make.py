@@ -35,3 +35,25 @@ def test_make_paper_over_two_seeds_writes_one_report_with_per_seed_and_across_se
     assert [s["seed"] for s in between["per_seed"]] == [0, 1] and between["across_seeds"]["seeds"] == 2
     text = (report / "report.md").read_text()
     assert "n = 2 seeds" in text and "mean ± sd over 2 seeds" in text and "Omniglot, lake split" in text
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_paper_trains_probes_and_reports_the_methods_it_is_given(tmp_path):
+    data = make_omniglot(tmp_path / "omniglot")
+    flags = tiny_flags(tmp_path / "unused", "--iterations", "2", "--eval-every", "2")
+    out_at = flags.index("--out")
+    del flags[out_at : out_at + 2]
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    command = ["make", "-s", "paper", f"DATA={data}", f"PAPER_FLAGS={' '.join(flags)}", "METHODS=maml anil boil",
+               "PROBE_FLAGS=--iterations 4 --queries 3 --no-progress", f"RUNS={runs}", f"REPORT={report}",
+               f"PY={sys.executable}", "STAMP=requirements.txt"]  # fmt: skip
+    refused = subprocess.run(
+        [*command[:-4], "METHODS=maml protonet", *command[-4:]], cwd=ROOT, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "METHODS takes maml, metasgd, anil and boil (got: protonet)" in refused.stdout
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(str(p.relative_to(runs)) for p in runs.glob("*/seed*")) == ["anil/seed0", "boil/seed0", "maml/seed0"]
+    result = json.loads((report / "stats.json").read_text())
+    assert list(result["methods"]) == ["maml", "anil", "boil"] and list(result["between_methods"]) == ["anil", "boil"]
+    assert "similarity" in result["methods"]["boil"]["probes"]["probe"]["per_seed"][0]
