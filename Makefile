@@ -65,7 +65,7 @@ PAPER_RUNS = $(foreach seed,$(SEEDS),$(foreach m,$(METHODS),$(RUNS)/$(m)/seed$(s
 
 paper: $(STAMP)
 	@test -n "$(DATA)" || { echo 'usage: make paper DATA=/path/to/data [SEEDS="0 1 2"] [METHODS="maml metasgd anil boil"]'; exit 2; }
-	@test -z "$(filter-out $(KNOWN_METHODS),$(METHODS))" || { echo 'METHODS takes maml, metasgd, anil and boil (got: $(filter-out $(KNOWN_METHODS),$(METHODS)))'; exit 2; }
+	@test -n "$(strip $(METHODS))" -a -z "$(filter-out $(KNOWN_METHODS),$(METHODS))" || { echo 'METHODS takes maml, metasgd, anil and boil (got: $(filter-out $(KNOWN_METHODS),$(METHODS)))'; exit 2; }
 	$(foreach m,$(METHODS),$(PY) maml.py --data $(DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/$(m) $(call method_flags,$(m)) &&) true
 	for run in $(PAPER_RUNS); do \
 	  $(PY) probe.py $$run/best.pt --data $(DATA) --similarity $(PROBE_FLAGS) || exit 1; \

@@ -238,8 +238,8 @@ def comparison_table(by_method, stats_out, table1_rows):
     for layer, (mean, std) in PAPER_TABLE1.items():
         r = by_layer.get(layer)
         ours = f"{fmt(r['mean'], digits=4)} / {fmt(r['std'], digits=4)}" if r else "not measured"
-        seeds = f"{n_seeds or 0} seed{'' if n_seeds == 1 else 's'}"
-        label = f"Table 1 {layer} weights: rate mean / std (mean ± sd over {seeds})"
+        seeds = f" (mean ± sd over {n_seeds} seed{'' if n_seeds == 1 else 's'})" if n_seeds else ""
+        label = f"Table 1 {layer} weights: rate mean / std{seeds}"
         lines.append(f"| {label} | {mean} / {std} | {ours} |")
     lines += [
         f"| Meta-SGD off-task change | +0.2 pp | {ours_change(probes['metasgd'], 'off_change')} |",
@@ -262,19 +262,21 @@ def comparison_table(by_method, stats_out, table1_rows):
 
 
 def beside_the_paper(stats_out):
-    """The paper's claim is Meta-SGD − MAML in off-task change; the other methods' rows on the same axis."""
+    """The paper's claim is Meta-SGD − MAML in off-task change; the other methods' rows on the same axis:
+    each one's off-task change, and (with MAML runs) its paired difference from MAML's."""
     lines = []
-    for method, by_stem in stats_out["between_methods"].items():
-        probe = stats_out["methods"][method]["probes"].get("probe")
-        if method != "metasgd":
+    for method, numbers in stats_out["methods"].items():
+        if method not in ("maml", "metasgd"):
+            probe = numbers["probes"].get("probe")
             frozen = probe and probe["per_seed"][0]["off_change_vs_zero"].get("note")
             ours = ours_change(probe, "off_change") + (f" ({frozen})" if frozen else "")
             lines.append(f"| {METHOD_NAMES[method]} off-task change | not in the paper | {ours} |")
-        b, ours = by_stem.get("probe"), "not measured"
+        b, ours = stats_out["between_methods"].get(method, {}).get("probe"), "not measured"
         if b and b["per_seed"]:
             per_seed = [(s["seed"], s["off_difference"]) for s in b["per_seed"]]
             ours = ours_p(per_seed, b["across_seeds"].get("off_difference"), ONE_SEED)
-        lines.append(f"| off-task change, {METHOD_NAMES[method]} − MAML (paired) | not stated | {ours} |")
+        if method in stats_out["between_methods"]:
+            lines.append(f"| off-task change, {METHOD_NAMES[method]} − MAML (paired) | not stated | {ours} |")
     return lines
 
 

@@ -151,14 +151,25 @@ def fig7(stats_out, out, stem="probe"):
     return True
 
 
-def fig_cka(stats_out, out, stem="probe"):
-    """Linear CKA before vs after adaptation per layer, on- and off-task, one line per method (the shape of
-    Raghu et al.'s Figure 2): over seeds when there are several, else the one seed's iterations."""
+def cka_lines(stats_out, stem="probe"):
+    """The CKA figure's lines, {label: CKA per column}: per method, over its seeds probed with --similarity
+    when there are several, else the one seed's; a method with seeds probed without it says how many had it."""
     have = {}
     for method, s in stats_out["methods"].items():
-        p = s["probes"].get(stem)
-        if p and all("similarity" in r for r in p["per_seed"]):
-            have[method] = p["across_seeds"].get("similarity") or p["per_seed"][0]["similarity"]
+        p = s["probes"].get(stem) or {"per_seed": []}
+        measured = [r for r in p["per_seed"] if "similarity" in r]  # seeds probed without --similarity: named
+        label = METHOD_NAMES[method] + (
+            f" ({len(measured)} of {len(p['per_seed'])} seeds)" if len(measured) < len(p["per_seed"]) else ""
+        )
+        if measured:
+            have[label] = p["across_seeds"].get("similarity") or measured[0]["similarity"]
+    return have
+
+
+def fig_cka(stats_out, out, stem="probe"):
+    """Linear CKA before vs after adaptation per layer, on- and off-task, one line per method (the shape of
+    Raghu et al.'s Figure 2)."""
+    have = cka_lines(stats_out, stem)
     if not have:
         return False
     plt = _plt()
@@ -166,12 +177,10 @@ def fig_cka(stats_out, out, stem="probe"):
     for ax, (regime, title) in zip(
         axes, (("on", "on-task (task A's queries)"), ("off", "off-task (task B's queries)"))
     ):
-        for method, cka in have.items():
+        for label, cka in have.items():
             numbers = [cka[f"cka_{regime}_{layer}"] for layer in CKA_LAYERS]
             errors = [c["ci95"] if np.isfinite(c["ci95"]) else 0 for c in numbers]
-            ax.errorbar(
-                CKA_LAYERS, [c["mean"] for c in numbers], yerr=errors, marker="o", capsize=3, label=METHOD_NAMES[method]
-            )
+            ax.errorbar(CKA_LAYERS, [c["mean"] for c in numbers], yerr=errors, marker="o", capsize=3, label=label)
         ax.set_title(title)
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)

@@ -124,6 +124,12 @@ def probe_rates(inner_lrs, mode, fixed_lr=None, meta_sgd=True):
     return {n: transform(r) for n, r in inner_lrs.items()}
 
 
+def p_value(test, with_t=False):
+    if not math.isfinite(test["p"]):  # e.g. ANIL's encoder: its changes are all 0
+        return "no test (the values do not vary)"
+    return (f"t = {test['t']:.3f}, " if with_t else "") + f"p = {test['p']:.3g}"
+
+
 def format_summary(summary, title):
     r = summary["regimes"]
     pct = lambda d: f"{100 * d['mean']:6.2f} +- {100 * d['ci95']:.2f}%"
@@ -133,10 +139,9 @@ def format_summary(summary, title):
         f"  on-task (A)       {pct(r['on_A'])}   change {pct(summary['on_change'])}",
         f"  off-task (B)      {pct(r['off_B'])}   change {pct(summary['off_change'])}",
         f"  head on A (usual MAML metric) {pct(r['head_A'])}",
-        f"  paired t-test, on-task vs off-task change: t = {summary['paired_t_on_vs_off']['t']:.3f}, "
-        f"p = {summary['paired_t_on_vs_off']['p']:.3g}",
-        f"  on-task change vs 0: p = {summary['on_change_vs_zero']['p']:.3g};  "
-        f"off-task change vs 0: p = {summary['off_change_vs_zero']['p']:.3g}",
+        f"  paired t-test, on-task vs off-task change: {p_value(summary['paired_t_on_vs_off'], with_t=True)}",
+        f"  on-task change vs 0: {p_value(summary['on_change_vs_zero'])};  "
+        f"off-task change vs 0: {p_value(summary['off_change_vs_zero'])}",
     ]
     for regime, where in (("on", "task A"), ("off", "task B")) if "similarity" in summary else ():
         cka = ", ".join(f"{layer} {summary['similarity'][f'cka_{regime}_{layer}']['mean']:.4f}" for layer in CKA_LAYERS)
@@ -393,6 +398,11 @@ def run(args):
     check_flags(args)
     ckpt = run_folder.load_checkpoint(args.checkpoint)
     config = ckpt["config"]
+    if args.similarity and config["ways"] * args.queries < 3:  # two centred points: every CKA would be 1
+        raise ConfigError(
+            f"--similarity needs at least 3 query images per task to compare representations; this "
+            f"{config['ways']}-way checkpoint with --queries {args.queries} gives {config['ways'] * args.queries}"
+        )
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
     writer = distributed.is_writer()

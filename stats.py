@@ -133,20 +133,28 @@ def summarize(records):
     of each change against zero; with probe.py --similarity each layer's mean CKA. `records` maps column
     name -> sequence of per-iteration values."""
     on_change, off_change = changes(records)
-
-    def test(result):
-        return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(result.df)}
-
+    sp = scipy_stats()
     return {
         "iterations": len(on_change),
         "regimes": {k: mean_t_ci95(records[k]) for k in REGIMES},
         **({"similarity": {k: mean_t_ci95(records[k]) for k in CKA_COLUMNS}} if CKA_COLUMNS[0] in records else {}),
         "on_change": mean_t_ci95(on_change),
         "off_change": mean_t_ci95(off_change),
-        "paired_t_on_vs_off": test(scipy_stats().ttest_rel(on_change, off_change)),
-        "on_change_vs_zero": test(scipy_stats().ttest_1samp(on_change, 0.0)),
-        "off_change_vs_zero": test(scipy_stats().ttest_1samp(off_change, 0.0)),
+        "paired_t_on_vs_off": scipy_test(lambda: sp.ttest_rel(on_change, off_change), on_change - off_change),
+        "on_change_vs_zero": scipy_test(lambda: sp.ttest_1samp(on_change, 0.0), on_change),
+        "off_change_vs_zero": scipy_test(lambda: sp.ttest_1samp(off_change, 0.0), off_change),
     }
+
+
+def scipy_test(run, values):
+    """`run()`, a scipy t-test of `values` (or of their pairs' differences), as plain numbers; NaN where
+    there is nothing to test: fewer than two values, or values that do not vary (scipy would give t = ±inf
+    and p = 0 for a constant non-zero sample, and warn)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2 or np.ptp(values) == 0:
+        return {"t": float("nan"), "p": float("nan"), "df": float(len(values) - 1)}
+    result = run()
+    return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(result.df)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,11 +173,8 @@ def t_test_of_mean(values, test, unit):
     paired t-test), labelled with the test's name, its unit (iterations or seeds) and n."""
     values = np.asarray(values, dtype=np.float64)
     result = {**mean_t_ci95(values), "test": test, "unit": unit, "t": float("nan"), "df": len(values) - 1}
-    result["p"] = float("nan")
-    if len(values) >= 2:
-        t = scipy_stats().ttest_1samp(values, 0.0)
-        result.update(t=float(t.statistic), p=float(t.pvalue))
-    return result
+    tested = scipy_test(lambda: scipy_stats().ttest_1samp(values, 0.0), values)
+    return {**result, "t": tested["t"], "p": tested["p"]}
 
 
 def per_seed_probe(run, stem):
@@ -208,11 +213,12 @@ def across_seed_tests(per_seed):
     if all(s["on_change_vs_zero"].get("note") for s in per_seed):
         for key in means:
             out[key]["note"] = NO_CHANGE
-    if all("similarity" in s for s in per_seed):  # each layer's CKA: the t-interval of the per-seed means
-        out["similarity"] = {}
+    measured = [s for s in per_seed if "similarity" in s]  # the seeds probed with --similarity
+    if len(measured) >= 2:  # each layer's CKA: the t-interval of the per-seed means
+        out["similarity"], out["similarity_seeds"] = {}, len(measured)
         for column in CKA_COLUMNS:
-            cka = mean_t_ci95([s["similarity"][column]["mean"] for s in per_seed])
-            notes = {s["similarity"][column].get("note") for s in per_seed}
+            cka = mean_t_ci95([s["similarity"][column]["mean"] for s in measured])
+            notes = {s["similarity"][column].get("note") for s in measured}
             out["similarity"][column] = {
                 **cka,
                 **({"note": notes.pop()} if len(notes) == 1 and None not in notes else {}),
@@ -275,7 +281,9 @@ def between_methods(by_method, stem, method="metasgd"):
                 "seed": seed,
                 "off_difference": {
                     **t_test_of_mean(off_s - off_m, test, "iterations"),
-                    "scipy_ttest_rel_p": float(scipy_stats().ttest_rel(off_s, off_m).pvalue),
+                    "scipy_ttest_rel_p": scipy_test(
+                        lambda a=off_s, b=off_m: scipy_stats().ttest_rel(a, b), off_s - off_m
+                    )["p"],
                 },
                 "interaction": t_test_of_mean((on_s - off_s) - (on_m - off_m), test, "iterations"),
             }

@@ -143,7 +143,7 @@ def similarity_markdown(stats_out):
         for stem, p in s["probes"].items():
             rows = [(r["seed"], r["similarity"]) for r in p["per_seed"] if "similarity" in r]
             if "similarity" in p["across_seeds"]:
-                rows.append((f"across {p['across_seeds']['seeds']} seeds", p["across_seeds"]["similarity"]))
+                rows.append((f"across {p['across_seeds']['similarity_seeds']} seeds", p["across_seeds"]["similarity"]))
             for seed, cka in rows:
                 for regime in ("on", "off"):
                     cells = " | ".join(cka_cell(cka[f"cka_{regime}_{layer}"]) for layer in CKA_LAYERS)

@@ -15,12 +15,13 @@ from PIL import Image
 from scipy import stats
 
 import analyze
+import figures
 import maml
 import probe
 from conftest import ROOT, read_csv, tiny_flags
 from logs import PROBE_COLUMNS
 from run_folder import PROGRAM
-from stats import NO_CHANGE, REGIMES
+from stats import CKA_COLUMNS, NO_CHANGE, REGIMES
 
 PARAM_SHAPES = {
     "conv1.weight": (4, 3, 3, 3),
@@ -483,3 +484,19 @@ def test_anil_with_learned_rates_gets_its_own_table_of_the_head_rates_beside_met
     assert rows[1:] == ["| logits", "| logits bias"]  # after the header: only the rates that exist
     assert "| conv1 |" not in table and "| conv1 |" in (tmp_path / "r" / "table1_learned_rates.md").read_text()
     assert "## Learned inner rates of ANIL with Meta-SGD rates" in report
+
+
+def test_without_maml_each_method_keeps_its_off_task_row_and_no_difference_from_maml_is_claimed(tmp_path):
+    make_run(tmp_path / "anil0", "maml", 0, inner_params="head")
+    make_run(tmp_path / "boil0", "maml", 0, inner_params="body")
+    report = analyze.analyze([tmp_path / "anil0", tmp_path / "boil0"], tmp_path / "r").read_text()
+    assert "| ANIL off-task change | not in the paper |" in report and "| BOIL off-task change |" in report
+    assert "− MAML (paired)" not in report and "over 0 seeds" not in report
+
+
+def test_the_cka_figure_names_a_method_whose_seeds_were_not_all_probed_with_similarity():
+    cka = {column: {"mean": 0.9, "ci95": 0.01} for column in CKA_COLUMNS}
+    with_cka, without = {"seed": 0, "similarity": cka}, {"seed": 1}
+    probes = lambda *seeds: {"probes": {"probe": {"per_seed": list(seeds), "across_seeds": {}}}}  # noqa: E731
+    stats_out = {"methods": {"maml": probes(with_cka, without), "boil": probes(with_cka), "anil": probes(without)}}
+    assert list(figures.cka_lines(stats_out)) == ["MAML (1 of 2 seeds)", "BOIL"]

@@ -256,3 +256,9 @@ def test_a_resume_with_similarity_over_a_probe_without_it_names_the_setting(chec
     probe_records(checkpoints["maml"], tmp_path)
     with pytest.raises(ConfigError, match="similarity: False then, True now"):
         probe_records(checkpoints["maml"], tmp_path, "--similarity", "--resume")
+
+
+def test_similarity_with_fewer_than_three_query_images_is_refused(checkpoints, tmp_path):
+    with pytest.raises(ConfigError, match="--similarity needs at least 3 query images per task"):
+        probe.main([str(checkpoints["maml"]), "--queries", "1", "--similarity", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())

@@ -112,3 +112,19 @@ def test_linear_cka_flattens_feature_maps_and_keeps_float32_inputs_in_float64():
         [direct_linear_cka(maps[i].flatten(1).double().numpy(), other[i].double().numpy()) for i in range(2)],
         rel=1e-12,
     )
+
+
+def test_a_test_of_values_that_do_not_vary_has_no_p_value_and_the_report_says_why():
+    import stats_md
+
+    for values in ([0.1] * 3, [0.25] * 8, [0.0] * 5):  # scipy: t = inf or a huge t, and p = 0, for the first two
+        result = stats.t_test_of_mean(values, "one-sample t-test", "seeds")
+        assert math.isnan(result["t"]) and math.isnan(result["p"]), values
+        assert "every value is the same" in stats_md.p_text(result)
+    assert "needs n ≥ 2" in stats_md.p_text(stats.t_test_of_mean([0.3], "one-sample t-test", "seeds"))
+    constant = {"pre_A": [0.5] * 4, "on_A": [0.75] * 4, "pre_B": [0.5] * 4, "off_B": [0.25] * 4, "head_A": [0.5] * 4}
+    summary = stats.summarize(constant)  # on-task change +0.25 and off-task change -0.25 in every iteration
+    for key in ("paired_t_on_vs_off", "on_change_vs_zero", "off_change_vs_zero"):
+        assert math.isnan(summary[key]["p"]), key
+    varied = stats.t_test_of_mean([0.1, 0.2, 0.4], "one-sample t-test", "seeds")
+    assert varied["p"] == pytest.approx(scipy_stats.ttest_1samp([0.1, 0.2, 0.4], 0.0).pvalue)
