@@ -3,6 +3,7 @@ Universal Features", and the script that trains it.
 
     python maml.py                 # MAML: fixed inner rate alpha = --inner-lr, second order
     python maml.py --learn-lr      # Meta-SGD: alpha is learned, one rate per parameter entry
+    python maml.py --inner-params head   # ANIL: only the head adapts in the inner loop ('body': BOIL)
     python maml.py --resume --out runs/metasgd-5w1s-seed0
 
 Algorithm 1, as `train_iteration` (at the bottom) runs it once per meta-iteration:
