@@ -161,15 +161,17 @@ def adapt(params, inner_lrs, x, y, steps, create_graph=True, net=conv4):
     MAML); without it the gradients are constants (first order), but the result still depends on
     theta and alpha. The loss is the sum over tasks of each task's mean loss, so with
     `net=conv4_tasks` every task gets exactly its own gradient."""
-    with torch.enable_grad():
+    names = list(inner_lrs)  # the parameters that adapt: those with a rate; the rest stay theta
+    with torch.enable_grad():  # evaluation passes detached theta: what adapts needs a gradient all the same
         params = {
-            n: (p if p.requires_grad or n not in inner_lrs else p.detach().requires_grad_()) for n, p in params.items()
+            n: p.detach().requires_grad_() if n in names and not p.requires_grad else p for n, p in params.items()
         }
         for _ in range(steps):
             logits = net(params, x)
             loss = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="sum") / y.shape[-1]
-            grads = torch.autograd.grad(loss, [params[name] for name in inner_lrs], create_graph=create_graph)
-            params = {**params, **{name: params[name] - inner_lrs[name] * g for name, g in zip(inner_lrs, grads)}}
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
+            stepped = {n: params[n] - inner_lrs[n] * g for n, g in zip(names, grads)}  # theta - alpha * grad
+            params = {**params, **stepped}
     return params
 
 
