@@ -103,7 +103,7 @@ def probe_tasks(params, rates, task_a, task_b, steps, ways, similar=False):
 def probe_rates(inner_lrs, mode, fixed_lr=None, meta_sgd=True):
     """The inner rates a probe adapts with, derived from the checkpoint's `inner_lrs`.
     negative/positive keep only entries of that sign (the rest zero), abs and flipped take |alpha|
-    and -alpha, fixed is one scalar (`fixed_lr`) for every parameter."""
+    and -alpha, fixed is one scalar (`fixed_lr`) for every parameter that has a rate (the ones the run adapted)."""
     if mode == "fixed":
         if fixed_lr is None:
             raise ConfigError("--rates fixed needs --inner-lr")
