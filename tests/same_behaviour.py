@@ -6,12 +6,17 @@ scripts, then compares two such outputs file by file.
     python tests/same_behaviour.py compare BEFORE AFTER --added inner_params  # AFTER's new setting left out
 
 The matrix: MAML and Meta-SGD with the task loop and grouped, first order with clipping and no conv
-biases, float64, `--seeds 0 1` for both methods, torchrun with 2 processes (gloo), a resumed run, a
-tiny Ravi-layout dataset, probes (one with `--rates flipped`, one under torchrun), reports over one seed
-and over two seeds per method, and a run of the BEFORE output resumed and probed by TREE's code (old
-checkpoints load, probe and resume). Each command runs in OUT with relative paths, so checkpoints and
-reports of two trees are comparable whole. A refactor that keeps behaviour shows "identical" for all.
-Not a test (it takes a few minutes): run it before and after every step of a refactor.
+biases, float64, `--seeds 0 1` for both methods, ANIL and BOIL (loop and grouped) and both with learned
+rates (BOIL's over `--seeds 0 1`), two runs in their default folders (`run_start.default_out`, one of them
+stacked seeds), torchrun with 2 processes (gloo), a resumed run, a tiny Ravi-layout dataset, probes (one
+with `--rates flipped`, one under torchrun, seven with `--similarity`), reports over one seed, over two
+seeds per method, over MAML, Meta-SGD, ANIL and BOIL, and over the four methods with learned rates or
+none besides MAML; the default folder names and resume commands of all six methods
+(`run_start.default_out`, `run_start.resume_command`, into runs/names.json); and a run of the BEFORE
+output resumed and probed by TREE's code (old checkpoints load, probe and resume). Each command runs in
+OUT with relative paths, so checkpoints and reports of two trees are comparable whole. A refactor that
+keeps behaviour shows "identical" for all. Not a test (it takes several minutes): run it before and after
+every step of a refactor.
 """
 
 import argparse
@@ -41,7 +46,33 @@ TRAININGS = {
     "seeds-maml": ["--seeds", "0", "1"],
     "seeds-metasgd": ["--seeds", "0", "1", "--learn-lr"],
     "ravi": ["--learn-lr", "--data", "ravi", "--queries", "1", "--eval-queries", "1"],
+    "anil": ["--inner-params", "head", "--task-batching", "loop"],
+    "boil": ["--inner-params", "body", "--task-batching", "grouped"],
+    "anil-metasgd": ["--learn-lr", "--inner-params", "head"],
+    "boil-metasgd": ["--learn-lr", "--inner-params", "body", "--seeds", "0", "1"],
 }
+DEFAULT_FOLDERS = {  # trained without --out: into run_start.default_out's folders under runs/
+    "default-metasgd": ["--learn-lr", "--seed", "4"],
+    "default-boil-seeds": ["--inner-params", "body", "--seeds", "5", "6"],
+}
+SIMILARITY = ["anil", "boil", "anil-metasgd", "boil-metasgd/seed0", "boil-metasgd/seed1", "metasgd-2w1s-seed4",
+              "boil-2w1s-seed5"]  # fmt: skip
+# The default folder and resume command of every method, single-seed and stacked, with and without --out.
+NAMES = """
+import argparse, json, sys
+sys.path.insert(0, sys.argv[1])
+import run_start
+rows = {}
+for learn_lr in (False, True):
+    for inner_params in ("all", "head", "body"):
+        for seeds, out in ((None, None), (None, "runs/x"), ([0, 1], None), ([0, 1], "runs/x")):
+            args = argparse.Namespace(learn_lr=learn_lr, inner_params=inner_params, ways=5, shots=1, seed=3,
+                                      seeds=seeds, out=out)
+            outs = [run_start.default_out({**vars(args), "seed": s}) for s in (seeds or [3])]
+            rows[f"{learn_lr} {inner_params} {seeds} {out}"] = [outs, run_start.resume_command(args, outs)]
+with open("runs/names.json", "w") as f:
+    json.dump(rows, f, indent=1)
+"""
 PROBE = ["--iterations", "16", "--batch", "4", "--queries", "3", "--no-progress", "--device", "cpu"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 VOLATILE = {"elapsed", "elapsed_s", "seconds_this_session", "iterations_per_second"}  # wall-clock time
@@ -69,6 +100,8 @@ def commands(tree, old):
         (name, [*py, script["maml"], *TINY, *flags, "--out", f"runs/{name}"]) for name, flags in TRAININGS.items()
     ]
     torchrun = [*TINY, "--learn-lr", "--meta-batch", "4", "--out", "runs/torchrun"]
+    result += [(name, [*py, script["maml"], *TINY, *flags]) for name, flags in DEFAULT_FOLDERS.items()]
+    result.append(("names", [*py, "-c", NAMES, str(Path(tree).resolve())]))
     result.append(("torchrun", [*TORCHRUN, script["maml"], *torchrun]))
     resumed = [*TINY, "--learn-lr", "--out", "runs/resumed"]
     result += [("resumed-start", [*py, script["maml"], *resumed, "--iterations", "3"]),
@@ -82,10 +115,18 @@ def commands(tree, old):
     result.append(
         ("probe flipped", [*py, script["probe"], "runs/metasgd-grouped/best.pt", *PROBE, "--rates", "flipped"])
     )
+    result += [
+        (f"probe similarity {run}", [*py, script["probe"], f"runs/{run}/best.pt", *PROBE, "--similarity"])
+        for run in SIMILARITY
+    ]
     result.append(("probe torchrun", [*TORCHRUN, script["probe"], "runs/torchrun/best.pt", *PROBE, "--out", "runs/tp"]))
     seeds = [f"runs/seeds-{m}/seed{s}" for m in ("maml", "metasgd") for s in (0, 1)]
     result += [("report", [*py, script["analyze"], "runs/maml-loop", "runs/metasgd-loop", "--out", "report/one"]),
                ("report seeds", [*py, script["analyze"], *seeds, "--out", "report/seeds"])]  # fmt: skip
+    four = ["runs/maml-loop", "runs/metasgd-loop", "runs/anil", "runs/boil"]
+    learned = [f"runs/{run}" for run in SIMILARITY if run != "boil"]  # no MAML: no between-method tests
+    result += [("report four", [*py, script["analyze"], *four, "--out", "report/four"]),
+               ("report learned", [*py, script["analyze"], *learned, "--out", "report/learned"])]  # fmt: skip
     return result
 
 

@@ -1,6 +1,7 @@
 """run_start.py: what a run's state is built from, and the rules a resumed run must meet."""
 
 import shutil
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,29 @@ def test_a_single_seed_folder_and_a_seeds_folder_are_not_resumed_as_each_other(t
     with pytest.raises(ConfigError, match="holds the runs of --seeds 0 1, .* resume them with --seeds 0 1"):
         train(tmp_path / "two", "--iterations", "4", "--resume")
     assert not (tmp_path / "one" / "seed0").exists()
+
+
+# (--learn-lr, --inner-params): the method's default folder and the flags its --seeds resume hint names
+METHOD_NAMES_AND_FLAGS = {
+    (False, "all"): ("maml", ""),
+    (True, "all"): ("metasgd", " --learn-lr"),
+    (False, "head"): ("anil", " --inner-params head"),
+    (False, "body"): ("boil", " --inner-params body"),
+    (True, "head"): ("anil-metasgd", " --learn-lr --inner-params head"),
+    (True, "body"): ("boil-metasgd", " --learn-lr --inner-params body"),
+}
+
+
+@pytest.mark.parametrize("learn_lr, inner_params", list(METHOD_NAMES_AND_FLAGS))
+def test_default_folders_and_resume_hints_name_each_method(learn_lr, inner_params):
+    name, method_flags = METHOD_NAMES_AND_FLAGS[learn_lr, inner_params]
+    args = Namespace(learn_lr=learn_lr, inner_params=inner_params, ways=5, shots=1, seed=3, seeds=None, out=None)
+    assert run_start.default_out(vars(args)) == f"runs/{name}-5w1s-seed3"
+    assert run_start.resume_command(args, ["runs/a"]) == "python maml.py --resume --out runs/a"
+    args.seeds = [0, 7]
+    outs = [run_start.default_out({**vars(args), "seed": seed}) for seed in args.seeds]
+    assert outs == [f"runs/{name}-5w1s-seed0", f"runs/{name}-5w1s-seed7"]
+    hint = f"python maml.py --resume --seeds 0 7{method_flags} --ways 5 --shots 1"
+    assert run_start.resume_command(args, outs) == hint
+    args.out = "runs/x"
+    assert run_start.resume_command(args, outs) == "python maml.py --resume --seeds 0 7 --out runs/x"
