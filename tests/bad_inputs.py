@@ -1,6 +1,6 @@
-"""The bad inputs of tests/test_cli_errors.py. Each setup makes one bad input next to good ones, in the
-test's folder `ctx.d` (which already holds a small Ravi-layout dataset, `ravi/`, and a finished,
-probed MAML and Meta-SGD run, `runs/maml` and `runs/metasgd`), and returns the script's flags."""
+"""The bad inputs of the error table (tests/test_cli_errors*.py). Each setup makes one bad input next to
+good ones, in the test's folder `ctx.d` (which already holds a small Ravi-layout dataset, `ravi/`, and a
+finished, probed MAML and Meta-SGD run, `runs/maml` and `runs/metasgd`), and returns the script's flags."""
 
 import json
 import os
