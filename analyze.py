@@ -24,13 +24,14 @@ import torch
 
 import cli
 import figures
+import flags
 import run_folder
 import stats
 from cli import AnalysisError
-from stats import LAYERS, METHOD_NAMES, ONE_SEED
+from flags import ADAPTS, METHOD_NAMES
+from stats import LAYERS, ONE_SEED
 from stats_md import fmt, p_text, stats_markdown
 
-ADAPTS = {"all": "all", "head": "head only", "body": "body only (head frozen)"}  # --inner-params, in words
 PAPER_TABLE1 = {
     "conv1": ("-0.006", "0.032"),
     "conv2": ("-0.004", "0.027"),
@@ -45,22 +46,12 @@ PAPER_TABLE1 = {
 # ----------------------------------------------------------------------------------------------
 
 
-# Flags that do not change what a run computes: runs that differ only in these are one run.
-NOT_RESULTS = {"out", "resume", "no_progress", "debug", "device", "cache_dir", "task_batching", "log_every"}
-# ... and those that make a run one seed of its method: runs that differ in anything else are not seeds of
-# one group (another architecture, task shape, dataset, precision or length is another study).
-SEED_SETTINGS = {"seed", "seeds", "learn_lr", "inner_params", "save_every", "cuda_graph"}  # the method is a column
-
-
 def settings_groups(runs):
     """The runs, in groups whose every result-changing setting agrees (Meta-SGD's --lr-init-range aside
     for MAML runs): {label: runs}, the label naming the settings that separate the groups ('' for one)."""
 
     def settings(run):  # the data by what it holds when the checkpoint says so: a moved folder is the same data
-        c = run["config"]
-        skip = NOT_RESULTS | SEED_SETTINGS | (set() if c["learn_lr"] else {"lr_init_range"})
-        skip |= {"synthetic_per_class"} if c["data"] else set()
-        return {**{k: v for k, v in c.items() if k not in skip}, "data": run.get("data_identity") or c["data"]}
+        return {**flags.study_settings(run["config"]), "data": run.get("data_identity") or run["config"]["data"]}
 
     keys = [json.dumps(settings(r), sort_keys=True, default=str) for r in runs]
     if len(set(keys)) == 1:
@@ -84,7 +75,7 @@ def check_compatible(runs):
         seen[folder] = run["folder"]
     configs = {}
     for run in runs:
-        key = json.dumps({k: v for k, v in run["config"].items() if k not in NOT_RESULTS}, sort_keys=True, default=str)
+        key = json.dumps(flags.result_settings(run["config"]), sort_keys=True, default=str)
         if key in configs:
             raise AnalysisError(
                 f"{configs[key]} and {run['folder']} have the same config and seed: they are one run made twice, "

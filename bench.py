@@ -192,8 +192,8 @@ def training_step(cfg, device, method, first_order, precision, seeds=1):
               "synthetic-per-class": 16, "cache-dir": "none"}  # fmt: skip
     # 16 images per class: the paper's episodes need 11 (1 shot, 10 queries), its evaluations 16
     argv = [item for flag, value in values.items() for item in (f"--{flag}", str(value))] + ["--no-progress"]
-    argv += (["--learn-lr"] if method == "metasgd" else []) + (["--first-order"] if first_order else [])
-    config = vars(flags.build_parser().parse_args(argv))
+    argv += ["--method", method] + (["--first-order"] if first_order else [])
+    config = vars(flags.parse(argv)[0])
     config.update(data.dataset_defaults(None, cfg["image_size"]), precision=precision, out="")
     starts = [({**config, "seed": seed}, None) for seed in range(seeds)]
     cuda_graph = gpu.wants_cuda_graph("auto", device, 1)
@@ -239,7 +239,7 @@ def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats
     rows = []
     for method, first_order in ((m, o) for m in methods for o in orders):
         inner_lrs = maml.init_inner_lrs(params, 0.01, learn_lr=method == "metasgd")
-        optimizer = torch.optim.Adam([*params.values(), *(r for r in inner_lrs.values() if r.requires_grad)], lr=1e-3)
+        optimizer = maml.meta_optimizer(params, inner_lrs, 1e-3)
         graded = [v for v in variants if v != "cuda-graph"]  # the cuda-graph step's meta-gradient is grouped's
         diffs = agreement(graded, precisions, params, inner_lrs, episodes[0], cfg["steps"], first_order, device)
         for precision in precisions:

@@ -6,7 +6,8 @@ embedding probe), from the runs and statistics that analyze.py has read and comp
 import numpy as np
 
 from cli import atomic_write
-from stats import CKA_LAYERS, LAYERS, METHOD_NAMES, figure_numbers, layer_of
+from flags import METHOD_NAMES
+from stats import CKA_LAYERS, LAYERS, figure_numbers, layer_of
 
 
 def _plt():

@@ -1,5 +1,9 @@
-"""The command line of the training script, maml.py: every flag with its help text and default, and
-the check of their values before any work starts.
+"""The settings of a run and the methods that maml.py trains, each in one table: `SETTINGS` (one row per
+key of a checkpoint's config: may it change on --resume, what the report makes of it, its value in
+checkpoints from before it existed) and `METHODS` (one row per method). Then the command line of the
+training script, maml.py: every flag with its help text and default, and the check of their values
+before any work starts. run_start.py, run_folder.py, analyze.py and the report read the tables; a new
+setting or method is one row here (tests/test_flags.py refuses a flag without its row).
 """
 
 import argparse
@@ -8,6 +12,109 @@ import os
 
 from cli import ConfigError, argument_parser
 from gpu import PRECISIONS
+
+# ----------------------------------------------------------------------------------------------
+# The methods: one row each, in the report's order (MAML first: the others are compared with it)
+# ----------------------------------------------------------------------------------------------
+
+# name: (display name, what the inner loop adapts: --inner-params, are the inner rates learned: --learn-lr)
+METHODS = {
+    "maml": ("MAML", "all", False),
+    "metasgd": ("Meta-SGD", "all", True),
+    "anil": ("ANIL", "head", False),  # Raghu et al. 2020: only the head adapts
+    "boil": ("BOIL", "body", False),  # Oh et al. 2021: only the body adapts, the head stays theta
+    "anil-metasgd": ("ANIL with Meta-SGD rates", "head", True),
+    "boil-metasgd": ("BOIL with Meta-SGD rates", "body", True),
+}
+METHOD_NAMES = {name: display for name, (display, _, _) in METHODS.items()}
+ADAPTS = {"all": "all", "head": "head only", "body": "body only (head frozen)"}  # --inner-params, in words
+
+
+def method_of(config):
+    """A run's method (a METHODS name), from its settings: --inner-params and --learn-lr."""
+    setting = (config.get("inner_params", "all"), config["learn_lr"])  # before --inner-params, all adapted
+    return next(name for name, (_, adapts, learned) in METHODS.items() if (adapts, learned) == setting)
+
+
+def method_flags(method):
+    """The flags of maml.py that make `method` (none for MAML)."""
+    _, adapts, learned = METHODS[method]
+    return (["--learn-lr"] if learned else []) + (["--inner-params", adapts] if adapts != "all" else [])
+
+
+# ----------------------------------------------------------------------------------------------
+# The settings: one row per key of a checkpoint's config
+# ----------------------------------------------------------------------------------------------
+
+# On --resume: MAY_CHANGE (the new value holds) or KEPT (a flag the user names must equal the checkpoint's).
+MAY_CHANGE, KEPT = "may change on --resume", "kept from the checkpoint"
+# In the report: NOT_A_RESULT (runs that differ only in it are one run), SEED_OR_METHOD (it names the seed or
+# the method, or leaves every compared number alone: runs that differ in it can be seeds of one study), STUDY
+# (runs that differ in it belong to different studies, reported in groups).
+NOT_A_RESULT, SEED_OR_METHOD, STUDY = "not a result", "names a seed or the method", "makes another study"
+# In checkpoints from before the setting existed: the value those runs had, filled in when they are read, or
+# NOT_FILLED (a checkpoint without the key is read as it is; a resumed run takes the flag's default).
+NOT_FILLED = "not filled in"
+SETTINGS = {  # key: (on --resume, in the report, in checkpoints from before it)
+    "ways": (KEPT, STUDY, NOT_FILLED),
+    "shots": (KEPT, STUDY, NOT_FILLED),
+    "queries": (KEPT, STUDY, NOT_FILLED),
+    "meta_batch": (KEPT, STUDY, NOT_FILLED),
+    "inner_steps": (KEPT, STUDY, NOT_FILLED),
+    "iterations": (MAY_CHANGE, STUDY, NOT_FILLED),
+    "hidden": (KEPT, STUDY, NOT_FILLED),
+    "image_size": (KEPT, STUDY, NOT_FILLED),
+    "synthetic_per_class": (KEPT, STUDY, NOT_FILLED),  # for real data, not a result: `study_settings`
+    "eval_every": (MAY_CHANGE, STUDY, NOT_FILLED),
+    "val_tasks": (KEPT, STUDY, NOT_FILLED),
+    "test_tasks": (KEPT, STUDY, NOT_FILLED),
+    "eval_steps": (KEPT, STUDY, NOT_FILLED),
+    "eval_queries": (KEPT, STUDY, NOT_FILLED),
+    "save_every": (MAY_CHANGE, SEED_OR_METHOD, NOT_FILLED),
+    "log_every": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
+    "seed": (KEPT, SEED_OR_METHOD, NOT_FILLED),
+    "inner_lr": (KEPT, STUDY, NOT_FILLED),
+    "learn_lr": (KEPT, SEED_OR_METHOD, NOT_FILLED),
+    "inner_params": (KEPT, SEED_OR_METHOD, "all"),
+    "lr_init_range": (KEPT, STUDY, NOT_FILLED),  # for MAML, not a result: `study_settings`
+    "first_order": (KEPT, STUDY, NOT_FILLED),
+    "meta_lr": (KEPT, STUDY, NOT_FILLED),
+    "task_batching": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
+    "conv_bias": (KEPT, STUDY, True),
+    "clip_grad": (KEPT, STUDY, None),
+    "data": (MAY_CHANGE, STUDY, NOT_FILLED),  # a moved folder; run_start checks that it holds the same data
+    "rotations": (KEPT, STUDY, None),
+    "cache_dir": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
+    "seeds": (KEPT, SEED_OR_METHOD, NOT_FILLED),
+    "out": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
+    "resume": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
+    "device": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
+    "dtype": (KEPT, STUDY, "float32"),
+    "precision": (KEPT, STUDY, "auto"),
+    "cuda_graph": (MAY_CHANGE, SEED_OR_METHOD, NOT_FILLED),
+    "no_progress": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
+    "debug": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
+    "channels": (KEPT, STUDY, 3),  # not flags: what the data implies (data.dataset_defaults, the images)
+    "omniglot_split": (KEPT, STUDY, None),
+}
+MAY_CHANGE_ON_RESUME = {key for key, (resume, _, _) in SETTINGS.items() if resume == MAY_CHANGE}
+CONFIG_ADDED = {key: before for key, (_, _, before) in SETTINGS.items() if before != NOT_FILLED}
+
+
+def result_settings(config):
+    """The settings of `config` that change what a run computes: two runs that agree on all of them are
+    one run made twice."""
+    return {k: v for k, v in config.items() if SETTINGS.get(k, (None, STUDY))[1] != NOT_A_RESULT}
+
+
+def study_settings(config):
+    """The settings of `config` that make a study: runs that differ in one of them are reported apart.
+    Two rules depend on values: --lr-init-range makes another study only for learned rates, and
+    --synthetic-per-class only for the synthetic data."""
+    skip = {"lr_init_range"} if not config["learn_lr"] else set()
+    skip |= {"synthetic_per_class"} if config["data"] else set()
+    return {k: v for k, v in config.items() if SETTINGS.get(k, (None, STUDY))[1] == STUDY and k not in skip}
+
 
 ALGORITHM, RUN = "task shape and algorithm (the paper's values by default)", "data, evaluation and the run"
 INT_FLAGS = [  # (group, flag, default, help); the other flags are declared below
@@ -36,11 +143,19 @@ def add_algorithm_flags(g):
     g("--learn-lr", action="store_true", help="Meta-SGD: learn one inner rate per parameter entry")
     g(
         "--inner-params",
-        choices=["all", "head", "body"],
+        choices=list(ADAPTS),
         default="all",
         help="which parameters the inner loop adapts: 'all' (MAML, Meta-SGD), 'head' only (ANIL, Raghu et al. "
         "2020) or 'body' only, the head frozen at theta (BOIL, Oh et al. 2021); every parameter still takes the "
         "outer step, and --learn-lr learns rates only for those that adapt",
+    )
+    g(
+        "--method",
+        choices=list(METHODS),
+        default=argparse.SUPPRESS,
+        help="a method by name, the same as the flags that make it: "
+        + "; ".join(f"{name}: {' '.join(method_flags(name)) or 'neither'}" for name in METHODS)
+        + " (default: MAML, or what --learn-lr and --inner-params say)",
     )
     g(
         "--lr-init-range",
@@ -121,7 +236,7 @@ def add_run_flags(g):
         help="float32 kernels: "
         + "; ".join(f"'{k}': {v}" for k, v in PRECISIONS.items())
         + "; 'auto': 'fast' on the CPU, 'highest' on a "
-        "GPU (README, Precision). Recorded in the checkpoint",
+        "GPU (docs/reference.md, Precision). Recorded in the checkpoint",
     )
     g(
         "--cuda-graph",
@@ -158,6 +273,23 @@ SEED_MAX = 2**32 - 1  # seeds derived from a seed (episodes, evaluation tasks, p
 
 def name(dest):
     return "--" + dest.replace("_", "-")
+
+
+def parse(argv=None):
+    """maml.py's flags, with --method NAME turned into the flags that make that method (naming a flag that
+    contradicts it is refused), and the flags the user named (`given_flags`, --method counting as its
+    flags)."""
+    args, given = build_parser().parse_args(argv), given_flags(argv)
+    method = vars(args).pop("method", None)
+    if method is None:
+        return args, given
+    _, adapts, learned = METHODS[method]
+    for dest, value in (("learn_lr", learned), ("inner_params", adapts)):
+        if dest in given and getattr(args, dest) != value:
+            made_of = " ".join(method_flags(method)) or "neither --learn-lr nor --inner-params"
+            raise ConfigError(f"--method {method} means {made_of}, which {name(dest)} contradicts; give one of them")
+        setattr(args, dest, value)
+    return args, (given - {"method"}) | {"learn_lr", "inner_params"}
 
 
 def given_flags(argv):

@@ -3,7 +3,7 @@ Universal Features", and the script that trains it.
 
     python maml.py                 # MAML: fixed inner rate alpha = --inner-lr, second order
     python maml.py --learn-lr      # Meta-SGD: alpha is learned, one rate per parameter entry
-    python maml.py --inner-params head   # ANIL: only the head adapts in the inner loop ('body': BOIL)
+    python maml.py --method anil   # ANIL: only the head adapts in the inner loop (boil: only the body)
     python maml.py --resume --out runs/metasgd-5w1s-seed0
 
 Algorithm 1, as `train_iteration` (at the bottom) runs it once per meta-iteration:
@@ -15,9 +15,9 @@ Algorithm 1, as `train_iteration` (at the bottom) runs it once per meta-iteratio
 The network is a pure function of a parameter dict (`conv4(params, x)`), so adapted parameters are
 just other dicts, and the inner rates are a dict of tensors too (MAML is Meta-SGD with a fixed alpha).
 Everything above the training script imports torch alone: copy this file into another project and
-`from maml import conv4, adapt, meta_loss, meta_step, init_params, init_inner_lrs`. Two speed tricks
-sit beside the algorithm, tested equal to it: `conv4_tasks` runs the tasks of a meta-batch as one
-grouped network, and `meta_loss_seeds` runs several independent models (seeds) as groups of it.
+`from maml import conv4, adapt, meta_loss, meta_optimizer, meta_step, init_params, init_inner_lrs`.
+Two speed tricks sit beside the algorithm, tested equal to it: `conv4_tasks` runs a meta-batch's tasks
+as one grouped network, and `meta_loss_seeds` several independent models (seeds) as groups of it.
 """
 
 import math
@@ -122,9 +122,10 @@ INNER_PARAMS = ("all", "head", "body")  # what adapts: MAML and Meta-SGD; ANIL (
 def adapting(params, inner_params="all"):
     """The parameters of `params` the inner loop adapts: all of them, only the head's (ANIL), or all but
     the head's (BOIL). The rest keep theta in the inner loop and still get their meta-gradient."""
-    return {
-        n: p for n, p in params.items() if inner_params == "all" or n.startswith("head.") == (inner_params == "head")
-    }
+    if inner_params not in INNER_PARAMS:
+        raise ValueError(f"inner_params must be one of {', '.join(INNER_PARAMS)} (got {inner_params!r})")
+    head_only = inner_params == "head"
+    return {n: p for n, p in params.items() if inner_params == "all" or n.startswith("head.") == head_only}
 
 
 def init_inner_lrs(params, inner_lr, learn_lr=False, lr_init_range=None, generator=None, inner_params="all"):
@@ -154,12 +155,10 @@ def init_inner_lrs(params, inner_lr, learn_lr=False, lr_init_range=None, generat
 def adapt(params, inner_lrs, x, y, steps, create_graph=True, net=conv4):
     """The inner loop: `steps` times theta <- theta - alpha * grad L_support(theta), for the parameters
     that have a rate in `inner_lrs` (all of them for MAML and Meta-SGD); the others stay theta, and no
-    gradient is taken for them.
-
-    `inner_lrs` holds alpha per parameter: MAML's 0-d constants or Meta-SGD's per-entry rates. With
-    create_graph the result stays differentiable through the gradients themselves (second-order
-    MAML); without it the gradients are constants (first order), but the result still depends on
-    theta and alpha. The loss is the sum over tasks of each task's mean loss, so with
+    gradient is taken for them. `inner_lrs` holds alpha per parameter: MAML's 0-d constants or
+    Meta-SGD's per-entry rates. With create_graph the result stays differentiable through the gradients
+    themselves (second-order MAML); without it the gradients are constants (first order), but the result
+    still depends on theta and alpha. The loss is the sum over tasks of each task's mean loss, so with
     `net=conv4_tasks` every task gets exactly its own gradient."""
     names = list(inner_lrs)  # the parameters that adapt: those with a rate; the rest stay theta
     with torch.enable_grad():  # evaluation passes detached theta: what adapts needs a gradient all the same
@@ -177,7 +176,6 @@ def adapt(params, inner_lrs, x, y, steps, create_graph=True, net=conv4):
 
 def meta_loss(params, inner_lrs, episode, steps, first_order=False, grouped=True):
     """Mean query loss (and accuracy) of the adapted parameters over a meta-batch of tasks.
-
     grouped=False is Algorithm 1 as written, task after task: the reference. grouped=True runs all
     tasks as one grouped network and gives the same numbers (tests/test_maml.py)."""
     support_x, support_y = episode["support_x"], episode["support_y"]
@@ -197,15 +195,21 @@ def meta_loss(params, inner_lrs, episode, steps, first_order=False, grouped=True
     return loss, accuracy
 
 
+def meta_optimizer(params, inner_lrs, meta_lr, capturable=False):
+    """The outer loop's Adam over theta and Meta-SGD's learned rates, in that order (MAML's fixed rates
+    take no step). capturable=True keeps its step count on the device, so that a CUDA graph replays it."""
+    learned = [r for r in inner_lrs.values() if r.requires_grad]
+    return torch.optim.Adam([*params.values(), *learned], lr=meta_lr, capturable=capturable)
+
+
 def meta_step(optimizers, loss, accuracy, clip_grad=None, average_gradients=None):
     """The outer update: theta (and Meta-SGD's alpha) take each optimizer's step on the gradient of the
     meta-loss, through the inner loop (second order unless `meta_loss` was asked for first order).
-    `loss` and `accuracy` are `meta_loss`'s, or `meta_loss_seeds`'s with one optimizer per model: the
-    models share nothing, so the gradient of the sum reaches each as the gradient of its own loss.
-    `average_gradients(loss, accuracy)`, when given, runs after the backward pass and returns the
-    averaged pair (torchrun: the mean over all processes). clip_grad=V clips every meta-gradient entry
-    to [-V, V], as MAML's own code does (10 for Mini-ImageNet); None (the paper says nothing) leaves
-    them alone. Returns the detached loss and accuracy."""
+    `loss`, `accuracy`: `meta_loss`'s, or `meta_loss_seeds`'s with one optimizer per model (they share
+    nothing: the gradient of the sum is each one's own). `average_gradients(loss, accuracy)` runs after
+    the backward pass and returns the averaged pair (torchrun: the mean over all processes). clip_grad=V
+    clips every meta-gradient entry to [-V, V], as MAML's code does (10 for Mini-ImageNet; None, as the
+    paper says nothing, leaves them). Returns the detached loss and accuracy."""
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss.sum().backward()
@@ -264,11 +268,10 @@ def meta_loss_seeds(params_per_seed, inner_lrs_per_seed, episodes, steps, first_
 
 
 # ==============================================================================================
-# The training script: `python maml.py [flags]`. Its plumbing lives in the files beside this one:
-# flags (the command line), run_start (starting and resuming), run_folder (run state, checkpoints,
-# what is logged when),
-# distributed (torchrun), gpu (precision, CUDA graph), data (episodes), stats, cli (errors). They are
-# imported where the script runs, so that the algorithm above imports with torch alone.
+# The training script: `python maml.py [flags]`. Its plumbing lives in the files beside this one: flags
+# (the settings and methods tables, the command line), run_start (starting and resuming), run_folder (run
+# state, checkpoints, logs), distributed (torchrun), gpu (precision, CUDA graph), data (episodes), stats,
+# cli (errors), imported where the script runs, so that the algorithm above imports with torch alone.
 # ==============================================================================================
 
 
@@ -300,14 +303,14 @@ def train(args, given=()):
     return outs if args.seeds is not None else outs[0]
 
 
-def init_model(config, device):
-    """theta and alpha as --seed initialises them (Algorithm 1's starting point), on `device`."""
+def init_model(config, device, capturable=False):
+    """theta, alpha and their outer optimizer (`meta_optimizer`) as --seed initialises them, on `device`."""
     c, generator, dtype = config, torch.Generator().manual_seed(config["seed"]), getattr(torch, config["dtype"])
     params = init_params(c["ways"], c["hidden"], c["image_size"], c["channels"], generator, dtype, c["conv_bias"])
     inner_lrs = init_inner_lrs(params, c["inner_lr"], c["learn_lr"], c["lr_init_range"], generator, c["inner_params"])
     params = {n: p.to(device).requires_grad_() for n, p in params.items()}
     inner_lrs = {n: r.to(device).detach().requires_grad_(c["learn_lr"]) for n, r in inner_lrs.items()}
-    return params, inner_lrs
+    return params, inner_lrs, meta_optimizer(params, inner_lrs, c["meta_lr"], capturable)
 
 
 def train_iteration(runs, stacked, grouped):
@@ -352,11 +355,9 @@ def accuracy_on_fixed_tasks(run, split, checkpoint=None):
     import stats
 
     c, (tasks, offset) = run.config, FIXED_TASKS[split]
-    params, inner_lrs = (
-        (run.params, run.inner_lrs) if checkpoint is None else (checkpoint["params"], checkpoint["inner_lrs"])
-    )
-    params = {n: p.to(run.device, run.dtype) for n, p in params.items()}
-    inner_lrs = {n: r.to(run.device, run.dtype) for n, r in inner_lrs.items()}
+    model = checkpoint or {"params": run.params, "inner_lrs": run.inner_lrs}
+    params = {n: p.to(run.device, run.dtype) for n, p in model["params"].items()}
+    inner_lrs = {n: r.to(run.device, run.dtype) for n, r in model["inner_lrs"].items()}
     shape = {"ways": c["ways"], "shots": c["shots"], "queries": c["eval_queries"], "norm": run.norm, "dtype": run.dtype}
     images = data.split_to(run.splits[split], run.device)  # the test split waits on the host until the end
     chunks = data.fixed_episodes(images, tasks=c[tasks], chunk=25, seed=c["seed"] + offset, **shape)
@@ -365,8 +366,7 @@ def accuracy_on_fixed_tasks(run, split, checkpoint=None):
 
 
 def validate(run, bar=None):
-    """Validation accuracy on the fixed validation tasks, logged (metrics.csv, lr_stats.csv, and best.pt
-    when it is the best so far)."""
+    """Validation accuracy on the fixed validation tasks, logged (metrics.csv, lr_stats.csv, best.pt if best)."""
     import distributed
     import run_folder
 
@@ -391,19 +391,18 @@ def train_loop(runs, stacked, cuda_graph, resume_hint):
     from tqdm import tqdm
 
     import distributed
+    import flags
     import gpu
     import run_folder
 
     first, c = runs[0], runs[0].config
     grouped = c["task_batching"] == "grouped" or (c["task_batching"] == "auto" and first.device.type == "cuda")
     one_iteration = lambda: train_iteration(runs, stacked, grouped)
-    method = ("meta-SGD" if c["learn_lr"] else "MAML") + (f" x{len(runs)} seeds" if stacked else "")
+    label = flags.METHOD_NAMES[flags.method_of(c)] + (f" x{len(runs)} seeds" if stacked else "")  # progress bar
     for run in runs:  # names the seed in each validation line
         run.label = f"seed {run.config['seed']}, " if stacked else ""
     quiet = c["no_progress"] or first.rank != 0
-    bar = tqdm(
-        total=c["iterations"], initial=first.iteration, desc=method, unit="it", dynamic_ncols=True, disable=quiet
-    )
+    bar = tqdm(total=c["iterations"], initial=first.iteration, desc=label, unit="it", dynamic_ncols=True, disable=quiet)
     stopping = False
     with run_folder.stop_on_signal() as stop, bar:  # from the first file written on, Ctrl-C stops at a save
         for run in runs:  # under torchrun every process first takes rank 0's parameters
@@ -439,7 +438,7 @@ def train_loop(runs, stacked, cuda_graph, resume_hint):
 def main(argv=None):
     import flags
 
-    return train(flags.build_parser().parse_args(argv), flags.given_flags(argv))
+    return train(*flags.parse(argv))
 
 
 if __name__ == "__main__":

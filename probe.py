@@ -359,7 +359,7 @@ def probe_settings(args, ckpt, batch):
     return {
         "checkpoint": str(args.checkpoint),
         "checkpoint_file": Path(args.checkpoint).name,
-        "method": stats.method_of(config),
+        "method": flags.method_of(config),
         "split": args.split,
         "iterations": args.iterations,
         "queries": args.queries,

@@ -25,15 +25,13 @@ from cli import (
     ConfigError,
     atomic_write,
 )
+from flags import CONFIG_ADDED, method_of
 from logs import append_rows, read_json, read_log_strictly, read_records, repair_logs, write_json
-from stats import method_of, rate_statistics
+from stats import rate_statistics
 
 PROGRAM = "negative-lr-maml"  # written into every checkpoint, to recognise ours
 CHECKPOINT_FORMAT = 2  # 2: inner_lrs is always a dict of tensors (1 stored MAML's alpha as a float)
 RUN_FILES = ("ckpt.pt", "ckpt.prev.pt", "best.pt", "metrics.csv", "lr_stats.csv", "test.json")  # what training writes
-# Settings that later versions added to the config, with the value that runs from before them had.
-CONFIG_ADDED = {"dtype": "float32", "channels": 3, "conv_bias": True, "clip_grad": None, "rotations": None,
-                "omniglot_split": None, "precision": "auto", "inner_params": "all"}  # fmt: skip
 
 
 @dataclass
@@ -196,7 +194,7 @@ def upgrade_checkpoint(ckpt):
     """The one place older checkpoints are read as the current format: format 1 stored MAML's alpha as a
     float (now the dict of 0-d tensors that maml.init_inner_lrs gives; every format's rates take their
     parameter's dtype, in the parameters' order; only adapting parameters have one); a config from before
-    a setting existed gets that setting's value of the time (CONFIG_ADDED); a checkpoint from before the
+    a setting existed gets that setting's value of the time (flags.SETTINGS); a checkpoint from before the
     running sums were kept starts them afresh, and one from before GPU episode generators drew its episodes
     on the CPU."""
     rates, params = ckpt["inner_lrs"], ckpt["params"]

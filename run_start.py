@@ -15,11 +15,6 @@ import data
 import flags
 from cli import CheckpointError, ConfigError, WriteError, lock_outputs, refuse_to_overwrite, remove_stale_temporaries
 from run_folder import RUN_FILES, RunState, load_checkpoint, restore
-from stats import method_of
-
-# Flags that may change when a run is resumed; every other flag must match the checkpoint.
-RESUME_MAY_CHANGE = {"iterations", "device", "eval_every", "save_every", "log_every", "no_progress",
-                     "debug", "resume", "out", "cache_dir", "data", "task_batching", "cuda_graph"}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -72,7 +67,7 @@ def check_seeds_folder(args):
 
 
 def default_out(config):
-    method = method_of(config)
+    method = flags.method_of(config)
     return str(Path("runs") / f"{method}-{config['ways']}w{config['shots']}s-seed{config['seed']}")
 
 
@@ -93,9 +88,9 @@ def per_seed_args(args):
 
 def start_run(args, out, given=()):
     """The run's config and, on --resume, the checkpoint it continues from. A resumed run keeps the
-    checkpoint's config; only the flags in RESUME_MAY_CHANGE may differ from it (every other flag the
-    user named, `given`, is compared, default or not), and --iterations may not fall below the
-    iteration it has reached."""
+    checkpoint's config; only the flags that may change on --resume (flags.SETTINGS) may differ from it
+    (every other flag the user named, `given`, is compared, default or not), and --iterations may not
+    fall below the iteration it has reached."""
     config = dict(vars(args))
     ckpt_path = out / "ckpt.pt"
     refuse_to_overwrite(out, any(out.glob("*.pt")), args.resume, "a run")
@@ -107,12 +102,12 @@ def start_run(args, out, given=()):
     saved, defaults = resumed["config"], vars(flags.build_parser().parse_args([]))
     for key, value in config.items():
         named = (key in given and value != "auto") or value != defaults.get(key)  # 'auto' keeps the run's own
-        if key not in RESUME_MAY_CHANGE and named and value != saved.get(key):
+        if key not in flags.MAY_CHANGE_ON_RESUME and named and value != saved.get(key):
             raise CheckpointError(
                 f"--{key.replace('_', '-')} {value} disagrees with the checkpoint's "
                 f"{saved.get(key)}; drop the flag to resume, or start a new --out"
             )
-    changed = {k: config[k] for k in RESUME_MAY_CHANGE if k in config and config[k] != defaults.get(k)}
+    changed = {k: config[k] for k in flags.MAY_CHANGE_ON_RESUME if k in config and config[k] != defaults.get(k)}
     merged = {**defaults, **saved, **changed, "out": str(out)}  # defaults: flags newer than the run
     if merged["iterations"] < resumed["iteration"]:
         raise ConfigError(
@@ -179,8 +174,7 @@ def resume_command(args, outs):
     seeds = f"--seeds {' '.join(map(str, args.seeds))}"
     if args.out:
         return f"python maml.py --resume {seeds} --out {args.out}"
-    method = " --learn-lr" if args.learn_lr else ""  # the default folders are named by method and task shape
-    method += f" --inner-params {args.inner_params}" if args.inner_params != "all" else ""
+    method = "".join(f" {flag}" for flag in flags.method_flags(flags.method_of(vars(args))))  # names the folders
     return f"python maml.py --resume {seeds}{method} --ways {args.ways} --shots {args.shots}"
 
 
@@ -227,11 +221,11 @@ def load_splits(config, progress, quiet=False):
 
 
 def new_runs(starts, init_model, device, rank, world, cuda_graph):
-    """Each run's state: theta and alpha from `init_model(config, device)`, Adam (its step count on the
-    device for a CUDA graph), the episode generator, the data on the device; on --resume, then all that
-    its checkpoint holds. The seeds share the data, except the synthetic dataset: it depends on the
-    seed, and each seed gets its single-seed run's. The one place a run's state is built, for maml.py
-    and bench.py alike."""
+    """Each run's state: theta, alpha and their Adam from `init_model(config, device, capturable)` (Adam's
+    step count on the device for a CUDA graph), the episode generator, the data on the device; on
+    --resume, then all that its checkpoint holds. The seeds share the data, except the synthetic
+    dataset: it depends on the seed, and each seed gets its single-seed run's. The one place a run's
+    state is built, for maml.py and bench.py alike."""
     loaded, runs = {}, []
     for config, resumed in starts:
         key = config["data"] or f"synthetic, seed {config['seed']}"
@@ -294,10 +288,8 @@ def episode_generator(config, device):
 def new_run(config, resumed, host, on_device, init_model, device, cuda_graph):
     """One run's state, from its config, the checkpoint it resumes (or None) and its splits (all on the
     host, and train and val on the device)."""
-    params, inner_lrs = init_model(config, device)
-    learned = [r for r in inner_lrs.values() if r.requires_grad]
     capturable = cuda_graph and device.type == "cuda"  # Adam's step count on the GPU, which a graph can update
-    optimizer = torch.optim.Adam([*params.values(), *learned], lr=config["meta_lr"], capturable=capturable)
+    params, inner_lrs, optimizer = init_model(config, device, capturable)
     norm = resumed["norm"] if resumed else data.channel_stats(host["train"])
     run = RunState(
         config=config,

@@ -11,33 +11,17 @@ import numpy as np
 import torch
 
 from cli import AnalysisError
+from flags import METHOD_NAMES
 
 REGIMES = ("pre_A", "on_A", "pre_B", "off_B", "head_A")  # the probe's five accuracies, per iteration
 CKA_LAYERS = ("block1", "block2", "block3", "block4", "head")  # the outputs probe.py --similarity compares
 CKA_COLUMNS = tuple(f"cka_{regime}_{layer}" for regime in ("on", "off") for layer in CKA_LAYERS)
 PAIR_COLUMNS = ("chunk_seed", "classes_A", "classes_B")  # what identifies a probe iteration's task pair
-METHOD_NAMES = {  # every method maml.py trains, in the report's order; MAML is the one the others are compared with
-    "maml": "MAML",
-    "metasgd": "Meta-SGD",
-    "anil": "ANIL",
-    "boil": "BOIL",
-    "anil-metasgd": "ANIL with Meta-SGD rates",
-    "boil-metasgd": "BOIL with Meta-SGD rates",
-}
 LAYERS = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "logits"]  # the paper's names, in order
 # The probe settings that fix the task pairs: two probes that agree on these drew the same pairs.
 PAIRING_SETTINGS = ("split", "iterations", "queries", "off_task", "batch", "seed", "ways", "shots", "data")
 ONE_SEED = "one seed: no across-seed claim can be made"
 NO_CHANGE = "no change by construction"  # a layer the inner loop never moves (ANIL's encoder): its CKA is exactly 1
-
-
-def method_of(config):
-    """A run's method, from its settings: --inner-params (all, head: ANIL, body: BOIL) and --learn-lr."""
-    inner_params = config.get("inner_params", "all")
-    base = {"all": "maml", "head": "anil", "body": "boil"}[inner_params]
-    if not config["learn_lr"]:
-        return base
-    return "metasgd" if inner_params == "all" else f"{base}-metasgd"
 
 
 def scipy_stats():

@@ -6,7 +6,8 @@ p-value is written with its test, unit and n (`p_text`). Reads stats.compute_sta
 
 import numpy as np
 
-from stats import CKA_LAYERS, METHOD_NAMES
+from flags import METHOD_NAMES
+from stats import CKA_LAYERS
 
 
 def fmt(mean_std, scale=1.0, digits=3):

@@ -316,11 +316,11 @@ import sys
 for posix_only in ("fcntl", "resource", "termios", "pwd", "grp"):  # as on Windows: no POSIX-only module
     sys.modules[posix_only] = None
 import torch
-from maml import adapt, conv4, init_inner_lrs, init_params, meta_loss, meta_step
+from maml import adapt, conv4, init_inner_lrs, init_params, meta_loss, meta_optimizer, meta_step
 
 params = {n: p.requires_grad_() for n, p in init_params(2, 4, 16, generator=torch.Generator().manual_seed(0)).items()}
 inner_lrs = init_inner_lrs(params, 0.01, learn_lr=True)
-optimizer = torch.optim.Adam([*params.values(), *inner_lrs.values()], lr=1e-3)
+optimizer = meta_optimizer(params, inner_lrs, 1e-3)
 g = torch.Generator().manual_seed(1)
 episode = {"support_x": torch.randn(3, 2, 3, 16, 16, generator=g), "support_y": torch.tensor([[0, 1]] * 3),
            "query_x": torch.randn(3, 4, 3, 16, 16, generator=g), "query_y": torch.tensor([[0, 1, 0, 1]] * 3)}

@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+import flags
 import maml
 import probe
 import run_folder
@@ -35,7 +36,7 @@ def test_format_1_rates_are_exactly_the_rates_init_inner_lrs_gives_maml():
 
 
 def test_an_old_checkpoint_loads_probes_and_resumes_like_a_current_one(tmp_path):
-    """A run saved before format 2 and before the settings and keys added since (CONFIG_ADDED, the
+    """A run saved before format 2 and before the settings and keys added since (flags.CONFIG_ADDED, the
     running sums, the generator's device): the probe reads it, and --resume continues it to the same
     parameters as the current checkpoint it was made from."""
     run_flags = ["--iterations", "2", "--eval-every", "2", "--inner-lr", "0.02", "--precision", "auto"]
@@ -46,7 +47,7 @@ def test_an_old_checkpoint_loads_probes_and_resumes_like_a_current_one(tmp_path)
         ckpt.update(format=1, inner_lrs=0.02, config={**ckpt["config"], "out": str(tmp_path / "old")})
         for key in ("loss_sum", "acc_sum", "since_eval", "generator_device"):
             del ckpt[key]
-        for key in run_folder.CONFIG_ADDED:
+        for key in flags.CONFIG_ADDED:
             del ckpt["config"][key]
         torch.save(ckpt, tmp_path / "old" / name)
     summary = probe.main([str(tmp_path / "old" / "best.pt"), "--iterations", "4", "--queries", "3", "--no-progress"])
