@@ -138,8 +138,8 @@ INT_FLAGS = [  # (group, flag, default, help); the other flags are declared belo
 ]
 
 
-def add_algorithm_flags(g):
-    g("--inner-lr", type=float, default=0.01, help="MAML's inner rate alpha; Meta-SGD's initial value")
+def add_method_flags(g):
+    """The flags that say which method trains (flags.METHODS)."""
     g("--learn-lr", action="store_true", help="Meta-SGD: learn one inner rate per parameter entry")
     g(
         "--inner-params",
@@ -157,6 +157,11 @@ def add_algorithm_flags(g):
         + "; ".join(f"{name}: {' '.join(method_flags(name)) or 'neither'}" for name in METHODS)
         + " (default: MAML, or what --learn-lr and --inner-params say)",
     )
+
+
+def add_algorithm_flags(g):
+    g("--inner-lr", type=float, default=0.01, help="MAML's inner rate alpha; Meta-SGD's initial value")
+    add_method_flags(g)
     g(
         "--lr-init-range",
         type=float,
