@@ -230,7 +230,7 @@ def add_run_flags(g):
         "(a GPU that one small Conv-4 leaves idle fits several); each seed gets its own run folder, the one "
         "--seed would give it (with --out DIR: DIR/seed<SEED>)",
     )
-    g("--out", default=None, help="run folder (default runs/<maml|metasgd>-<N>w<K>s-seed<seed>)")
+    g("--out", default=None, help="run folder (default runs/<method>-<N>w<K>s-seed<seed>, <method> a --method name)")
     g("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     g("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1', ...")
     g("--dtype", choices=["float32", "float64"], default="float32", help="parameter and image precision")
@@ -258,7 +258,7 @@ def add_run_flags(g):
 
 def build_parser():
     p = argument_parser(
-        "Train the paper's Conv-4 with MAML (default) or Meta-SGD (--learn-lr). Defaults are "
+        "Train the paper's Conv-4 with MAML (default), Meta-SGD (--learn-lr), ANIL or BOIL (--method). Defaults are "
         "the paper's: 5-way 1-shot, 10 queries per class, 3 tasks per meta-batch, 5 inner steps, "
         "inner lr 0.01, Adam 1e-3, 60,000 iterations."
     )
