@@ -1,7 +1,7 @@
 """Speed of meta-training and probing: every variant against the plain per-task loop, in one run.
 
     python bench.py            # paper config and a small config, all variants, MAML and Meta-SGD
-    python bench.py --quick    # fewer repeats and combinations (under 3 minutes on a 2-core CPU)
+    python bench.py --quick    # fewer repeats and combinations, the paper's size first (the CPU: under 3 minutes)
 
 All variants time the same episodes in the same process. Each row: ms per meta-iteration (median of
 repeats after warm-up, device synchronised), iterations/s, peak memory, the ratio of the per-task
@@ -19,6 +19,7 @@ Then (--seeds N, default 8 on a GPU) the training step of one model against N mo
 (maml.py --seeds), and the ratio of their times.
 """
 
+import gc
 import resource
 import statistics
 import time
@@ -205,32 +206,53 @@ def training_step(cfg, device, method, first_order, precision, seeds=1):
     return replay, "cuda-graph" if gpu.rehearsal() is None else "rehearsal, eager"
 
 
+def fresh_peak_memory(device):
+    """Start a row's peak-memory count. Called from the row's own function, after the previous row's
+    step (a captured graph holds a memory pool) has gone out of scope and been collected."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def row(config, what, variant, precision, seconds, device, **compared):
+    """One printed row; `compared`: vs_loop, grad_rel_diff, grad_vs_float64 where the row has them."""
+    nan = float("nan")
+    return {
+        "config": config, "what": what, "variant": variant, "precision": precision, "ms": 1000 * seconds,
+        "per_s": 1 / seconds, "memory_mb": peak_memory_mb(device),
+        **{k: compared.get(k, nan) for k in ("vs_loop", "grad_rel_diff", "grad_vs_float64")},
+    }  # fmt: skip
+
+
+def time_training_step(cfg, device, method, first_order, precision, seeds, warmup, repeats):
+    """(seconds per iteration, label) of the training loop's own step (`training_step`); its graph, if
+    any, is dropped when this returns."""
+    fresh_peak_memory(device)
+    with gpu.precision_applied(precision, device):
+        step, label = training_step(cfg, device, method, first_order, precision, seeds)
+        return time_it(step, device, warmup, repeats), label
+
+
 def bench_seeds(name, cfg, device, seeds, warmup, repeats):
     """One model's training step against `seeds` models stepped together (--seeds), MAML second order."""
-    rows = []
+    rows, precision = [], gpu.default_precision(device)
     for n in (1, seeds):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        with gpu.precision_applied(gpu.default_precision(device), device):
-            step, label = training_step(cfg, device, "maml", False, gpu.default_precision(device), n)
-            seconds = time_it(step, device, warmup, repeats)
-        rows.append(
-            {
-                "config": name,
-                "what": f"maml 2nd, {n} seed{'s' if n > 1 else ''}",
-                "variant": label,
-                "precision": gpu.default_precision(device),
-                "ms": 1000 * seconds,
-                "per_s": 1 / seconds,
-                "memory_mb": peak_memory_mb(device),
-                "vs_loop": float("nan"),
-                "grad_rel_diff": float("nan"),
-            }
-        )
+        seconds, label = time_training_step(cfg, device, "maml", False, precision, n, warmup, repeats)
+        rows.append(row(name, f"maml 2nd, {n} seed{'s' if n > 1 else ''}", label, precision, seconds, device))
         print_row(rows[-1])
     ratio = rows[1]["ms"] / rows[0]["ms"]
     print(f"  {seeds} seeds in one process take {ratio:.2f}x the time of one ({name}; the target on a GPU: at most 2x)")
     return rows
+
+
+def time_variant(variant, cfg, device, method, first_order, precision, params, inner_lrs, optimizer, episodes, timing):
+    """(seconds per meta-iteration, label) of one variant in one precision."""
+    if variant == "cuda-graph":
+        return time_training_step(cfg, device, method, first_order, precision, 1, *timing)
+    fresh_peak_memory(device)
+    with gpu.precision_applied(precision, device):
+        step = (variant, params, inner_lrs, optimizer, episodes, cfg["steps"], first_order, precision)
+        return time_it(meta_iteration(*step, device), device, *timing), variant
 
 
 def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats, precisions):
@@ -242,35 +264,16 @@ def bench_training(name, cfg, device, variants, methods, orders, warmup, repeats
         optimizer = maml.meta_optimizer(params, inner_lrs, 1e-3)
         graded = [v for v in variants if v != "cuda-graph"]  # the cuda-graph step's meta-gradient is grouped's
         diffs = agreement(graded, precisions, params, inner_lrs, episodes[0], cfg["steps"], first_order, device)
+        what = f"{method} {'1st' if first_order else '2nd'}-order"
         for precision in precisions:
             reference = None
             for variant in variants:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                with gpu.precision_applied(precision, device):
-                    if variant == "cuda-graph":
-                        iteration, label = training_step(cfg, device, method, first_order, precision)
-                    else:
-                        step = (variant, params, inner_lrs, optimizer, episodes, cfg["steps"], first_order, precision)
-                        iteration, label = meta_iteration(*step, device), variant
-                    seconds = time_it(iteration, device, warmup, repeats)
+                timed = (cfg, device, method, first_order, precision, params, inner_lrs, optimizer, episodes)
+                seconds, label = time_variant(variant, *timed, (warmup, repeats))
                 reference = reference or seconds
                 diff = diffs[precision, "grouped" if variant == "cuda-graph" else variant]
-                what = f"{method} {'1st' if first_order else '2nd'}-order"
-                rows.append(
-                    {
-                        "config": name,
-                        "what": what,
-                        "variant": label,
-                        "precision": precision,
-                        "ms": 1000 * seconds,
-                        "per_s": 1 / seconds,
-                        "memory_mb": peak_memory_mb(device),
-                        "vs_loop": reference / seconds,
-                        "grad_rel_diff": diff[0],
-                        "grad_vs_float64": diff[1],
-                    }
-                )
+                rows.append(row(name, what, label, precision, seconds, device, vs_loop=reference / seconds,
+                                grad_rel_diff=diff[0], grad_vs_float64=diff[1]))  # fmt: skip
                 print_row(rows[-1])
     sample_s = time_it(lambda: data.sample_episodes(split, **episode_shape(cfg), generator=g, norm=norm), device, 2, 20)
     loop_ms = next(r["ms"] for r in rows if r["variant"] == "loop")
@@ -294,19 +297,12 @@ def bench_probe(name, cfg, device, batch, warmup, repeats):
         b = data.sample_episodes(split, **shape, classes=classes[:, ways:])
         probe.probe_tasks(params, inner_lrs, a, b, cfg["steps"], ways)
 
-    seconds = time_it(chunk, device, warmup, repeats)
-    row = {
-        "config": name,
-        "what": f"probe, {batch} pairs at once",
-        "variant": "grouped",
-        "ms": 1000 * seconds / batch,
-        "per_s": batch / seconds,
-        "memory_mb": peak_memory_mb(device),
-        "vs_loop": float("nan"),
-        "grad_rel_diff": float("nan"),
-    }
-    print_row(row)
-    return row
+    fresh_peak_memory(device)
+    with gpu.precision_applied("auto", device) as precision:  # probe.py's, for a run trained with the default
+        seconds = time_it(chunk, device, warmup, repeats)
+    probe_row = row(name, f"probe, {batch} pairs at once", "grouped", precision, seconds / batch, device)
+    print_row(probe_row)
+    return probe_row
 
 
 def print_row(r):
@@ -336,8 +332,8 @@ def build_parser():
         "--methods",
         nargs="+",
         choices=["maml", "metasgd"],
-        default=["maml", "metasgd"],
-        help="the methods to time (--quick times MAML alone at the paper's size)",
+        default=None,
+        help="the methods to time (default: both; --quick at the paper's size: MAML alone on the CPU, both on a GPU)",
     )
     p.add_argument(
         "--precisions",
@@ -371,25 +367,24 @@ def main(argv=None):
     precisions = args.precisions or (["highest", "fast", "bf16"] if device.type == "cuda" else ["highest", "fast"])
     probe_batch = 8 if device.type == "cpu" else 64
     cuda_graph = ["cuda-graph"] if gpu.wants_cuda_graph("auto", device, 1) else []  # a GPU, or a rehearsal
-    rows = []
-    if args.quick:  # vmap is left out at the paper's size, where it is slowest and needs the most memory
-        paper, small = (
-            (["loop", "grouped", *cuda_graph], ["maml"], [False]),
-            (["loop", "grouped", "vmap"], args.methods, [False]),
-        )
-        rows += bench_training("paper", CONFIGS["paper"], device, *paper, 1, repeats, precisions)
-        rows += bench_training("small", CONFIGS["small"], device, *small, 1, repeats, ["fast"])
-        rows.append(bench_probe("paper", CONFIGS["paper"], device, probe_batch // 2, 1, 1))
-    else:
-        every = (["loop", "grouped", "vmap", *cuda_graph], args.methods, [False, True])
-        for cfg in args.configs:
-            rows += bench_training(cfg, CONFIGS[cfg], device, *every, 2, repeats, precisions)
-            rows.append(bench_probe(cfg, CONFIGS[cfg], device, probe_batch, 1, repeats))
     seeds = args.seeds if args.seeds is not None else (8 if device.type == "cuda" else 0)
-    if seeds > 1:
-        first = "paper" if args.quick else args.configs[0]
-        rows += bench_seeds(first, CONFIGS[first], device, seeds, 2, repeats)
-    return rows
+    methods = args.methods or ["maml", "metasgd"]
+    rows = []
+    if args.quick:  # the paper's size first, so that a run cut short has the rows that matter most
+        paper_methods = args.methods or (methods if device.type == "cuda" else ["maml"])
+        paper = (["loop", "grouped", *cuda_graph], paper_methods, [False])  # vmap: slowest, most memory here
+        rows += bench_training("paper", CONFIGS["paper"], device, *paper, 1, repeats, precisions)
+        rows.append(bench_probe("paper", CONFIGS["paper"], device, probe_batch // 2, 1, 1))
+        rows += bench_seeds("paper", CONFIGS["paper"], device, seeds, 2, repeats) if seeds > 1 else []
+        small = (["loop", "grouped", "vmap"], methods, [False])
+        rows += bench_training("small", CONFIGS["small"], device, *small, 1, repeats, ["fast"])
+        return rows
+    every = (["loop", "grouped", "vmap", *cuda_graph], methods, [False, True])
+    for cfg in args.configs:
+        rows += bench_training(cfg, CONFIGS[cfg], device, *every, 2, repeats, precisions)
+        rows.append(bench_probe(cfg, CONFIGS[cfg], device, probe_batch, 1, repeats))
+    first = args.configs[0]
+    return rows + (bench_seeds(first, CONFIGS[first], device, seeds, 2, repeats) if seeds > 1 else [])
 
 
 if __name__ == "__main__":

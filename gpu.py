@@ -81,12 +81,21 @@ def autocast(precision, device):
 # ----------------------------------------------------------------------------------------------
 
 
+REHEARSALS = ("ok", "fail")
+
+
 def rehearsal():
     """'ok' or 'fail' when the environment variable MAML_FAKE_CUDA_GRAPH asks for a rehearsal of the
     capture without a GPU (gpu_check.py --smoke sets it): the capture's steps then run on the CPU with
     stand-ins for CUDA's streams and graph, and 'fail' makes the capture fail as an op that cannot be
-    captured would, so that the check's handling of a failed capture is rehearsed too. None otherwise."""
-    return os.environ.get("MAML_FAKE_CUDA_GRAPH") or None
+    captured would, so that the check's handling of a failed capture is rehearsed too. None when it is
+    unset or empty; any other value is refused (a '0' meant as 'off' would otherwise turn it on)."""
+    value = os.environ.get("MAML_FAKE_CUDA_GRAPH") or None
+    if value not in (None, *REHEARSALS):
+        raise ConfigError(
+            f"MAML_FAKE_CUDA_GRAPH={value} is not a rehearsal; set it to ok or fail, or unset it for none"
+        )
+    return value
 
 
 def wants_cuda_graph(choice, device, world):
@@ -120,7 +129,7 @@ def capture_cuda_graph(step, runs):
         capture = warm_up_and_capture if rehearsal() is None else rehearse_capture
         graph, error = capture(step, tensors[0].device, generators), None
     except Exception as e:  # an op that cannot be captured, an older torch: eager works anyway
-        graph, error = None, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        graph, error = None, capture_error(e)
     with torch.no_grad():
         for t, old in zip(tensors, saved, strict=True):
             t.copy_(old)
@@ -133,6 +142,16 @@ def capture_cuda_graph(step, runs):
         print(f"cuda graph: capture failed ({error}); the run continues eagerly")
         return None
     return graph.replay
+
+
+def capture_error(error):
+    """The one-line reason a capture failed. An op that fails inside `torch.cuda.graph` is replaced by the
+    error that ending the capture then raises; the first one, kept as its __context__, is the cause."""
+    first = error
+    while first.__context__ is not None:
+        first = first.__context__
+    line = lambda e: f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    return line(first) if first is error else f"{line(first)}; ending the capture then raised {type(error).__name__}"
 
 
 def warm_up_and_capture(step, device, generators):

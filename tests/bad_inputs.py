@@ -523,3 +523,32 @@ def probe_resume_with_fewer_iterations(ctx):
 
 def probe_resume_with_other_queries(ctx):
     return probe_flags(ctx, "--queries", "2", "--resume")
+
+
+# ---- gpu_check.py: its command line is refused before any stage runs (a typo would waste a GPU start)
+
+
+def gpu_check_flags(*argv, env=None):
+    """gpu_check.py --smoke with `argv` (its output folder in the row's folder), and `env` set."""
+
+    def setup(ctx):
+        for name, value in (env or {}).items():
+            ctx.monkeypatch.setenv(name, value)
+        return ["--smoke", "--out", str(ctx.d / "check"), *argv]
+
+    return setup
+
+
+def gpu_check_out_that_is_a_file(ctx):
+    (ctx.d / "afile").write_text("mine")
+    return ["--smoke", "--out", str(ctx.d / "afile")]
+
+
+def gpu_check_without_a_gpu(data):
+    """gpu_check.py for the GPU (no --smoke), with or without a data folder, where CUDA is unavailable."""
+
+    def setup(ctx):
+        ctx.monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+        return [str(ctx.d / "ravi")] if data else []
+
+    return setup

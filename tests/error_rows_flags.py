@@ -161,4 +161,40 @@ FLAG_CASES = [
     pytest.param(
         "bench", bad.flags("--repeats", "many"), "invalid int value: 'many'; see --help", id="bench repeats many"
     ),
+    # ---- gpu_check.py
+    pytest.param(
+        "gpu_check", bad.gpu_check_flags("--stages", "bnech"), "invalid choice: 'bnech'", id="check stage typo"
+    ),
+    pytest.param(
+        "gpu_check",
+        bad.gpu_check_flags("--limit", "train=50"),
+        "--limit train=50: expected STAGE=SECONDS with STAGE one of cuda-tests, bench",
+        id="check limit of a stage that does not exist",
+    ),  # fmt: skip
+    pytest.param(
+        "gpu_check", bad.gpu_check_flags("--limit", "bench"), "--limit bench: SECONDS must be", id="check limit bare"
+    ),
+    pytest.param(
+        "gpu_check", bad.gpu_check_flags("--limit", "bench=5m"), "--limit bench=5m: SECONDS must", id="check limit 5m"
+    ),
+    pytest.param("gpu_check", bad.gpu_check_flags("--limit", "bench=-1"), "SECONDS must", id="check limit negative"),
+    pytest.param("gpu_check", bad.gpu_check_out_that_is_a_file, "--out .*afile is a file", id="check out a file"),
+    pytest.param(
+        "gpu_check", bad.gpu_check_flags("--smoek"), "unrecognized arguments: --smoek; see --help", id="check typo"
+    ),
+    pytest.param(
+        "gpu_check",
+        bad.gpu_check_flags(env={"MAML_FAKE_CUDA_GRAPH": "0"}),
+        "MAML_FAKE_CUDA_GRAPH=0 is not a rehearsal; set it to ok or fail",
+        id="check rehearsal variable 0",
+    ),  # fmt: skip
+    pytest.param(
+        "gpu_check",
+        bad.gpu_check_without_a_gpu(data=True),
+        r"no usable CUDA device \(torch .*, torch.version.cuda .*, torch.cuda.is_available\(\) False\)",
+        id="check without a gpu, with data",
+    ),  # fmt: skip
+    pytest.param(
+        "gpu_check", bad.gpu_check_without_a_gpu(data=False), "no usable CUDA device", id="check without gpu or data"
+    ),
 ]

@@ -1,10 +1,14 @@
 """Every fast variant that bench.py times gives the loop reference's meta-gradient (float64, CPU)."""
 
+import weakref
+
 import pytest
 import torch
 
 import bench
+import gpu
 import maml
+import probe
 import run_start
 from conftest import flat, learnable, method_rates, micro_problem
 
@@ -88,3 +92,37 @@ def test_the_timed_training_step_is_built_by_new_runs_and_reads_only_tensors_on_
     step()
     assert [run.tensors_off_device() for run in built[0]] == [[], []]
     assert all(int(run.device_iteration) == 1 for run in built[0])
+
+
+def test_the_probe_row_is_timed_in_the_precision_probe_py_uses(monkeypatch):
+    """probe.py runs in the checkpoint's precision, by default 'auto' as resolved on the device (plain
+    float32 on a GPU). Here 'auto' is made to resolve to 'highest' on the CPU, which turns oneDNN off."""
+    seen, real = [], probe.probe_tasks
+    monkeypatch.setattr(gpu, "default_precision", lambda device: "highest")
+    monkeypatch.setattr(probe, "probe_tasks", lambda *a: seen.append(gpu.precision_report()) or real(*a))
+    row = bench.bench_probe("tiny", bench.CONFIGS["tiny"], torch.device("cpu"), 2, 0, 1)
+    assert seen and all("mkldnn.enabled=False" in report for report in seen) and row["precision"] == "highest"
+    assert torch.backends.mkldnn.enabled  # put back
+
+
+def test_a_rows_peak_memory_is_counted_after_the_previous_rows_graph_is_gone(monkeypatch):
+    """A captured graph holds a memory pool until it is dropped: the next row's peak must not count it."""
+    steps, alive_at_reset = [], []
+
+    class Replay:  # stands in for a graph's replay, which keeps the graph alive
+        def __call__(self):
+            pass
+
+    def training_step(*args):
+        steps.append(weakref.ref(replay := Replay()))
+        return replay, "cuda-graph"
+
+    reset = bench.fresh_peak_memory
+    monkeypatch.setattr(bench, "training_step", training_step)
+    monkeypatch.setattr(
+        bench, "fresh_peak_memory", lambda d: [reset(d), alive_at_reset.append(any(s() for s in steps))]
+    )
+    cpu, variants = torch.device("cpu"), ["loop", "grouped", "cuda-graph"]
+    bench.bench_training("tiny", bench.CONFIGS["tiny"], cpu, variants, ["maml"], [False], 0, 1, ["highest", "fast"])
+    bench.bench_seeds("tiny", bench.CONFIGS["tiny"], cpu, 2, 0, 1)
+    assert len(steps) == 4 and len(alive_at_reset) == 8 and not any(alive_at_reset)

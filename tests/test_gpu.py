@@ -47,6 +47,47 @@ def test_a_failed_capture_says_why_in_one_line_and_undoes_its_warm_up(monkeypatc
     assert all(torch.equal(a, b) for a, b in zip(run_tensors(run), run_tensors(reference), strict=True))
 
 
+def test_a_capture_that_fails_inside_names_the_first_error_not_the_one_its_end_raised(monkeypatch, capsys):
+    """As torch.cuda.graph does: an op fails inside the capture, and ending the capture then raises an error
+    of its own, which replaces the first (kept as its __context__)."""
+    run, calls = step_run(True), []
+    no_stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: no_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: no_stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: SimpleNamespace(register_generator_state=lambda g: None))
+
+    @contextlib.contextmanager
+    def graph(g):
+        try:
+            yield
+        finally:
+            raise RuntimeError("operation failed due to a previous error during capture")
+
+    def step():
+        calls.append(1)
+        if len(calls) > 3:  # the warm-up's three calls pass; the captured one fails
+            raise ValueError("an op that cannot be captured\nsecond line")
+        maml.train_iteration([run], stacked=False, grouped=False)
+
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    assert gpu.capture_cuda_graph(step, [run]) is None
+    assert capsys.readouterr().out == (
+        "cuda graph: capture failed (ValueError: an op that cannot be captured; ending the capture then raised "
+        "RuntimeError); the run continues eagerly\n"
+    )
+
+
+def test_the_rehearsal_variable_takes_only_its_documented_values(monkeypatch):
+    for value, expected in (("", None), ("ok", "ok"), ("fail", "fail")):
+        monkeypatch.setenv("MAML_FAKE_CUDA_GRAPH", value)
+        assert gpu.rehearsal() == expected
+    for value in ("0", "off", "1"):
+        monkeypatch.setenv("MAML_FAKE_CUDA_GRAPH", value)
+        with pytest.raises(ConfigError, match=f"MAML_FAKE_CUDA_GRAPH={value} is not a rehearsal"):
+            gpu.rehearsal()
+
+
 def test_every_precision_sets_its_switches_and_puts_them_back_with_nothing_on_stderr():
     """The switches are set through torch's current API where it has one; the legacy ones make torch
     2.9 and 2.10 print deprecation warnings (and reading them after the new API raises)."""
@@ -96,12 +137,21 @@ def test_episodes_are_drawn_on_the_gpu():
     assert episode["support_x"].is_cuda and episode["query_y"].is_cuda
 
 
+# The bars against float64. Only plain float32 ('highest') is held to a tight one. TF32 and bfloat16 are
+# not measured on a GPU yet: emulated on the CPU on this test's problem (conv and matmul operands rounded
+# to TF32's 10-bit mantissa; bfloat16 autocast), they differ from float64 by 5.9e-2 and 2.0e-1, and by
+# 1.8e-1 and 2.7e-1 at the paper's size (RESULTS.md). Their bounds are sanity bounds: about 4x and 3x the
+# emulation; 'fast' stays below the 0.45 by which the first-order meta-gradient misses the second-order one
+# here, and a gradient unrelated to the true one (zero, say) lies at 1. The test prints what it measured.
+FLOAT64_BOUNDS = {"highest": 1e-4, "fast": 0.25, "bf16": 0.6}
+
+
 @cuda
-@pytest.mark.parametrize("precision", ["highest", "fast"])
+@pytest.mark.parametrize("precision", list(FLOAT64_BOUNDS))
 @pytest.mark.parametrize("grouped", [False, True])
 def test_gpu_meta_gradient_against_float64_on_the_cpu(precision, grouped, monkeypatch):
-    """The bars hold for cuDNN's deterministic algorithms: Winograd or FFT ones, which the default
-    may pick, round differently (their bar is not measured yet)."""
+    """Plain float32's bar holds for cuDNN's deterministic algorithms: Winograd or FFT ones, which the
+    default may pick, round differently (their bar is not measured yet)."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     params, episode = micro_problem(dtype=torch.float32)
@@ -110,12 +160,13 @@ def test_gpu_meta_gradient_against_float64_on_the_cpu(precision, grouped, monkey
     on_gpu = {n: p.detach().cuda().requires_grad_() for n, p in params.items()}
     rates_gpu = {n: r.detach().cuda().requires_grad_() for n, r in rates.items()}
     episode_gpu = {k: v.cuda() for k, v in episode.items()}
-    with gpu.precision_applied(precision, torch.device("cuda")):
+    device = torch.device("cuda")
+    with gpu.precision_applied(precision, device), gpu.autocast(precision, device):
         loss, _ = maml.meta_loss(on_gpu, rates_gpu, episode_gpu, 2, grouped=grouped)
         grad = flat(torch.autograd.grad(loss, [*on_gpu.values(), *rates_gpu.values()]))
     difference = bench.relative_difference(grad.cpu(), exact)
     print(f"{precision} {'grouped' if grouped else 'loop'}: {difference:.1e} from float64")
-    assert difference < (1e-4 if precision == "highest" else 1e-2)
+    assert difference < FLOAT64_BOUNDS[precision]
 
 
 @cuda

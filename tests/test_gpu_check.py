@@ -1,12 +1,17 @@
-"""The prepared GPU check runs end to end on the CPU in its smoke mode, capture path rehearsed, so its
-plumbing keeps working; a failed capture and a stage over its limit are reported as such."""
+"""The prepared GPU check: rehearsed end to end on the CPU (--smoke, capture path faked), what it leaves
+and prints must fit what a remote job runner returns (a few files, the end of the output), and it never
+reads success where there was no GPU, a failed capture or a stage over its limit."""
 
+import csv
 import json
 import os
+import re
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import gpu_check
 from conftest import ROOT
@@ -16,29 +21,90 @@ def check(out, *flags, capture=None):
     env = {k: v for k, v in os.environ.items() if k != "MAML_FAKE_CUDA_GRAPH"}
     env |= {"MAML_FAKE_CUDA_GRAPH": capture} if capture else {}
     command = [sys.executable, str(ROOT / "gpu_check.py"), "--smoke", "--out", str(out), *flags]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=400, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=500, env=env)
     return done, json.loads((out / "summary.json").read_text())
 
 
-def test_gpu_check_smoke_mode_runs_every_stage_and_writes_its_summary(tmp_path):
-    done, summary = check(tmp_path / "check")
+def archived(out, name):
+    """A file of the check's archive of logs and runs, as text."""
+    with tarfile.open(out / gpu_check.ARCHIVE) as tar:
+        return tar.extractfile(f"gpu-check/{name}").read().decode()
+
+
+def test_the_smoke_check_leaves_few_shallow_files_and_ends_its_output_with_every_number(tmp_path):
+    """A remote runner returns at most 6-8 plainly named files, two folders down at most, and the last
+    12,000 characters of the output: every measured row must be in those."""
+    out = tmp_path / "check"
+    done, summary = check(out, "--metasgd")
     stages = [s["stage"] for s in summary["stages"]]
-    assert stages == ["cuda-tests", "bench", "train-maml", "train-metasgd", "probe-maml", "probe-metasgd", "analyze"]
+    assert stages == ["cuda-tests", "bench", "train-maml", "probe-maml", "train-metasgd", "probe-metasgd", "analyze"]
     assert summary["failed"] == [], (done.stdout, [s["tail"] for s in summary["stages"] if s["status"] != "ok"])
-    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "failed stages: none"  # the table is last
-    assert "torch" in summary["environment"] and "precision switches" in summary["environment"]
-    bench = (tmp_path / "check" / "logs" / "bench.log").read_text()
-    assert "from float64" in bench and "rehearsal, eager" in bench and " cuda-graph " not in bench
-    assert (tmp_path / "check" / "report" / "report.md").exists() and (tmp_path / "check" / "summary.md").exists()
-    assert summary["numbers"]["maml training"]["iterations"] == 4 and "metasgd probe" in summary["numbers"]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 6 and all(len(p.relative_to(out).parts) <= 3 for p in files), files
+    assert done.returncode == 0 and done.stdout.rstrip().endswith((out / "summary.md").read_text().rstrip())
+    assert done.stdout.strip().splitlines()[-1] == "failed stages: none"
+    tail = done.stdout[-12000:]
+    bench_rows = [line for line in archived(out, "logs/bench.log").splitlines() if line.startswith("  ")]
+    assert len(bench_rows) >= 12 and all(row in tail for row in bench_rows)
+    assert "rehearsal, eager" in tail and " cuda-graph " not in tail  # the graph's name is never an eager time's
+    for number in ("maml training", "metasgd training", "maml test accuracy", "maml probe", "metasgd probe"):
+        assert f'"{number}"' in tail, number
+    assert "torch" in tail and "precision switches" in tail and "The CUDA tests were skipped: no GPU" in tail
+    assert "| cuda-tests | skipped (no GPU) |" in tail
+    assert "# " in archived(out, "report/report.md") and "iteration" in archived(out, "runs/maml/metrics.csv")
+    with tarfile.open(out / gpu_check.ARCHIVE) as tar:
+        assert not [n for n in tar.getnames() if n.endswith(".pt")]  # no checkpoints come back
 
 
 def test_a_failed_capture_fails_its_stage_and_is_never_timed_as_the_graph(tmp_path):
     done, summary = check(tmp_path / "check", "--stages", "bench", capture="fail")
     assert done.returncode == 1 and summary["failed"] == ["bench"]
     assert "CUDA graph capture failed" in summary["stages"][0]["status"]
-    bench = (tmp_path / "check" / "logs" / "bench.log").read_text()
+    bench = archived(tmp_path / "check", "logs/bench.log")
     assert "eager, capture failed" in bench and " cuda-graph " not in bench and "rehearsal" not in bench
+
+
+def test_without_cuda_and_without_smoke_the_check_refuses_in_one_line(tmp_path):
+    (tmp_path / "data").mkdir()
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU even on a machine that has one
+    for data in ([], [str(tmp_path / "data")]):
+        command = [sys.executable, str(ROOT / "gpu_check.py"), *data, "--out", str(tmp_path / "check")]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "no usable CUDA device" in done.stderr and "torch.cuda.is_available() False" in done.stderr
+        assert not (tmp_path / "check").exists()
+
+
+def test_skipped_cuda_tests_fail_the_stage_unless_smoke(tmp_path):
+    """All CUDA tests skipping (a CPU-only torch, a hidden GPU) is no success."""
+    command = gpu_check.stage_commands(SimpleNamespace(smoke=False, data="unused"), tmp_path)["cuda-tests"]
+    result = gpu_check.run_stage("cuda-tests", command, 120, tmp_path, smoke=False)
+    assert re.fullmatch(r"failed: \d+ CUDA tests were skipped \(no GPU seen by them\)", result["status"]), result
+    text = (tmp_path / "cuda-tests.log").read_text()
+    assert gpu_check.stage_status("cuda-tests", 0, 120, text, smoke=True) == "skipped (no GPU)"
+
+
+def test_training_speed_is_read_between_two_metrics_rows(tmp_path):
+    """Not from the start: the iteration-0 validation, the first save and the capture are left out."""
+    rows = [(0, 0.0), (500, 40.0), (1000, 52.5), (1500, 65.0)]  # 40 s to 500: capture and first validation
+    with open(tmp_path / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["iteration", "train_loss", "val_acc", "elapsed_s"])
+        writer.writerows([(i, "", 0.5, s) for i, s in rows])
+    assert gpu_check.training_speed(tmp_path) == {"iterations": 1500, "between": [1000, 1500], "iterations_per_s": 40.0}
+    with open(tmp_path / "metrics.csv", "w", newline="") as f:
+        f.write("iteration,elapsed_s\n0,0.0\n500,40.0\n")  # one timed row: no rate yet
+    assert gpu_check.training_speed(tmp_path) is None
+
+
+def test_the_stage_table_in_help_and_reference_holds_the_limits():
+    reference, readme = (ROOT / "docs" / "reference.md").read_text(), (ROOT / "README.md").read_text()
+    for name, (seconds, _, _) in gpu_check.STAGES.items():
+        assert f"| `{name}` | {seconds} s |" in reference, name
+        assert f"{name:14s}{seconds:4d} s" in gpu_check.__doc__
+        assert name == "suite" or f"`{name}` {seconds} s" in readme, name
+    always = sum(s for s, flag, _ in gpu_check.STAGES.values() if flag is None)
+    assert always <= 8 * 60 and f"add up to {always} s" in gpu_check.__doc__
 
 
 def alive(pid):
