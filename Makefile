@@ -20,8 +20,8 @@ DEMO_FLAGS := --image-size 32 --hidden 32 --synthetic-per-class 60 --iterations 
 DEMO_PROBE := --iterations 250 --queries 5 --similarity
 DEMO_METHODS := maml metasgd anil boil
 
-# Methods are named as maml.py's --method takes them (flags.METHODS): maml, metasgd, anil, boil, anil-metasgd,
-# boil-metasgd. The Makefile keeps no list of its own.
+# Methods are named as maml.py's --method takes them (flags.METHODS; `python maml.py --help` lists them).
+# The Makefile keeps no list of its own.
 
 .PHONY: test lint format demo paper gpu-check
 
@@ -64,6 +64,8 @@ PAPER_RUNS = $(foreach seed,$(SEEDS),$(foreach m,$(METHODS),$(RUNS)/$(m)/seed$(s
 paper: $(STAMP)
 	@test -n "$(DATA)" || { echo 'usage: make paper DATA=/path/to/data [SEEDS="0 1 2"] [METHODS="maml metasgd anil boil"]'; exit 2; }
 	@test -n "$(strip $(METHODS))" || { echo 'METHODS is empty: name at least one method (maml.py --help, --method)'; exit 2; }
+	@test "$(words $(METHODS))" = "$(words $(sort $(METHODS)))" || { echo 'METHODS names a method twice ($(strip $(METHODS))): each trains into $(RUNS)/<method>, so name each once'; exit 2; }
+	@test -z "$(filter --learn-lr% --inner-params% --method%,$(PAPER_FLAGS))" || { echo 'PAPER_FLAGS sets the method ($(filter --learn-lr% --inner-params% --method%,$(PAPER_FLAGS))), which METHODS does: drop it and name the methods in METHODS'; exit 2; }
 	@# every name checked before any training: argparse refuses an unknown --method before it reaches --help
 	@$(foreach m,$(METHODS),$(PY) maml.py --method $(m) --help > /dev/null &&) true
 	$(foreach m,$(METHODS),$(PY) maml.py --data $(DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/$(m) --method $(m) &&) true

@@ -162,9 +162,10 @@ def write_table1(runs, out, stem="table1_learned_rates"):
 
 
 def other_rate_tables(by_method, out):
-    """Table 1's statistics for the learned rates of ANIL and BOIL run with --learn-lr: report parts, files."""
+    """Table 1's statistics for the learned rates of every method but Meta-SGD that learns them (ANIL and BOIL
+    run with --learn-lr): report parts, files."""
     parts, written = [], []
-    for method in ("anil-metasgd", "boil-metasgd"):
+    for method in (m for m, (_, _, learned) in flags.METHODS.items() if learned and m != "metasgd"):
         name = f"table1_learned_rates_{method}"
         if write_table1(by_method.get(method, []), out, name):
             written += [f"{name}.csv", f"{name}.md"]

@@ -282,8 +282,8 @@ def name(dest):
 
 def parse(argv=None):
     """maml.py's flags, with --method NAME turned into the flags that make that method (naming a flag that
-    contradicts it is refused), and the flags the user named (`given_flags`, --method counting as its
-    flags)."""
+    contradicts it is refused), and the flags the user named (`given_flags`, --method counting as itself
+    and as its flags)."""
     args, given = build_parser().parse_args(argv), given_flags(argv)
     method = vars(args).pop("method", None)
     if method is None:
@@ -294,7 +294,7 @@ def parse(argv=None):
             made_of = " ".join(method_flags(method)) or "neither --learn-lr nor --inner-params"
             raise ConfigError(f"--method {method} means {made_of}, which {name(dest)} contradicts; give one of them")
         setattr(args, dest, value)
-    return args, (given - {"method"}) | {"learn_lr", "inner_params"}
+    return args, given | {"learn_lr", "inner_params"}
 
 
 def given_flags(argv):

@@ -25,7 +25,7 @@ from cli import (
     ConfigError,
     atomic_write,
 )
-from flags import CONFIG_ADDED, method_of
+from flags import CONFIG_ADDED, METHODS, method_of
 from logs import append_rows, read_json, read_log_strictly, read_records, repair_logs, write_json
 from stats import rate_statistics
 
@@ -187,7 +187,14 @@ def load_checkpoint(path, map_location="cpu"):
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("program") != PROGRAM:
         raise CheckpointError(f"{path} is a torch file but not a checkpoint of this project's maml.py")
-    return upgrade_checkpoint(ckpt)
+    ckpt = upgrade_checkpoint(ckpt)
+    adapts = ckpt["config"].get("inner_params")
+    if adapts not in {inner_params for _, inner_params, _ in METHODS.values()}:
+        raise CheckpointError(
+            f"{path} says its inner loop adapted {adapts!r}, which is none of this project's methods' "
+            f"(--inner-params {', '.join(dict.fromkeys(a for _, a, _ in METHODS.values()))})"
+        )
+    return ckpt
 
 
 def upgrade_checkpoint(ckpt):

@@ -34,6 +34,11 @@ def opened_runs(args, writer, given=()):
                       f"{', '.join(removed)}")  # fmt: skip
         if args.seeds is not None and args.resume and writer:
             level_seed_checkpoints([Path(run_args.out) for run_args in seeds])
+        if args.seeds is not None and args.resume and not any((Path(a.out) / "ckpt.pt").exists() for a in seeds):
+            raise CheckpointError(
+                f"--resume --seeds: no seed folder ({', '.join(a.out for a in seeds)}) holds a checkpoint to "
+                "resume from; drop --resume to start them"
+            )
         starts = []
         for run_args in seeds:
             out = Path(run_args.out)
@@ -100,6 +105,11 @@ def start_run(args, out, given=()):
         raise CheckpointError(f"--resume: there is no checkpoint {ckpt_path} to resume from")
     resumed = load_checkpoint(ckpt_path)
     saved, defaults = resumed["config"], vars(flags.build_parser().parse_args([]))
+    if "method" in given and flags.method_of(config) != flags.method_of(saved):
+        raise CheckpointError(
+            f"--method {flags.method_of(config)} disagrees with the checkpoint's {flags.method_of(saved)}; drop "
+            "the flag to resume, or start a new --out"
+        )
     for key, value in config.items():
         named = (key in given and value != "auto") or value != defaults.get(key)  # 'auto' keeps the run's own
         if key not in flags.MAY_CHANGE_ON_RESUME and named and value != saved.get(key):

@@ -94,11 +94,14 @@ def test_method_refuses_a_flag_that_contradicts_it_and_counts_as_its_flags_on_re
         flags.parse(["--learn-lr", "--method", "maml"])
     args, given = flags.parse(["--method", "boil-metasgd", "--learn-lr"])  # agreeing flags are allowed
     assert (args.learn_lr, args.inner_params) == (True, "body") and "method" not in vars(args)
-    assert {"learn_lr", "inner_params"} <= given and "method" not in given
+    assert {"learn_lr", "inner_params", "method"} <= given
     out = tmp_path / "run"
     maml.main(tiny_flags(out, "--iterations", "1", "--eval-every", "1", "--method", "metasgd"))
-    with pytest.raises(CheckpointError, match="--learn-lr False disagrees with the checkpoint's True"):
+    with pytest.raises(CheckpointError, match="^--method maml disagrees with the checkpoint's metasgd; drop the"):
         maml.main(tiny_flags(out, "--iterations", "2", "--resume", "--method", "maml"))
+    with pytest.raises(CheckpointError, match="^--inner-params head disagrees with the checkpoint's all"):
+        maml.main(tiny_flags(out, "--iterations", "2", "--resume", "--inner-params", "head"))
+    maml.main(tiny_flags(out, "--iterations", "2", "--resume", "--method", "metasgd"))  # its own method resumes
 
 
 @pytest.mark.parametrize("method", ["anil", "boil", "anil-metasgd", "boil-metasgd"])

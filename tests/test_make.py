@@ -51,6 +51,12 @@ def test_make_paper_trains_probes_and_reports_the_methods_it_is_given(tmp_path):
         [*command[:-4], "METHODS=maml protonet", *command[-4:]], cwd=ROOT, capture_output=True, text=True
     )
     assert refused.returncode != 0 and "invalid choice: 'protonet'" in refused.stderr
+    refusals = {"METHODS=maml anil maml": "METHODS names a method twice (maml anil maml)",
+                "PAPER_FLAGS=--learn-lr": "PAPER_FLAGS sets the method (--learn-lr)",
+                "PAPER_FLAGS=--inner-params=head": "PAPER_FLAGS sets the method (--inner-params=head)"}  # fmt: skip
+    for bad, message in refusals.items():  # before any training
+        refused = subprocess.run([*command, bad], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and refused.stdout.startswith(message) and not runs.exists(), refused.stdout
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(str(p.relative_to(runs)) for p in runs.glob("*/seed*")) == ["anil/seed0", "boil/seed0", "maml/seed0"]

@@ -58,3 +58,15 @@ def test_an_old_checkpoint_loads_probes_and_resumes_like_a_current_one(tmp_path)
     assert old["iteration"] == 4 and old["format"] == run_folder.CHECKPOINT_FORMAT
     assert all(torch.equal(now["params"][n], old["params"][n]) for n in now["params"])
     assert all(torch.equal(now["inner_lrs"][n], old["inner_lrs"][n]) for n in now["inner_lrs"])
+
+
+def test_a_checkpoint_whose_inner_loop_adapted_no_known_set_is_refused_in_one_line(tmp_path):
+    params = maml.init_params(2, 4, 16)
+    config = {"learn_lr": False, "ways": 2, "inner_params": "neck", "inner_lr": 0.01}
+    torch.save(
+        {"program": run_folder.PROGRAM, "config": config, "params": params, "inner_lrs": 0.01}, tmp_path / "x.pt"
+    )
+    with pytest.raises(
+        run_folder.CheckpointError, match=r"adapted 'neck', which is none .*\(--inner-params all, head, body\)$"
+    ):
+        run_folder.load_checkpoint(tmp_path / "x.pt")

@@ -93,6 +93,13 @@ def test_a_single_seed_folder_and_a_seeds_folder_are_not_resumed_as_each_other(t
     assert not (tmp_path / "one" / "seed0").exists()
 
 
+def test_resume_with_seeds_and_no_checkpoint_in_any_seed_folder_is_refused_as_for_one_seed(tmp_path):
+    (tmp_path / "none" / "seed0").mkdir(parents=True)  # a start that failed before any save
+    with pytest.raises(CheckpointError, match="--resume --seeds: no seed folder .* holds a checkpoint to resume"):
+        train(tmp_path / "none", "--iterations", "4", "--resume", "--seeds", "0", "1")
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["seed0"]  # nothing started, nothing written
+
+
 # (--learn-lr, --inner-params): the method's default folder and the flags its --seeds resume hint names
 METHOD_NAMES_AND_FLAGS = {
     (False, "all"): ("maml", ""),
