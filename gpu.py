@@ -101,7 +101,8 @@ def rehearsal():
 def wants_cuda_graph(choice, device, world):
     """--cuda-graph: 'auto' graphs one process on a GPU; 'on' is refused where no graph can be (no CUDA
     device, torchrun). Under either, a capture that fails falls back to eager (`capture_cuda_graph`)."""
-    on_device = device.type == "cuda" or rehearsal() is not None
+    rehearsing = rehearsal() is not None  # first: a value it does not know is refused on any device
+    on_device = device.type == "cuda" or rehearsing
     if choice == "on" and not on_device:
         raise ConfigError(f"--cuda-graph on needs a CUDA device, and this run is on {device}; use --cuda-graph off")
     if choice == "on" and world > 1:
@@ -117,6 +118,7 @@ def capture_cuda_graph(step, runs):
     generators. As the CUDA-graph docs ask, a few warm-up calls run first on a side stream (they
     allocate Adam's state and pick cuDNN kernels); their updates are then undone, so the runs go on
     from exactly where they were."""
+    capture = warm_up_and_capture if rehearsal() is None else rehearse_capture  # refused here, not as a failure
     tensors = [t for run in runs for t in run.in_place_tensors()]
     optimizers, generators = [run.optimizer for run in runs], [run.episode_rng for run in runs]
     generator_states = [g.get_state() for g in generators]
@@ -126,7 +128,6 @@ def capture_cuda_graph(step, runs):
         elsewhere = [name for run in runs for name in run.tensors_off_device()]
         if elsewhere:
             raise RuntimeError(f"{elsewhere[0]} is not on the run's device {tensors[0].device}")
-        capture = warm_up_and_capture if rehearsal() is None else rehearse_capture
         graph, error = capture(step, tensors[0].device, generators), None
     except Exception as e:  # an op that cannot be captured, an older torch: eager works anyway
         graph, error = None, capture_error(e)
@@ -145,13 +146,17 @@ def capture_cuda_graph(step, runs):
 
 
 def capture_error(error):
-    """The one-line reason a capture failed. An op that fails inside `torch.cuda.graph` is replaced by the
-    error that ending the capture then raises; the first one, kept as its __context__, is the cause."""
+    """The one-line reason a capture failed, naming its first error: an op that fails inside
+    `torch.cuda.graph` is replaced by the error that ending the capture then raises, which keeps the first
+    as its __context__ (an error raised `from` another names that one, and `from None` none)."""
     first = error
-    while first.__context__ is not None:
-        first = first.__context__
+    while True:
+        earlier = first.__cause__ or (None if first.__suppress_context__ else first.__context__)
+        if earlier is None:
+            break
+        first = earlier
     line = lambda e: f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-    return line(first) if first is error else f"{line(first)}; ending the capture then raised {type(error).__name__}"
+    return line(first) if first is error else f"{line(first)}; then {type(error).__name__}"
 
 
 def warm_up_and_capture(step, device, generators):

@@ -15,9 +15,11 @@ A stage fails when its command fails, when it is killed at its limit, when a cap
 failed in it (an eager time is never reported as the graph's), or, for cuda-tests, when a CUDA test was
 skipped (the tests did not see the GPU; under --smoke that reads "skipped (no GPU)").
 
-What comes back: DIR holds three files, rewritten after every stage: summary.md, summary.json and
-logs-and-runs.tar.gz (every stage's log, the run folders and report without checkpoints); the stages
-work in a temporary folder that is removed at the end. The output ends with the summary: versions,
+What comes back: DIR (empty, or holding an earlier check's files) holds three files, rewritten after
+every stage: summary.md, summary.json and logs-and-runs.tar.gz (every stage's log, the run folders and
+report without checkpoints). The stages work in --work, unbuffered, which keeps the checkpoints: a later call with
+--stages reruns those stages there (a probe finds its training's best.pt) and its summary keeps the other
+stages' results; a call without --stages empties --work first. The output ends with the summary: versions,
 precision switches, stage table, every bench row, training it/s (between the last two metrics.csv rows,
 so the capture and the first validation are left out), test accuracy and probe pairs/s. Exit code 1
 if any stage failed. --smoke rehearses the capture on the CPU (MAML_FAKE_CUDA_GRAPH=ok, gpu.rehearsal;
@@ -35,7 +37,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +54,11 @@ ROOT = Path(__file__).resolve().parent
 STAGES = {
     "cuda-tests": (60, None, "the tests that need a GPU (pytest -m cuda tests/test_gpu.py)"),
     "bench": (170, None, "bench.py --quick: paper size, MAML and Meta-SGD, loop/grouped/graph, 3 precisions, 8 seeds"),
-    "train-maml": (120, None, "maml.py on DATA_DIR, 1,500 iterations at 84 px, the paper's settings"),
+    "train-maml": (
+        120,
+        None,
+        "maml.py on DATA_DIR, 1,500 iterations at 84 px, the paper's settings, validated every 250",
+    ),
     "probe-maml": (45, None, "probe.py of its best.pt, 2,000 iterations"),
     "train-metasgd": (120, "--metasgd", "the same training for Meta-SGD"),
     "probe-metasgd": (45, "--metasgd", "its probe"),
@@ -67,6 +72,13 @@ SMOKE_BENCH = ["--configs", "tiny", "--methods", "maml", "--precisions", "fast",
 CAPTURE_FAILED = "cuda graph: capture failed"
 PASSED = ("ok", "skipped (no GPU)")
 ARCHIVE = "logs-and-runs.tar.gz"
+RESULTS = (ARCHIVE, "summary.md", "summary.json")
+BENCH_LINE = re.compile(r"device: |  \S.* ms/it |  sampling one meta-batch|  \d+ seeds in one process")  # its rows
+STAGE_OUTPUTS = {  # what a stage writes in --work, removed before it runs again
+    "train-maml": ["runs/maml"], "train-metasgd": ["runs/metasgd"], "analyze": ["report"],
+    "probe-maml": ["runs/maml/probe.csv", "runs/maml/probe.json"],
+    "probe-metasgd": ["runs/metasgd/probe.csv", "runs/metasgd/probe.json"],
+}  # fmt: skip
 
 
 def stage_list():
@@ -111,7 +123,7 @@ def stage_commands(args, work):
     python, device, runs = sys.executable, "cpu" if args.smoke else "cuda", work / "runs"
     pytest = [python, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider"]
     data_flags = [] if args.smoke else ["--data", str(Path(args.data).resolve())]  # the stages run in ROOT
-    train = SMOKE_RUN if args.smoke else ["--iterations", "1500", "--eval-every", "500"]
+    train = SMOKE_RUN if args.smoke else ["--iterations", "1500", "--eval-every", "250"]  # 2 timed rows by 500
     probe = ["--iterations", "20" if args.smoke else "2000", "--no-progress", "--device", device, *data_flags]
     commands = {
         "cuda-tests": [*pytest, "-m", "cuda", "tests/test_gpu.py"],
@@ -137,8 +149,9 @@ def chosen_stages(args):
 def run_stage(name, command, limit, logs, env=None, smoke=False):
     """Run one stage in a process group of its own, its output going straight to logs/<name>.log (so a
     stage killed at its limit leaves what it printed); at the limit the whole group is killed (pytest's
-    or torchrun's children too). Never raises."""
+    or torchrun's children too), as it is when this process is interrupted."""
     start, log = time.time(), logs / f"{name}.log"
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}  # a kill keeps what was printed
     with open(log, "w") as f:
         f.write(" ".join(command) + "\n\n")
         f.flush()
@@ -151,6 +164,10 @@ def run_stage(name, command, limit, logs, env=None, smoke=False):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             code = None
+        except BaseException:  # Ctrl-C, or SIGTERM (main turns it into SystemExit): the stage goes too
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
     text = log.read_text(errors="replace")
     status = stage_status(name, code, limit, text, smoke)
     tail = "\n".join(text.strip().splitlines()[-40:])
@@ -214,7 +231,7 @@ def measured_lines(logs):
         if name == "cuda-tests":
             lines += [m.group(0) for line in text for m in re.finditer(r"\w+ \w+: \S+ from float64", line)]
         else:
-            lines += [line for line in text if line.startswith(("device:", "  "))]
+            lines += [line for line in text if BENCH_LINE.match(line)]
     return lines
 
 
@@ -231,7 +248,9 @@ def summary_text(env, results, lines, numbers):
 
 
 def write_results(out, work, env, results):
-    """summary.md, summary.json and the archive of logs and runs (no checkpoints), each written whole."""
+    """summary.md, summary.json and the archive of logs and runs (no checkpoints), each written whole; and
+    the stage results in --work, for a later rerun of some stages."""
+    cli.atomic_write(work / "stages.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1) + "\n"))
     lines, numbers = measured_lines(work / "logs"), key_numbers(work)
     text, failed = summary_text(env, results, lines, numbers)
     cli.atomic_write(out / "summary.md", lambda tmp: tmp.write_text(text + "\n"))
@@ -269,54 +288,68 @@ def parse_args(argv):
     p.add_argument("data", nargs="?", default=None, help="Mini-ImageNet folder (any supported layout)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, synthetic data: checks the plumbing")
     p.add_argument("--out", default=None, help="results folder (default: $OUT, else gpu-check/<UTC time>)")
+    p.add_argument("--work", default=str(ROOT / "gpu-check" / "work"), help="the stages' folder (default: %(default)s)")
     p.add_argument("--metasgd", action="store_true", help="also train and probe Meta-SGD, and write the report")
     p.add_argument("--suite", action="store_true", help="run the rest of the test suite last (CI runs it anyway)")
-    p.add_argument(
-        "--stages",
-        nargs="+",
-        choices=list(STAGES),
-        default=None,
-        metavar="STAGE",
-        help="run only these stages (any above)",
-    )
-    p.add_argument(
-        "--limit",
-        action="append",
-        default=[],
-        metavar="STAGE=SECONDS",
-        help="another time limit for a stage (repeatable)",
-    )
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), metavar="STAGE", help="rerun only these (any above)")
+    p.add_argument("--limit", action="append", default=[], metavar="STAGE=SECONDS", help="another stage time limit")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = p.parse_args(argv)
     args.limits = parse_limits(args.limit)
-    gpu.rehearsal()  # a value it does not know is refused here, before any stage
+    rehearsal = gpu.rehearsal()  # a value it does not know is refused here, before any stage
     if not args.smoke:
         refuse_without_cuda()
-        if args.data is None:
-            raise cli.ConfigError("give DATA_DIR (a Mini-ImageNet folder), or --smoke to rehearse on the CPU")
+        if rehearsal is not None:
+            raise cli.ConfigError(f"MAML_FAKE_CUDA_GRAPH={rehearsal} would rehearse every capture instead of timing "
+                                  "the graph; unset it for the GPU check (it is for --smoke)")  # fmt: skip
+        if not args.data or not Path(args.data).is_dir():
+            raise cli.ConfigError(f"DATA_DIR {args.data!r} is not a folder; give a Mini-ImageNet folder, or --smoke")
         data.detect_layout(args.data)
     return args
 
 
+def results_folder(args):
+    """--out (else $OUT, else gpu-check/<UTC time>), checked: a folder, empty or holding only what an
+    earlier check left, so that what comes back is this check's three files."""
+    given, flag = (args.out, "--out") if args.out else (os.environ.get("OUT"), "$OUT")
+    out = Path(given or ROOT / "gpu-check" / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    cli.check_out_folder(out, flag)
+    others = sorted(p.name for p in out.iterdir() if p.name not in RESULTS)
+    if others:
+        raise cli.ConfigError(f"{flag} {out} holds other files ({', '.join(others[:3])}); give an empty folder")
+    return out
+
+
+def earlier_results(work, rerun):
+    """The stage results an earlier check left in --work, for a rerun of some stages; without --stages the
+    folder is emptied (the lock file aside) and there are none."""
+    if not rerun:
+        for path in work.iterdir():
+            if path.name != "check.lock":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (work / "logs").mkdir(exist_ok=True)
+    saved = work / "stages.json"
+    return json.loads(saved.read_text()) if rerun and saved.exists() else []
+
+
 def main(argv=None):
     args = parse_args(argv)
-    out = Path(args.out or os.environ.get("OUT") or ROOT / "gpu-check" / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
-    cli.check_out_folder(out)
-    env = environment()
-    print(env, flush=True)
-    stage_env = dict(os.environ)
-    if args.smoke:  # the CUDA graph's capture path, rehearsed on the CPU (unless a rehearsal is set already)
-        stage_env.setdefault("MAML_FAKE_CUDA_GRAPH", "ok")
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    try:
-        (work / "logs").mkdir()
-        commands, results = stage_commands(args, work), []
+    out, work = results_folder(args), Path(args.work)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as Ctrl-C: the running stage is killed too
+    with cli.lock_outputs(work, "check.lock", "a GPU check", flag="--work"):
+        results, env = earlier_results(work, bool(args.stages)), environment()
+        print(env, flush=True)
+        stage_env = dict(os.environ)
+        if args.smoke:  # the CUDA graph's capture path, rehearsed on the CPU (=fail rehearses a failed one)
+            stage_env["MAML_FAKE_CUDA_GRAPH"] = os.environ.get("MAML_FAKE_CUDA_GRAPH") or "ok"
         for name, limit in chosen_stages(args):
-            results.append(run_stage(name, commands[name], limit, work / "logs", stage_env, args.smoke))
-            print(f"{name}: {results[-1]['status']} ({results[-1]['seconds']} s)", flush=True)
+            for output in STAGE_OUTPUTS.get(name, []):
+                shutil.rmtree(work / output) if (work / output).is_dir() else (work / output).unlink(missing_ok=True)
+            result = run_stage(name, stage_commands(args, work)[name], limit, work / "logs", stage_env, args.smoke)
+            print(f"{name}: {result['status']} ({result['seconds']} s)", flush=True)
+            results = [r for r in results if r["stage"] != name] + [result]
+            results.sort(key=lambda r: list(STAGES).index(r["stage"]))
             text, failed = write_results(out, work, env, results)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     for r in results:  # what went wrong first, so that the summary is last
         if r["status"] not in PASSED:
             print(f"\n--- {r['stage']}: {r['status']}; the end of its log ---\n{r['tail']}")

@@ -534,7 +534,7 @@ def gpu_check_flags(*argv, env=None):
     def setup(ctx):
         for name, value in (env or {}).items():
             ctx.monkeypatch.setenv(name, value)
-        return ["--smoke", "--out", str(ctx.d / "check"), *argv]
+        return ["--smoke", "--out", str(ctx.d / "check"), "--work", str(ctx.d / "work"), *argv]
 
     return setup
 
@@ -550,5 +550,23 @@ def gpu_check_without_a_gpu(data):
     def setup(ctx):
         ctx.monkeypatch.setattr("torch.cuda.is_available", lambda: False)
         return [str(ctx.d / "ravi")] if data else []
+
+    return setup
+
+
+def gpu_check_out_with_other_files(ctx):
+    (ctx.d / "check").mkdir()
+    (ctx.d / "check" / "notes.txt").write_text("mine")
+    return ["--smoke", "--out", str(ctx.d / "check"), "--work", str(ctx.d / "work")]
+
+
+def gpu_check_on_a_gpu(*argv, env=None):
+    """gpu_check.py for the GPU (no --smoke) where CUDA is taken to work, with `argv` and `env`."""
+
+    def setup(ctx):
+        ctx.monkeypatch.setattr("gpu_check.refuse_without_cuda", lambda: None)
+        for name, value in (env or {}).items():
+            ctx.monkeypatch.setenv(name, value)
+        return [a.format(d=ctx.d) for a in argv] + ["--out", str(ctx.d / "check"), "--work", str(ctx.d / "work")]
 
     return setup

@@ -197,4 +197,23 @@ FLAG_CASES = [
     pytest.param(
         "gpu_check", bad.gpu_check_without_a_gpu(data=False), "no usable CUDA device", id="check without gpu or data"
     ),
+    pytest.param(
+        "gpu_check",
+        bad.gpu_check_out_with_other_files,
+        "--out .*check holds other files \\(notes.txt\\)",
+        id="check out with other files",
+    ),  # fmt: skip
+    pytest.param(
+        "gpu_check",
+        bad.gpu_check_on_a_gpu("{d}/ravi", env={"MAML_FAKE_CUDA_GRAPH": "ok"}),
+        "MAML_FAKE_CUDA_GRAPH=ok would rehearse every capture instead of timing the graph",
+        id="check rehearsal on a gpu",
+    ),  # fmt: skip
+    pytest.param(
+        "gpu_check",
+        bad.gpu_check_on_a_gpu("{d}/ravi/train.csv"),
+        "DATA_DIR '.*train.csv' is not a folder",
+        id="check data dir a file",
+    ),  # fmt: skip
+    pytest.param("gpu_check", bad.gpu_check_on_a_gpu(""), "DATA_DIR '' is not a folder", id="check data dir empty"),
 ]

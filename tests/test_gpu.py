@@ -73,9 +73,16 @@ def test_a_capture_that_fails_inside_names_the_first_error_not_the_one_its_end_r
     monkeypatch.setattr(torch.cuda, "graph", graph)
     assert gpu.capture_cuda_graph(step, [run]) is None
     assert capsys.readouterr().out == (
-        "cuda graph: capture failed (ValueError: an op that cannot be captured; ending the capture then raised "
-        "RuntimeError); the run continues eagerly\n"
+        "cuda graph: capture failed (ValueError: an op that cannot be captured; then RuntimeError); the run "
+        "continues eagerly\n"
     )
+    try:  # an error raised `from None` inside a handler names itself alone
+        try:
+            raise KeyError("cache")
+        except KeyError:
+            raise ValueError("the real cause") from None
+    except ValueError as e:
+        assert gpu.capture_error(e) == "ValueError: the real cause"
 
 
 def test_the_rehearsal_variable_takes_only_its_documented_values(monkeypatch):
@@ -86,6 +93,10 @@ def test_the_rehearsal_variable_takes_only_its_documented_values(monkeypatch):
         monkeypatch.setenv("MAML_FAKE_CUDA_GRAPH", value)
         with pytest.raises(ConfigError, match=f"MAML_FAKE_CUDA_GRAPH={value} is not a rehearsal"):
             gpu.rehearsal()
+        with pytest.raises(ConfigError, match="is not a rehearsal"):  # on a GPU too, before anything is captured
+            gpu.wants_cuda_graph("auto", torch.device("cuda"), 1)
+        with pytest.raises(ConfigError, match="is not a rehearsal"):
+            gpu.capture_cuda_graph(lambda: None, [step_run(True)])
 
 
 def test_every_precision_sets_its_switches_and_puts_them_back_with_nothing_on_stderr():

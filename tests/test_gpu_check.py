@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -17,11 +18,15 @@ import gpu_check
 from conftest import ROOT
 
 
+def check_command(out, *flags, work=None):
+    work = work or out.parent / "work"
+    return [sys.executable, str(ROOT / "gpu_check.py"), "--smoke", "--out", str(out), "--work", str(work), *flags]
+
+
 def check(out, *flags, capture=None):
-    env = {k: v for k, v in os.environ.items() if k != "MAML_FAKE_CUDA_GRAPH"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MAML_FAKE_CUDA_GRAPH", "PYTHONUNBUFFERED")}
     env |= {"MAML_FAKE_CUDA_GRAPH": capture} if capture else {}
-    command = [sys.executable, str(ROOT / "gpu_check.py"), "--smoke", "--out", str(out), *flags]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=500, env=env)
+    done = subprocess.run(check_command(out, *flags), capture_output=True, text=True, cwd=ROOT, timeout=500, env=env)
     return done, json.loads((out / "summary.json").read_text())
 
 
@@ -54,6 +59,12 @@ def test_the_smoke_check_leaves_few_shallow_files_and_ends_its_output_with_every
     assert "# " in archived(out, "report/report.md") and "iteration" in archived(out, "runs/maml/metrics.csv")
     with tarfile.open(out / gpu_check.ARCHIVE) as tar:
         assert not [n for n in tar.getnames() if n.endswith(".pt")]  # no checkpoints come back
+    # a failed stage rerun alone, in a second call: it finds what the first trained, the summary keeps the rest
+    done, again = check(tmp_path / "again", "--stages", "probe-maml")
+    assert done.returncode == 0 and [s["stage"] for s in again["stages"]] == stages
+    assert [s["seconds"] for s in again["stages"] if s["stage"] != "probe-maml"] == [
+        s["seconds"] for s in summary["stages"] if s["stage"] != "probe-maml"
+    ]
 
 
 def test_a_failed_capture_fails_its_stage_and_is_never_timed_as_the_graph(tmp_path):
@@ -125,3 +136,38 @@ def test_a_stage_over_its_limit_is_killed_with_its_children_and_keeps_what_it_pr
     assert "measured 7 it/s" in result["tail"]
     time.sleep(0.5)
     assert not alive(int((tmp_path / "child").read_text()))  # the whole process group went
+
+
+def test_a_stage_killed_at_its_limit_keeps_what_it_printed_without_flushing(tmp_path):
+    """Python buffers a stage's output to its log by 8 KiB unless told not to: a kill would lose it all."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    code = "import time; print('  paper  maml 2nd-order  loop  fast  41.0 ms/it'); time.sleep(60)"
+    result = gpu_check.run_stage("bench", [sys.executable, "-c", code], 3, tmp_path, env)
+    assert result["status"] == "killed at its 3 s limit" and "41.0 ms/it" in result["tail"]
+
+
+def writers_of(log):
+    """The processes that hold `log` open as their standard output."""
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/1"):
+        try:
+            if os.readlink(fd) == str(log):
+                found.append(fd.parent.parent.name)
+        except OSError:
+            pass
+    return found
+
+
+def test_an_interrupted_check_takes_its_running_stage_with_it(tmp_path):
+    log = tmp_path / "work" / "logs" / "bench.log"
+    process = subprocess.Popen(check_command(tmp_path / "check", "--stages", "bench"), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not (log.exists() and "device:" in log.read_text()):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    assert writers_of(log)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 143
+    time.sleep(0.5)
+    assert writers_of(log) == []  # bench.py went with it
