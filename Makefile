@@ -2,7 +2,8 @@
 # make test   -- lint, then the test suite (CPU, a few minutes)
 # make test TORCH=2.11.0 -- the same in a venv of its own with that torch (.venv-torch2.11.0; the GPU machine's)
 # make lint   -- ruff check and ruff format --check; make format rewrites the code
-# make paper DATA=/path/to/data SEEDS="0 1 2"  -- the paper's full configuration per seed (meant for a GPU)
+# make paper SEEDS="0 1 2"  -- the paper's full configuration per seed on Mini-ImageNet, fetched by name (a GPU)
+# make paper DATA=/path/to/data  -- the same on a dataset folder, or on DATA=omniglot
 # make paper DATA=... METHODS="maml metasgd anil boil"  -- with ANIL and BOIL beside the paper's two
 # make gpu-check DATA=/path/to/sample     -- the prepared first check on a GPU machine (system python3, no venv)
 PYTHON ?= python3
@@ -49,7 +50,7 @@ demo: $(STAMP)
 	$(PY) analyze.py $(addprefix runs/demo/,$(DEMO_METHODS)) --out report/demo
 	@echo "demo report: report/demo/report.md"
 
-# make paper DATA=... SEEDS="0 1 2": each method, all its seeds in one process (--seeds), each best.pt
+# make paper [DATA=...] SEEDS="0 1 2": each method, all its seeds in one process (--seeds), each best.pt
 # probed (with the per-layer CKA, --similarity), one report over all seeds. METHODS picks the methods (the
 # paper's two by default; any that maml.py --method takes). PAPER_FLAGS and PROBE_FLAGS add flags (e.g.
 # --clip-grad 10, --no-conv-bias); RUNS and REPORT move the outputs. Run folders: $(RUNS)/<method>/seed<s>.
@@ -59,18 +60,20 @@ PAPER_FLAGS ?=
 PROBE_FLAGS ?=
 RUNS ?= runs/paper
 REPORT ?= report/paper
+# No DATA: Mini-ImageNet by name (fetched and verified on first use, fetch.py); DATA given empty is refused.
+PAPER_DATA = $(if $(filter undefined,$(origin DATA)),mini-imagenet,$(DATA))
 PAPER_RUNS = $(foreach seed,$(SEEDS),$(foreach m,$(METHODS),$(RUNS)/$(m)/seed$(seed)))
 
 paper: $(STAMP)
-	@test -n "$(DATA)" || { echo 'usage: make paper DATA=/path/to/data [SEEDS="0 1 2"] [METHODS="maml metasgd anil boil"]'; exit 2; }
+	@test -n "$(PAPER_DATA)" || { echo 'DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet'; exit 2; }
 	@test -n "$(strip $(METHODS))" || { echo 'METHODS is empty: name at least one method (maml.py --help, --method)'; exit 2; }
 	@test "$(words $(METHODS))" = "$(words $(sort $(METHODS)))" || { echo 'METHODS names a method twice ($(strip $(METHODS))): each trains into $(RUNS)/<method>, so name each once'; exit 2; }
-	@test -z "$(filter --learn-lr% --inner-params% --method%,$(PAPER_FLAGS))" || { echo 'PAPER_FLAGS sets the method ($(filter --learn-lr% --inner-params% --method%,$(PAPER_FLAGS))), which METHODS does: drop it and name the methods in METHODS'; exit 2; }
-	@# every name checked before any training: argparse refuses an unknown --method before it reaches --help
-	@$(foreach m,$(METHODS),$(PY) maml.py --method $(m) --help > /dev/null &&) true
-	$(foreach m,$(METHODS),$(PY) maml.py --data $(DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/$(m) --method $(m) &&) true
+	@# every method's flags parsed as maml.py parses them, before any training: an unknown --method, or a flag
+	@# in PAPER_FLAGS that contradicts one of the methods, ends here in one line
+	@$(foreach m,$(METHODS),$(PY) -c 'import sys, cli, flags; cli.run_cli(flags.parse, sys.argv[1:])' $(PAPER_FLAGS) --method $(m) &&) true
+	$(foreach m,$(METHODS),$(PY) maml.py --data $(PAPER_DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/$(m) --method $(m) &&) true
 	for run in $(PAPER_RUNS); do \
-	  $(PY) probe.py $$run/best.pt --data $(DATA) --similarity $(PROBE_FLAGS) || exit 1; \
+	  $(PY) probe.py $$run/best.pt --data $(PAPER_DATA) --similarity $(PROBE_FLAGS) || exit 1; \
 	done
 	$(PY) analyze.py $(PAPER_RUNS) --out $(REPORT)
 	@echo "report: $(REPORT)/report.md"

@@ -262,13 +262,28 @@ def _check_not_html(path):
         raise DataError(f"{path} is an HTML/XML page, not a data file (a failed download?); download it again")
 
 
-def _load_pickle(root, split, image_size):
-    path = _pickle_path(root, split)
+class _DataUnpickler(pickle.Unpickler):
+    """pickle.load runs whatever a file asks for (a downloaded one included); this one builds only what a
+    learn2learn pickle holds: dicts, lists, numbers and strings, and numpy arrays."""
+
+    ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}  # fmt: skip
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which no data file needs")
+        with warnings.catch_warnings():  # numpy 2 reads numpy 1's module names, with a warning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return super().find_class(module, name)
+
+
+def read_pickle(path):
+    """A learn2learn Mini-ImageNet pickle's (image_data, class_dict), read by `_DataUnpickler`."""
     _check_not_html(path)
     try:
         with open(path, "rb") as f:
-            data = pickle.load(f)
-        image_data, class_dict = np.asarray(data["image_data"]), data["class_dict"]
+            content = _DataUnpickler(f).load()
+        image_data, class_dict = np.asarray(content["image_data"]), dict(content["class_dict"])
     except Exception as e:
         raise DataError(
             f"{path} is not a learn2learn Mini-ImageNet pickle (a dict with 'image_data' and "
@@ -276,6 +291,22 @@ def _load_pickle(root, split, image_size):
         ) from None
     if image_data.ndim != 4 or image_data.shape[-1] != 3:
         raise DataError(f"{path}: image_data should be uint8 N x H x W x 3, got shape {image_data.shape}")
+    return image_data, class_dict
+
+
+def pickle_contents(path):
+    """(image_data's shape, {class: images}) of a pickle whose pixels are uint8 and whose indices are
+    valid: what fetch.py compares with what the source should hold."""
+    image_data, class_dict = read_pickle(path)
+    if image_data.dtype != np.uint8:
+        raise DataError(f"{path}: image_data holds {image_data.dtype}; expected uint8 pixels")
+    counts = {name: len(_pickle_indices(path, name, class_dict[name], len(image_data))) for name in class_dict}
+    return tuple(image_data.shape), counts
+
+
+def _load_pickle(root, split, image_size):
+    path = _pickle_path(root, split)
+    image_data, class_dict = read_pickle(path)
     names = sorted(class_dict)
     if not names:
         raise DataError(f"{path}: class_dict is empty; expected the {split} split's classes")
@@ -489,6 +520,17 @@ def _omniglot_files(root, character):
     raise DataError(
         f"character {character} is in the split files but in neither {' nor '.join(OMNIGLOT_PARTS)} of {root}"
     )
+
+
+def check_omniglot_files(root):
+    """Every character that Omniglot's split files name has images in `root` (fetch.py, before a fetched
+    copy counts as the dataset)."""
+    root = Path(root)
+    for split in SPLITS if omniglot_split_kind(root) == "vinyals" else ():
+        for character in sorted({c for c, _ in _vinyals_classes(root, split, rotations=False)}):
+            _omniglot_files(root, character)
+    for part in OMNIGLOT_PARTS:
+        _omniglot_characters(root, part)
 
 
 def _load_omniglot(root, split, image_size, rotations, cache_dir, progress):
@@ -800,3 +842,10 @@ def identity(splits, root):
                 "image_size": int(images[-1]), "class_names": hashlib.sha1(names).hexdigest()[:16]}  # fmt: skip
 
     return {"layout": "synthetic" if root is None else detect_layout(root), **{n: of(s) for n, s in splits.items()}}
+
+
+if __name__ == "__main__":  # python data.py fetch NAME [DIR]: fetch.py does the work
+    import cli
+    import fetch
+
+    cli.run_cli(fetch.main)

@@ -83,6 +83,7 @@ SETTINGS = {  # key: (on --resume, in the report, in checkpoints from before it)
     "conv_bias": (KEPT, STUDY, True),
     "clip_grad": (KEPT, STUDY, None),
     "data": (MAY_CHANGE, STUDY, NOT_FILLED),  # a moved folder; run_start checks that it holds the same data
+    "data_name": (MAY_CHANGE, NOT_A_RESULT, None),  # not a flag: the name --data gave (fetch.py), or None
     "rotations": (KEPT, STUDY, None),
     "cache_dir": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
     "seeds": (KEPT, SEED_OR_METHOD, NOT_FILLED),
@@ -203,7 +204,9 @@ def add_data_flags(g):
         default=None,
         help="dataset folder in any supported Mini-ImageNet layout (Ravi CSVs, "
         "split/class folders, learn2learn pickles, torchmeta HDF5) or Omniglot as it ships (images_background, "
-        "images_evaluation); omitted: the built-in synthetic dataset",
+        "images_evaluation); or a name, omniglot or mini-imagenet: fetched and verified on first use into "
+        "$MAML_DATA_DIR/NAME, else ~/.cache/negative-lr-maml/data/NAME (a folder of that name here is a path); "
+        "omitted: the built-in synthetic dataset",
     )
     g(
         "--rotations",

@@ -30,6 +30,7 @@ from tqdm import tqdm
 import cli
 import data
 import distributed
+import fetch
 import flags
 import gpu
 import logs
@@ -165,8 +166,8 @@ def build_parser():
     a(
         "--data",
         default=None,
-        help="dataset folder (default: the one the checkpoint was trained on, or the "
-        "synthetic dataset if it was trained on that)",
+        help="dataset folder, or a name (omniglot, mini-imagenet: fetched on first use, as maml.py --data) "
+        "(default: the one the checkpoint was trained on, or the synthetic dataset if it was trained on that)",
     )
     a("--split", default="test", choices=data.SPLITS, help="split the probe tasks come from")
     a("--iterations", type=int, default=40000, help="probe iterations (task pairs); the paper used 40,000")
@@ -406,6 +407,7 @@ def run(args):
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
     writer = distributed.is_writer()
+    args.data = fetch.resolve_data(args.data, quiet=not writer)[0]
     with cli.lock_outputs(out, f"{stem}.lock", f"{stem}.csv") if writer else contextlib.nullcontext():
         if writer:
             cli.remove_stale_temporaries(out, [f"{stem}.csv", f"{stem}.json"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import data
+import fetch
 import flags
 from cli import CheckpointError, ConfigError, WriteError, lock_outputs, refuse_to_overwrite, remove_stale_temporaries
 from run_folder import RUN_FILES, RunState, load_checkpoint, restore
@@ -24,6 +25,7 @@ def opened_runs(args, writer, given=()):
     temporary files a killed run left. A write that fails in the block (a full disk) ends the run in
     one line that says which checkpoints are left."""
     check_seeds_folder(args)
+    args.data, args.data_name = fetch.resolve_data(args.data, quiet=not writer)  # a name: fetched if need be
     with contextlib.ExitStack() as locks:
         seeds = per_seed_args(args)
         for run_args in seeds if writer else []:

@@ -31,7 +31,7 @@ def test_every_flag_of_maml_py_has_a_complete_settings_row_and_a_new_flag_withou
     parser = flags.build_parser()
     assert rows_missing(parser) == []
     not_flags = set(flags.SETTINGS) - {a.dest for a in parser._actions}
-    assert not_flags == {"channels", "omniglot_split"}  # the keys a run's data implies
+    assert not_flags == {"channels", "omniglot_split", "data_name"}  # the keys a run's data implies
     parser.add_argument("--warmup-steps", type=int, default=0)
     assert rows_missing(parser) == ["--warmup-steps"]
 
@@ -39,10 +39,10 @@ def test_every_flag_of_maml_py_has_a_complete_settings_row_and_a_new_flag_withou
 def test_the_lists_that_read_the_settings_table_are_its_rows():
     assert flags.MAY_CHANGE_ON_RESUME == {"iterations", "device", "eval_every", "save_every", "log_every",
                                           "no_progress", "debug", "resume", "out", "cache_dir", "data",
-                                          "task_batching", "cuda_graph"}  # fmt: skip
+                                          "task_batching", "cuda_graph", "data_name"}  # fmt: skip
     assert flags.CONFIG_ADDED == {"inner_params": "all", "conv_bias": True, "clip_grad": None, "rotations": None,
                                   "dtype": "float32", "precision": "auto", "channels": 3,
-                                  "omniglot_split": None}  # fmt: skip
+                                  "omniglot_split": None, "data_name": None}  # fmt: skip
     config = {**vars(flags.build_parser().parse_args([])), "channels": 3, "omniglot_split": None}
     assert set(config) - set(flags.result_settings(config)) == {"out", "resume", "no_progress", "debug", "device",
                                                                 "cache_dir", "task_batching", "log_every"}  # fmt: skip

@@ -14,6 +14,7 @@ ROOMS = {
     "cli",
     "data",
     "distributed",
+    "fetch",
     "figures",
     "flags",
     "gpu",
@@ -26,10 +27,18 @@ ROOMS = {
 SOURCES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "tests").glob("*.py"))
 
 
+def script_block(node):
+    """`if __name__ == "__main__":`: what runs only when the file is the script, a module apart from the one
+    that importing it gives (data.py's hands `python data.py fetch` to fetch.py, which imports data)."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and isinstance(test, ast.Compare) and ast.unparse(test) == "__name__ == '__main__'"
+
+
 def project_imports(path):
-    """The project modules a file imports, at module level or inside functions."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    """The project modules a file imports, at module level or inside functions (not in its script block)."""
+    names, tree = set(), ast.parse(path.read_text())
+    tree.body = [node for node in tree.body if not script_block(node)]
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:

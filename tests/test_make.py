@@ -51,15 +51,31 @@ def test_make_paper_trains_probes_and_reports_the_methods_it_is_given(tmp_path):
         [*command[:-4], "METHODS=maml protonet", *command[-4:]], cwd=ROOT, capture_output=True, text=True
     )
     assert refused.returncode != 0 and "invalid choice: 'protonet'" in refused.stderr
-    refusals = {"METHODS=maml anil maml": "METHODS names a method twice (maml anil maml)",
-                "PAPER_FLAGS=--learn-lr": "PAPER_FLAGS sets the method (--learn-lr)",
-                "PAPER_FLAGS=--inner-params=head": "PAPER_FLAGS sets the method (--inner-params=head)"}  # fmt: skip
-    for bad, message in refusals.items():  # before any training
-        refused = subprocess.run([*command, bad], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert refused.returncode == 2 and refused.stdout.startswith(message) and not runs.exists(), refused.stdout
+    paper_flags = f"PAPER_FLAGS={' '.join(flags)} --inner-params=head"  # anil's: fine for anil, not for boil
+    refusals = {("METHODS=maml anil maml",): "METHODS names a method twice (maml anil maml)",
+                ("METHODS=anil boil", paper_flags): "error: --method boil means --inner-params body, which "
+                "--inner-params contradicts"}  # fmt: skip
+    for bad, message in refusals.items():  # before any training, of anil too
+        refused = subprocess.run([*command, *bad], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        said = [line for line in (refused.stdout + refused.stderr).splitlines() if not line.startswith("make")]
+        assert refused.returncode == 2 and len(said) == 1 and said[0].startswith(message), said
+        assert not runs.exists()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(str(p.relative_to(runs)) for p in runs.glob("*/seed*")) == ["anil/seed0", "boil/seed0", "maml/seed0"]
     result = json.loads((report / "stats.json").read_text())
     assert list(result["methods"]) == ["maml", "anil", "boil"] and list(result["between_methods"]) == ["anil", "boil"]
     assert "similarity" in result["methods"]["boil"]["probes"]["probe"]["per_seed"][0]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_paper_refuses_data_given_empty_in_one_line():
+    """Only an absent DATA means mini-imagenet (fetched by name); DATA= is a mistake, not a default."""
+    command = ["make", "-s", "paper", "DATA=", f"PY={sys.executable}", "STAMP=requirements.txt"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout.strip() == (
+        "DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet"
+    )
+    shown = subprocess.run(["make", "-n", "paper", f"PY={sys.executable}", "STAMP=requirements.txt"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "maml.py --data mini-imagenet" in shown.stdout
