@@ -267,7 +267,9 @@ class _DataUnpickler(pickle.Unpickler):
     learn2learn pickle holds: dicts, lists, numbers and strings, and numpy arrays."""
 
     ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-               for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}  # fmt: skip
+               for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")} | {
+               (module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")} | {
+               ("collections", "OrderedDict")}  # protocol 5 writes arrays with _frombuffer  # fmt: skip
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -300,8 +302,14 @@ def pickle_contents(path):
     image_data, class_dict = read_pickle(path)
     if image_data.dtype != np.uint8:
         raise DataError(f"{path}: image_data holds {image_data.dtype}; expected uint8 pixels")
-    counts = {name: len(_pickle_indices(path, name, class_dict[name], len(image_data))) for name in class_dict}
-    return tuple(image_data.shape), counts
+    indices = {name: _pickle_indices(path, name, class_dict[name], len(image_data)) for name in class_dict}
+    every = np.concatenate(list(indices.values())) if indices else np.zeros(0, dtype=np.int64)
+    if len(every) != len(image_data) or len(np.unique(every)) != len(every):
+        raise DataError(
+            f"{path}: class_dict names {len(np.unique(every))} distinct images of image_data's {len(image_data)}, "
+            f"{len(every)} times in all; expected every image named once"
+        )
+    return tuple(image_data.shape), {name: len(index) for name, index in indices.items()}
 
 
 def _load_pickle(root, split, image_size):

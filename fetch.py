@@ -64,12 +64,14 @@ SOURCES = {
         ],
         "record_api": None,
         "expected": None,
+        "channels": 1,
         "about": "Omniglot (Lake et al.), MIT licence, under 20 MB, with Vinyals et al.'s split files (MIT)",
     },
     "mini-imagenet": {
         "files": [pickle_file(split) for split in ("train", "validation", "test")],
         "record_api": "https://zenodo.org/api/records/7978538",
         "expected": {"classes": {"train": 64, "val": 16, "test": 20}, "per_class": 600, "image_size": 84},
+        "channels": 3,
         "about": "Mini-ImageNet as learn2learn's pickles (ImageNet images: non-commercial research and education "
         "only), about 1.3 GB",
     },
@@ -78,39 +80,70 @@ SOURCES = {
 
 def data_home():
     """Where datasets fetched by name live: $MAML_DATA_DIR (an empty value counts as unset), else a folder
-    in the user's cache."""
-    return Path(os.environ.get(HOME_VARIABLE) or Path.home() / ".cache" / "negative-lr-maml" / "data")
+    in the user's cache; absolute, so that a checkpoint's record of it holds from any directory."""
+    return Path(os.environ.get(HOME_VARIABLE) or Path.home() / ".cache" / "negative-lr-maml" / "data").absolute()
 
 
-def resolve_data(value, quiet=False):
+def resolve_data(value, quiet=False, progress=True, fetcher=True):
     """--data as (the folder to read, the dataset's name or None). A name is fetched first if its folder in
-    the data home holds no verified copy; a folder of that name in the working directory is a path."""
+    the data home holds no verified copy (by this process if `fetcher`, else it waits for the one that
+    is: torchrun's rank 0); a file or folder of that name in the working directory is a path."""
     if value is None or value not in SOURCES:
         return value, None
     say = (lambda text: None) if quiet else print
     if Path(value).exists():
-        say(f"--data {value}: the folder ./{value} here (a path; the dataset by that name is {data_home() / value})")
+        say(f"--data {value}: ./{value} here is taken as the path (the dataset by that name is {data_home() / value})")
         return value, None
-    folder = fetch(value, quiet=quiet)
-    record = json.loads((folder / RECORD).read_text())
-    say(f"--data {value}: the dataset in {folder} (verified {record['fetched_at']})")
+    folder = fetch(value, quiet=quiet, progress=progress) if fetcher else wait_for(data_home() / value)
+    say(f"--data {value}: the dataset in {folder} (verified {verified(folder)['fetched_at']})")
     return str(folder), value
 
 
-def fetch(name, folder=None, quiet=False):
+def refuse_other_channels(value, channels):
+    """Before a name is fetched (1.3 GB for Mini-ImageNet): a checkpoint of `channels` input channels cannot
+    read that dataset."""
+    if value in SOURCES and not Path(value).exists() and SOURCES[value]["channels"] != channels:
+        raise ConfigError(
+            f"--data {value} has {SOURCES[value]['channels']} channel(s) and this checkpoint takes {channels}; "
+            "give the data it was trained on"
+        )
+
+
+def verified(folder):
+    """The record of a verified dataset in `folder` whose files are all there, else None (no record, a
+    damaged one, or a file gone since: the dataset is then fetched again). The record is trusted: what it
+    lists was checked when it was written."""
+    try:
+        record = json.loads((Path(folder) / RECORD).read_text())
+        names = [entry["file"].removesuffix(".zip") for entry in record["files"]]
+        if isinstance(record["fetched_at"], str) and all((Path(folder) / n).exists() for n in names):
+            return record
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
+def wait_for(folder):
+    """Wait until another process (torchrun's rank 0) has fetched the dataset into `folder`."""
+    while verified(folder) is None:
+        time.sleep(1)
+    return folder
+
+
+def fetch(name, folder=None, quiet=False, progress=True):
     """The folder of dataset `name` (default: in the data home), fetched and verified into it unless its
     record says it already was. One process at a time: another one waits for it."""
     folder = Path(folder or data_home() / name)
-    if (folder / RECORD).exists():
+    if verified(folder):
         return folder  # verified once: no request is made
     with fetching(folder, name, quiet):
-        if (folder / RECORD).exists():  # another process fetched it while this one waited
+        if verified(folder):  # another process fetched it while this one waited
             return folder
         staging = folder / STAGING
         shutil.rmtree(staging, ignore_errors=True)  # what an interrupted fetch left: started over
         staging.mkdir(parents=True)
         try:
-            files = fetch_files(name, SOURCES[name], staging, quiet)
+            files = fetch_files(name, SOURCES[name], staging, quiet, progress)
             for entry in SOURCES[name]["files"]:
                 move_into(staging, folder, entry)
         finally:
@@ -152,22 +185,26 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def fetch_files(name, source, staging, quiet):
+def fetch_files(name, source, staging, quiet, progress):
     """Download and check every file of `source` into `staging`; returns what the record says of each."""
     published = published_checksums(source, staging, quiet)
     files = []
     for entry in source["files"]:
         checksum = entry.get("checksum") or published.get(entry["name"])
-        url, path = download(entry, checksum, staging, quiet)
-        check_content(name, source, entry, path, staging)
+        url, path = download(name, source, entry, checksum, staging, progress)
         digest = file_digest(path, "sha256")
         files.append({"file": entry["name"], "url": url, "checksum": checksum, "sha256": digest})
         if checksum is None and not quiet:
             print(f"{entry['name']}: no published checksum; accepted after data.py's checks, SHA-256 {digest}")
         if entry.get("unzip"):
-            unzip(path, staging)
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(staging)  # its members were checked in `check_file`
+            path.unlink()
     if source["expected"] is None:
-        data.check_omniglot_files(staging)
+        try:
+            data.check_omniglot_files(staging)
+        except DataError as e:
+            raise DataError(f"the fetched {name} is incomplete: {str(e).replace(str(staging), name)}") from None
     return files
 
 
@@ -176,7 +213,7 @@ def published_checksums(source, staging, quiet):
     if not source["record_api"]:
         return {}
     try:
-        path = retrieve(source["record_api"], staging, "record-api.json", quiet=True)
+        path = retrieve(source["record_api"], staging, "record-api.json", progress=False)
         entries = json.loads(path.read_text())["files"]
         return {e["key"]: e["checksum"] for e in entries if str(e.get("checksum", "")).startswith("md5:")}
     except (DataError, ValueError, KeyError, TypeError) as e:
@@ -185,51 +222,59 @@ def published_checksums(source, staging, quiet):
         return {}
 
 
-def download(entry, checksum, staging, quiet):
-    """(URL, path) of the first URL of `entry` that gives a file that is no HTML page and has `checksum`."""
+def download(name, source, entry, checksum, staging, progress):
+    """(URL, path) of the first URL of `entry` that gives a file that is no HTML page, has `checksum` (when
+    one is known) and passes `check_file`; each refused file is removed."""
     failures = []
     for url in entry["urls"]:
         try:
-            path = retrieve(url, staging, entry["name"] + ".download", quiet)
+            path = retrieve(url, staging, entry["name"] + ".download", progress)
+            if is_html(path):
+                raise DataError(f"{url} gave an HTML page, not {WHAT[Path(entry['name']).suffix]}: the source refused "
+                                "the download")  # fmt: skip
+            algorithm, _, digest = (checksum or "::").partition(":")
+            if checksum is not None and file_digest(path, algorithm) != digest:
+                raise DataError(f"{url} gave a file whose {algorithm} is not the expected {checksum}")
+            check_file(name, source, entry, path, url)
         except DataError as e:
+            Path(staging / (entry["name"] + ".download")).unlink(missing_ok=True)
             failures.append(str(e))
-            continue
-        if is_html(path):
-            path.unlink()
-            failures.append(f"{url} gave an HTML page, not {WHAT[path.suffixes[0]]}: the source refused the download")
-            continue
-        if checksum is not None and file_digest(path, checksum.split(":")[0]) != checksum.split(":")[1]:
-            path.unlink()
-            failures.append(f"{url} gave a file whose {checksum.split(':')[0]} is not the expected {checksum}")
             continue
         final = staging / entry["name"]
         final.parent.mkdir(parents=True, exist_ok=True)
         return url, path.replace(final)
     raise DataError(
         f"cannot fetch {entry['name']}: {'; '.join(failures)}. Without a network, put {entry['name']} "
-        f"(from {entry['urls'][0]}) into a folder by hand and pass that folder as --data"
+        f"(from {entry['urls'][0]}) into a folder by hand and pass that folder as --data (README, Getting the data)"
     )
 
 
-def retrieve(url, staging, name, quiet):
+def retrieve(url, staging, name, progress):
     """One URL streamed to `staging/name` by pooch, with a progress bar of bytes and rate."""
-    import pooch
-    import requests
-
+    try:
+        import pooch
+        import requests
+    except ImportError:
+        raise ConfigError(
+            "fetching a dataset needs pooch (pip install pooch==1.9.0), which this Python lacks; or fetch it on "
+            "another machine (python data.py fetch NAME DIR), copy DIR here and pass it as --data"
+        ) from None
     pooch.get_logger().setLevel("WARNING")
-    downloader = pooch.HTTPDownloader(progressbar=not quiet, timeout=60)
+    downloader = pooch.HTTPDownloader(progressbar=progress, timeout=60)
     try:
         return Path(pooch.retrieve(url, None, fname=name, path=staging, downloader=downloader))
     except requests.exceptions.HTTPError as e:
         raise DataError(f"{url} answered HTTP {e.response.status_code}") from None
     except requests.exceptions.ChunkedEncodingError:
         raise DataError(f"{url}: the body ended early, before the size the server announced") from None
-    except requests.exceptions.Timeout:
-        raise DataError(f"{url}: no answer within 60 s") from None
-    except requests.exceptions.ConnectionError:
-        raise DataError(f"{url}: no connection (refused, or no network)") from None
     except requests.exceptions.RequestException as e:
-        raise DataError(f"{url}: the download failed ({type(e).__name__})") from None
+        if isinstance(e, requests.exceptions.Timeout) or "timed out" in str(e).lower():  # a stalled body too
+            reason = "no answer within 60 s"
+        elif isinstance(e, requests.exceptions.ConnectionError):
+            reason = "no connection (refused, or no network)"
+        else:
+            reason = f"the download failed ({type(e).__name__})"
+        raise DataError(f"{url}: {reason}") from None
 
 
 WHAT = {".pkl": "the pickle", ".zip": "the zip archive", ".txt": "the split file"}
@@ -238,7 +283,7 @@ WHAT = {".pkl": "the pickle", ".zip": "the zip archive", ".txt": "the split file
 def is_html(path):
     """An HTML page where a data file should be: what a source sends when it refuses (a login, a quota)."""
     with open(path, "rb") as f:
-        head = f.read(512).lstrip().lower()
+        head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     return head.startswith((b"<!doctype html", b"<html", b"<head", b"<!--")) or b"<html" in head
 
 
@@ -250,42 +295,46 @@ def file_digest(path, algorithm):
     return h.hexdigest()
 
 
-def check_content(name, source, entry, path, staging):
-    """data.py's checks of what a file holds; a pickle must hold its split's classes and images exactly."""
+def check_file(name, source, entry, path, url):
+    """What a downloaded file holds, checked: a zip whose members all land inside the dataset's folder; a
+    pickle that data.py reads and that holds its split's classes and images exactly."""
+    if entry.get("unzip"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.namelist()
+        except zipfile.BadZipFile:
+            raise DataError(f"{url} gave a file that is not a zip archive") from None
+        outside = [m for m in members if Path(m).is_absolute() or ".." in Path(m).parts]
+        if outside:
+            raise DataError(f"{url} gave a zip holding {outside[0]!r}, which would land outside the dataset's folder")
     expected = source["expected"]
     if expected is None or not entry["name"].endswith(".pkl"):
         return
-    split = entry["split"]
-    shape, per_class = data.pickle_contents(path)
-    size, classes = expected["image_size"], expected["classes"][split]
-    wanted = f"{classes} classes of {expected['per_class']} {size}x{size} RGB images"
+    try:
+        shape, per_class = data.pickle_contents(path)
+    except DataError as e:
+        raise DataError(f"{url} gave a file that data.py refuses: {str(e).replace(str(path), entry['name'])}") from None
+    size, classes, split = expected["image_size"], expected["classes"][entry["split"]], entry["split"]
     counts = set(per_class.values())
     if shape[1:] != (size, size, 3) or len(per_class) != classes or counts != {expected["per_class"]}:
-        path.unlink()
         raise DataError(
-            f"{entry['name']} holds {len(per_class)} classes of {sorted(counts)} images of shape {shape[1:]}; "
-            f"expected {wanted} (the {split} split of {name}); it was removed"
+            f"{url} gave {len(per_class)} classes of {sorted(counts)} images of shape {shape[1:]}; expected "
+            f"{classes} classes of {expected['per_class']} {size}x{size} RGB images (the {split} split of {name})"
         )
 
 
-def unzip(path, staging):
-    """Extract a zip into `staging`, refusing members that would land outside it; the zip is removed."""
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.namelist():
-            target = (staging / member).resolve()
-            if staging.resolve() not in target.parents and target != staging.resolve():
-                raise DataError(f"{path.name} holds {member!r}, which would land outside {staging}")
-        archive.extractall(staging)
-    path.unlink()
-
-
 def move_into(staging, folder, entry):
-    """A checked file (or, for a zip, the folder it held) from the staging folder into the dataset's."""
-    name = entry["name"][: -len(".zip")] if entry.get("unzip") else entry["name"]
+    """A checked file (or, for a zip, the folder it held) from the staging folder into the dataset's,
+    readable by all as a file the user wrote would be (pooch leaves its downloads private)."""
+    name = entry["name"].removesuffix(".zip") if entry.get("unzip") else entry["name"]
     target = folder / name
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_dir():
         shutil.rmtree(target)
+    if (staging / name).is_file():
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging / name, 0o666 & ~umask)
     os.replace(staging / name, target)
 
 
@@ -303,14 +352,14 @@ def main(argv):
         nargs="?",
         help=f"where to keep it (default: ${HOME_VARIABLE}/NAME, else ~/.cache/negative-lr-maml/data/NAME)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (the messages stay)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = parser.parse_args(argv)
     start = time.time()
-    folder = Path(args.dir or data_home() / args.name)
-    if (folder / RECORD).exists():
-        print(f"{args.name} is already fetched and verified in {folder}; nothing to do")
+    folder = Path(args.dir or data_home() / args.name).absolute()
+    if verified(folder):
+        print(f"{args.name} is already fetched and verified in {folder} (delete {RECORD} there to fetch it again)")
         return folder
-    fetch(args.name, folder, quiet=args.no_progress)
+    fetch(args.name, folder, progress=not args.no_progress)
     print(f"{args.name}: done in {time.time() - start:.0f} s")
     return folder

@@ -407,7 +407,8 @@ def run(args):
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
     writer = distributed.is_writer()
-    args.data = fetch.resolve_data(args.data, quiet=not writer)[0]
+    fetch.refuse_other_channels(args.data, config.get("channels", 3))
+    args.data = fetch.resolve_data(args.data, not writer, writer and not args.no_progress, fetcher=writer)[0]
     with cli.lock_outputs(out, f"{stem}.lock", f"{stem}.csv") if writer else contextlib.nullcontext():
         if writer:
             cli.remove_stale_temporaries(out, [f"{stem}.csv", f"{stem}.json"])

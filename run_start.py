@@ -25,7 +25,10 @@ def opened_runs(args, writer, given=()):
     temporary files a killed run left. A write that fails in the block (a full disk) ends the run in
     one line that says which checkpoints are left."""
     check_seeds_folder(args)
-    args.data, args.data_name = fetch.resolve_data(args.data, quiet=not writer)  # a name: fetched if need be
+    if args.resume and args.seeds is None:  # before a name is fetched, which can take long
+        checkpoint_to_resume(Path(args.out or default_out(vars(args))))
+    progress = writer and not args.no_progress
+    args.data, args.data_name = fetch.resolve_data(args.data, not writer, progress, fetcher=writer)
     with contextlib.ExitStack() as locks:
         seeds = per_seed_args(args)
         for run_args in seeds if writer else []:
@@ -103,9 +106,7 @@ def start_run(args, out, given=()):
     refuse_to_overwrite(out, any(out.glob("*.pt")), args.resume, "a run")
     if not args.resume:
         return {**config, **data.dataset_defaults(args.data, args.image_size, args.rotations), "out": str(out)}, None
-    if not ckpt_path.exists():
-        raise CheckpointError(f"--resume: there is no checkpoint {ckpt_path} to resume from")
-    resumed = load_checkpoint(ckpt_path)
+    resumed = load_checkpoint(checkpoint_to_resume(out))
     saved, defaults = resumed["config"], vars(flags.build_parser().parse_args([]))
     if "method" in given and flags.method_of(config) != flags.method_of(saved):
         raise CheckpointError(
@@ -127,6 +128,12 @@ def start_run(args, out, given=()):
             f"has reached; give at least {resumed['iteration']}"
         )
     return merged, resumed
+
+
+def checkpoint_to_resume(out):
+    if not (out / "ckpt.pt").exists():
+        raise CheckpointError(f"--resume: there is no checkpoint {out / 'ckpt.pt'} to resume from")
+    return out / "ckpt.pt"
 
 
 def level_seed_checkpoints(outs):

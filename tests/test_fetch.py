@@ -37,7 +37,8 @@ CLASSES, PER_CLASS = {"train": 3, "validation": 2, "test": 2}, 6
 
 class Handler(http.server.BaseHTTPRequestHandler):
     """Serves `server.routes`: path -> (how, body). how: ok, html, truncated (half the promised bytes),
-    stall (half, then nothing for a minute), paced (in four parts over about a second)."""
+    stall (half, then nothing for a minute), paced (in four parts over about a second), gated (sent once the
+    test sets `server.gate`)."""
 
     def do_GET(self):
         self.server.requested.append(self.path)
@@ -55,6 +56,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(60 if how == "stall" else 0)
             self.close_connection = True
             return
+        if how == "gated":  # held until the test opens the gate
+            self.server.gate.wait(60)
         parts = 4 if how == "paced" else 1
         for i in range(parts):
             self.wfile.write(body[i * len(body) // parts : (i + 1) * len(body) // parts])
@@ -68,7 +71,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads, httpd.routes, httpd.requested = True, {}, []
+    httpd.daemon_threads, httpd.routes, httpd.requested, httpd.gate = True, {}, [], threading.Event()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield httpd
@@ -188,7 +191,7 @@ def test_a_pickle_that_holds_other_classes_than_the_source_should_is_refused(ser
     monkeypatch.setitem(fetch.SOURCES["mini-imagenet"], "expected", {**fetch.SOURCES["mini-imagenet"]["expected"],
                                                                      "per_class": 600})  # fmt: skip
     line = refused(["fetch", "mini-imagenet", str(tmp_path / "mi"), "--no-progress"], capsys)
-    assert "holds 3 classes of [6] images" in line and "expected 3 classes of 600 84x84 RGB images" in line
+    assert "gave 3 classes of [6] images" in line and "expected 3 classes of 600 84x84 RGB images" in line
     nothing_readable(tmp_path / "mi")
 
 
@@ -247,13 +250,18 @@ def test_a_fetch_killed_mid_download_leaves_nothing_read_as_data_and_the_next_on
 
 
 def test_two_fetches_at_once_download_once_and_the_second_waits(server, monkeypatch, tmp_path):
-    serve_mini_imagenet(server, monkeypatch, how="paced")
+    serve_mini_imagenet(server, monkeypatch, how="gated")
     first = fetching_process(tmp_path / "mi")
-    time.sleep(0.5)
+    deadline = time.time() + 60
+    while not any(path.startswith("/zenodo/") for path in server.requested):  # the first is downloading
+        assert time.time() < deadline and first.poll() is None, "the first fetch never began"
+        time.sleep(0.05)
     second = fetching_process(tmp_path / "mi")
+    said = second.stdout.readline()  # it blocks on the lock while the first holds it
+    server.gate.set()
     outs = [p.communicate(timeout=120)[0] for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outs
-    assert "waiting for process" in outs[1]
+    assert said.startswith("waiting for process") and "fetched and verified" in outs[0], said
     downloads = [path for path in server.requested if path.startswith("/zenodo/")]
     assert sorted(downloads) == sorted(set(downloads)) and len(downloads) == 3  # each file once
 
@@ -264,7 +272,7 @@ def test_a_folder_of_that_name_here_is_a_path_and_the_line_says_so(monkeypatch, 
     monkeypatch.setenv(fetch.HOME_VARIABLE, "")  # empty: unset
     assert fetch.data_home() == Path.home() / ".cache" / "negative-lr-maml" / "data"
     assert fetch.resolve_data("omniglot") == ("omniglot", None)
-    assert "--data omniglot: the folder ./omniglot here (a path" in capsys.readouterr().out
+    assert "--data omniglot: ./omniglot here is taken as the path" in capsys.readouterr().out
     assert fetch.resolve_data("some/folder") == ("some/folder", None) and fetch.resolve_data(None) == (None, None)
 
 
@@ -316,3 +324,76 @@ def test_omniglot_fetched_from_the_real_split_files_loads_with_the_vinyals_split
     split = data.load_split(tmp_path / "omniglot", "val", image_size=28, cache_dir="none", progress=False)
     assert len(split["classes"]) == len(lines["val"]) == 688 and split["images"].shape[1:] == (1, 28, 28)
     assert torch.is_tensor(split["images"]) and not list((tmp_path / "omniglot").glob("*.zip"))
+
+
+def test_a_damaged_record_or_a_file_gone_since_means_fetching_again(server, monkeypatch, tmp_path):
+    serve_mini_imagenet(server, monkeypatch)
+    folder = fetch.fetch("mini-imagenet", tmp_path / "mi", quiet=True)
+    for damage in ("{}", "[1]", ""):
+        (folder / fetch.RECORD).write_text(damage)
+        requests = len(server.requested)
+        fetch.fetch("mini-imagenet", folder, quiet=True, progress=False)
+        assert len(server.requested) > requests and fetch.verified(folder)
+    (folder / "mini-imagenet-cache-test.pkl").unlink()
+    assert fetch.verified(folder) is None
+    fetch.fetch("mini-imagenet", folder, quiet=True, progress=False)
+    assert (folder / "mini-imagenet-cache-test.pkl").stat().st_mode & 0o044 == 0o044  # readable by all, not private
+
+
+def test_a_file_the_checks_refuse_is_removed_and_the_next_source_is_tried(server, monkeypatch, tmp_path, capsys):
+    pickles = serve_mini_imagenet(server, monkeypatch, checksums=False)
+    name = "mini-imagenet-cache-train.pkl"
+    server.routes[f"/zenodo/{name}"] = ("ok", b"")  # empty: no checksum to catch it, data.py's checks do
+    fetch.fetch("mini-imagenet", tmp_path / "mi", quiet=True, progress=False)
+    record = json.loads((tmp_path / "mi" / fetch.RECORD).read_text())
+    assert record["files"][0]["url"] == f"{server.url}/dropbox/{name}"
+    duplicated = pickle.loads(pickles[name])
+    duplicated["class_dict"] = {k: [0] * PER_CLASS for k in duplicated["class_dict"]}  # one image, named 18 times
+    server.routes[f"/dropbox/{name}"] = ("ok", pickle.dumps(duplicated))
+    line = refused(["fetch", "mini-imagenet", str(tmp_path / "again"), "--no-progress"], capsys)
+    assert f"{server.url}/zenodo/{name} gave a file that data.py refuses: {name} is not a learn2learn" in line
+    assert f"{server.url}/dropbox/{name} gave a file that data.py refuses: {name}: " in line
+    assert "class_dict names 1 distinct images of image_data's 18, 18 times in all" in line and "by hand" in line
+    nothing_readable(tmp_path / "again")
+
+
+def test_without_pooch_fetching_ends_in_one_line_saying_how_to_get_the_data(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "pooch", None)
+    line = refused(["fetch", "omniglot", str(tmp_path / "om")], capsys)
+    assert "needs pooch (pip install pooch==1.9.0)" in line and "python data.py fetch NAME DIR" in line
+
+
+def test_a_checkpoint_of_other_channels_is_refused_before_anything_is_fetched(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(cli.ConfigError, match="--data mini-imagenet has 3 channel.* this checkpoint takes 1"):
+        fetch.refuse_other_channels("mini-imagenet", 1)
+    fetch.refuse_other_channels("omniglot", 1)
+    fetch.refuse_other_channels("some/folder", 1)  # a folder: the loader compares
+
+
+def test_a_process_that_does_not_fetch_waits_for_the_one_that_does(monkeypatch, tmp_path):
+    """torchrun's other ranks: rank 0 fetches, they wait for its record."""
+    monkeypatch.setenv(fetch.HOME_VARIABLE, "relative-home")  # made absolute, for checkpoints read elsewhere
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "relative-home" / "omniglot"
+    assert fetch.data_home() == tmp_path / "relative-home"
+
+    def rank0():
+        time.sleep(1.5)
+        (folder / "splits").mkdir(parents=True)
+        (folder / fetch.RECORD).write_text(json.dumps({"fetched_at": "now", "files": [{"file": "splits"}]}))
+
+    threading.Thread(target=rank0).start()
+    start = time.time()
+    assert fetch.resolve_data("omniglot", quiet=True, fetcher=False) == (str(folder), "omniglot")
+    assert time.time() - start > 1
+
+
+def test_a_pickle_written_with_protocol_5_and_an_ordered_class_dict_is_read(tmp_path):
+    from collections import OrderedDict
+
+    content = pickle.loads(mini_imagenet_pickle("train", 0))
+    content["class_dict"] = OrderedDict(content["class_dict"])
+    (tmp_path / "mini-imagenet-cache-train.pkl").write_bytes(pickle.dumps(content, protocol=5))
+    split = data.load_split(tmp_path, "train", image_size=16, cache_dir="none", progress=False)
+    assert len(split["classes"]) == 3 and split["images"].shape == (18, 3, 16, 16)
