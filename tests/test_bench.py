@@ -126,3 +126,13 @@ def test_a_rows_peak_memory_is_counted_after_the_previous_rows_graph_is_gone(mon
     bench.bench_training("tiny", bench.CONFIGS["tiny"], cpu, variants, ["maml"], [False], 0, 1, ["highest", "fast"])
     bench.bench_seeds("tiny", bench.CONFIGS["tiny"], cpu, 2, 0, 1)
     assert len(steps) == 4 and len(alive_at_reset) == 8 and not any(alive_at_reset)
+
+
+def test_a_failed_capture_is_timed_eagerly_and_labelled_so_never_as_the_graph(monkeypatch, capsys):
+    monkeypatch.setenv("MAML_FAKE_CUDA_GRAPH", "fail")
+    step, label = bench.training_step(bench.CONFIGS["tiny"], torch.device("cpu"), "maml", False, "fast")
+    assert label == "eager, capture failed" and "cuda graph: capture failed" in capsys.readouterr().out
+    monkeypatch.setenv("MAML_FAKE_CUDA_GRAPH", "ok")
+    assert bench.training_step(bench.CONFIGS["tiny"], torch.device("cpu"), "maml", False, "fast")[1] == (
+        "rehearsal, eager"
+    )
