@@ -67,6 +67,7 @@ PAPER_RUNS = $(foreach seed,$(SEEDS),$(foreach m,$(METHODS),$(RUNS)/$(m)/seed$(s
 paper: $(STAMP)
 	@test -n "$(PAPER_DATA)" || { echo 'DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet'; exit 2; }
 	@test -n "$(strip $(METHODS))" || { echo 'METHODS is empty: name at least one method (maml.py --help, --method)'; exit 2; }
+	@test -n "$(strip $(RUNS))" -a -n "$(strip $(REPORT))" || { echo 'RUNS and REPORT may not be empty: they are the folders of the runs and the report'; exit 2; }
 	@test "$(words $(METHODS))" = "$(words $(sort $(METHODS)))" || { echo 'METHODS names a method twice ($(strip $(METHODS))): each trains into $(RUNS)/<method>, so name each once'; exit 2; }
 	@# every method's flags parsed as maml.py parses them, before any training: an unknown --method, or a flag
 	@# in PAPER_FLAGS that contradicts one of the methods, ends here in one line

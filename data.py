@@ -409,7 +409,8 @@ def _signature(files):
 
 
 def default_cache_dir():
-    return Path(os.environ.get("MAML_CACHE_DIR", Path.home() / ".cache" / "negative-lr-maml"))
+    """$MAML_CACHE_DIR (an empty value counts as unset, not as the current folder), else the user's cache."""
+    return Path(os.environ.get("MAML_CACHE_DIR") or Path.home() / ".cache" / "negative-lr-maml")
 
 
 def _cached(cache_dir, name, root, signature, build):

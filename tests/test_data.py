@@ -533,3 +533,8 @@ def test_a_duplicated_csv_row_and_a_test_csv_naming_training_images_are_refused(
     (tmp_path / "ravi" / "test.csv").write_text("filename,label\n" + "\n".join(test_rows) + "\n")
     with pytest.raises(data.DataError, match="image n01train0000.jpg is in both the train and the test split"):
         data.load_splits(tmp_path / "ravi", ["train", "test"], image_size=20)
+
+
+def test_an_empty_cache_variable_counts_as_unset(monkeypatch):
+    monkeypatch.setenv("MAML_CACHE_DIR", "")
+    assert data.default_cache_dir() == data.Path.home() / ".cache" / "negative-lr-maml"

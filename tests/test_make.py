@@ -29,6 +29,7 @@ def test_make_paper_refuses_bad_methods_and_flags_before_any_training(tmp_path):
     paper_flags = next(c for c in command if c.startswith("PAPER_FLAGS=")) + " --inner-params=head"
     refusals = {("METHODS=maml protonet",): "error: argument --method: invalid choice: 'protonet'",
                 ("METHODS=maml anil maml",): "METHODS names a method twice (maml anil maml)",
+                ("RUNS=",): "RUNS and REPORT may not be empty",
                 ("METHODS=anil boil", paper_flags): "error: --method boil means --inner-params body, which "
                 "--inner-params contradicts"}  # fmt: skip
     for bad, message in refusals.items():  # before any training, of anil too (its flags agree)
