@@ -132,8 +132,6 @@ def lock_outputs(folder, name, what, flag="--out"):
     runs. A second writer is refused in one line that names the holder's PID (written into the file).
     The kernel releases the lock when its process dies, so a SIGKILL leaves no stale lock. A folder
     created here and left holding only the lock file (a run refused at once) is removed again."""
-    import fcntl  # POSIX only: imported here, so that reading a run folder works everywhere
-
     folder = Path(folder)
     created = check_out_folder(folder, flag)
     lock_path = folder / name
@@ -141,20 +139,15 @@ def lock_outputs(folder, name, what, flag="--out"):
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise ConfigError(f"{flag} {folder} cannot be written: {e.strerror}") from None
+
+    def refuse(holder):
+        raise ConfigError(
+            f"{folder} is in use: another process (PID {holder}) is writing {what} there; wait for it to end "
+            f"or choose another {flag}"
+        )
+
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise ConfigError(
-                f"{folder} is in use: another process (PID {holder}) is writing {what} there; wait for it to end "
-                f"or choose another {flag}"
-            ) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError as e:
-            raise WriteError(write_failure(lock_path, e)) from None
+        hold_lock(fd, lock_path, refuse)
         yield
     finally:
         if created and [p.name for p in folder.iterdir()] == [name]:
@@ -166,6 +159,23 @@ def lock_outputs(folder, name, what, flag="--out"):
 # ----------------------------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------------------------
+
+
+def hold_lock(fd, lock_path, busy):
+    """An exclusive flock on the open lock file `fd`, with this process's PID written into it. When another
+    process holds it, `busy(its PID)` is called first: it raises to refuse, or returns to wait for it."""
+    import fcntl  # POSIX only: imported here, so that reading a run folder works everywhere
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        busy(os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:
+        raise WriteError(write_failure(lock_path, e)) from None
 
 
 def refuse_usage(message):

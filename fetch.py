@@ -19,6 +19,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import cli
 import data
 from cli import ConfigError, DataError, atomic_write
 
@@ -119,8 +120,8 @@ def verified(folder):
         if isinstance(record["fetched_at"], str) and all((Path(folder) / n).exists() for n in names):
             return record
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    return None
+        return None  # damaged
+    return None  # a file gone since
 
 
 def wait_for(folder):
@@ -159,23 +160,16 @@ def fetch(name, folder=None, quiet=False, progress=True):
 def fetching(folder, name, quiet):
     """An exclusive lock on `folder` for fetching: a second process waits (and says for whom) until the
     first is done; the kernel releases it if its holder dies."""
-    import fcntl
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / ".fetch.lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise ConfigError(f"cannot fetch {name} into {folder}: {e.strerror}") from None
+    say = (lambda holder: None) if quiet else (
+        lambda holder: print(f"waiting for process {holder}, which is fetching {name} into {folder}", flush=True)
+    )  # fmt: skip
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            if not quiet:
-                print(f"waiting for process {holder}, which is fetching {name} into {folder}", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        cli.hold_lock(fd, folder / ".fetch.lock", say)
         yield
     finally:
         os.close(fd)
@@ -339,8 +333,6 @@ def move_into(staging, folder, entry):
 
 
 def main(argv):
-    import cli
-
     parser = cli.argument_parser(
         "Fetch a dataset by name, verify it, and keep it for --data NAME: omniglot (the brendenlake/omniglot zips "
         "and Vinyals et al.'s split files) or mini-imagenet (learn2learn's pickles from Zenodo, else Dropbox)."

@@ -111,7 +111,7 @@ def test_a_rows_peak_memory_is_counted_after_the_previous_rows_graph_is_gone(mon
 
     class Replay:  # stands in for a graph's replay, which keeps the graph alive
         def __call__(self):
-            pass
+            """A replay that does nothing: only its lifetime is measured."""
 
     def training_step(*args):
         steps.append(weakref.ref(replay := Replay()))

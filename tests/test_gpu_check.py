@@ -152,8 +152,8 @@ def writers_of(log):
         try:
             if os.readlink(fd) == str(log):
                 found.append(fd.parent.parent.name)
-        except OSError:
-            pass
+        except OSError:  # a process that ended meanwhile
+            continue
     return found
 
 
