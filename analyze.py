@@ -51,7 +51,10 @@ def settings_groups(runs):
     for MAML runs): {label: runs}, the label naming the settings that separate the groups ('' for one)."""
 
     def settings(run):  # the data by what it holds when the checkpoint says so: a moved folder is the same data
-        return {**flags.study_settings(run["config"]), "data": run.get("data_identity") or run["config"]["data"]}
+        data = run.get("data_identity") or run["config"]["data"] or run["config"]["data_name"]
+        imported = run.get("imported")  # an imported model is a study of its own: its source file names it
+        source = {"imported": f"{imported['format']} {imported['sources'][0]['sha256'][:12]}"} if imported else {}
+        return {**flags.study_settings(run["config"]), "data": data, **source}
 
     keys = [json.dumps(settings(r), sort_keys=True, default=str) for r in runs]
     if len(set(keys)) == 1:
@@ -280,7 +283,7 @@ def beside_the_paper(stats_out):
 def data_label(config):
     """The data a run trained on, with the Omniglot split and rotations where they apply."""
     if not config["data"]:
-        return "synthetic glyphs"
+        return config["data_name"] or "synthetic glyphs"  # a name: an imported model's dataset, not fetched yet
     if config["omniglot_split"]:
         rotations = "rotations as classes" if config["rotations"] else "no rotations"
         return f"{config['data']} (Omniglot, {config['omniglot_split']} split, {rotations})"
@@ -297,13 +300,34 @@ def provenance(runs):
         c = r["config"]
         clip = f"to ±{c['clip_grad']:g}" if c["clip_grad"] else "off"
         rates_from = f"{r['table1']['checkpoint']} (iteration {r['table1']['iteration']})" if r["table1"] else "—"
+        trained = f"{r['iteration']} of {c['iterations']}" if not r["imported"] else "imported (see below)"
         lines.append(
             f"| {r['folder']} | {METHOD_NAMES[r['method']]} | {ADAPTS[c['inner_params']]} | {data_label(c)} | "
-            f"{r['iteration']} of "
-            f"{c['iterations']} | {c['seed']} | {c['image_size']} | {c['channels']} | {c['hidden']} | "
+            f"{trained} | {'unknown' if c['seed'] is None else c['seed']} | {c['image_size']} | {c['channels']} | "
+            f"{c['hidden']} | "
             f"{'yes' if c['conv_bias'] else 'no'} | {clip} | {rates_from} | "
             f"{', '.join(r['probes']) or 'none'} |"
         )
+    return "\n".join(lines) + "\n" + imported_models(runs)
+
+
+def imported_models(runs):
+    """The runs table's second part: what import_model.py read and recorded of each model trained elsewhere."""
+    imported = [r for r in runs if r["imported"]]
+    if not imported:
+        return ""
+    lines = ["", "Models trained elsewhere (import_model.py):", "",
+             "| run | format | source (SHA-256) | input | batch norm eps | inner rate | steps (training, test) | "
+             "queries per class at test |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in imported:
+        c, i = r["config"], r["imported"]
+        sources = "; ".join(f"{Path(s['file']).name} ({s['sha256'][:16]}…)" for s in i["sources"])
+        rate = "learned (Meta-SGD)" if c["learn_lr"] else f"{c['inner_lr']:g} on the mean loss"
+        rate += (
+            f" ({i['inner_lr']:g} on its code's loss)" if not c["learn_lr"] and i["inner_lr"] != c["inner_lr"] else ""
+        )
+        lines.append(f"| {r['folder']} | {i['format']} | {sources} | {i['scaling']} | {c['bn_eps']:g} | {rate} | "
+                     f"{c['inner_steps']}, {c['eval_steps']} | {c['eval_queries']} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -322,14 +346,16 @@ def report_notes(runs, by_method):
                 f"{run['folder']} has no probe records and no best.pt yet (training stopped before its first "
                 f"evaluation): continue it with `python maml.py --resume --out {run['folder']}`"
             )
-        if run["test"] is None:
+        if run["test"] is None and run["imported"]:
+            missing.append(f"{run['folder']} has no test.json: `python evaluate.py {run['folder']}/best.pt` writes it")
+        elif run["test"] is None:
             missing.append(f"{run['folder']} has no test.json (training did not finish)")
     return missing, data_warnings(runs) + length_warnings(runs)
 
 
 def data_warnings(runs):
     """What the reader must know about the data before the paper's Mini-ImageNet numbers beside ours."""
-    synthetic = [str(r["folder"]) for r in runs if not r["config"]["data"]]
+    synthetic = [str(r["folder"]) for r in runs if not (r["config"]["data"] or r["config"]["data_name"])]
     omniglot = [str(r["folder"]) for r in runs if r["config"]["omniglot_split"]]
     warnings = []
     if synthetic and len(synthetic) == len(runs):
@@ -353,9 +379,10 @@ def data_warnings(runs):
 def length_warnings(runs):
     """Runs and probes shorter than the paper's, and probes that did not finish."""
     warnings = []
-    if any(r["iteration"] < 60000 for r in runs):
+    trained = [r for r in runs if not r["imported"]]  # an imported model's training is its authors'
+    if any(r["iteration"] < 60000 for r in trained):
         warnings.append(
-            f"**Short runs**: {', '.join(str(r['iteration']) for r in runs)} meta-iterations, against the "
+            f"**Short runs**: {', '.join(str(r['iteration']) for r in trained)} meta-iterations, against the "
             f"paper's 60,000."
         )
     for run in runs:
@@ -435,8 +462,9 @@ def write_report(runs, out, group=""):
     stats_out = stats.compute_stats(by_method)
     write_files(out, {"stats.json": json.dumps(stats_out, indent=2) + "\n", "stats.md": stats_markdown(stats_out)})
     table1 = write_table1(by_method.get("metasgd", []), out)
-    figures.fig5(runs, out)
-    written = ["stats.json", "stats.md", "report.md", "fig5_training.png"]
+    trained_here = not all(run["imported"] for run in runs)  # an imported model has no training curve
+    figures.fig5(runs, out) if trained_here else None
+    written = ["stats.json", "stats.md", "report.md"] + (["fig5_training.png"] if trained_here else [])
     written += ["table1_learned_rates.csv", "table1_learned_rates.md"] if table1 else []
     fig6 = figures.fig6(by_method.get("metasgd", []), out)
     written += ["fig6_learned_rates.png", "fig6_rates_over_training.png"] if fig6 else []
@@ -446,7 +474,8 @@ def write_report(runs, out, group=""):
     written += ["fig_cka_per_layer.png"] if figures.fig_cka(stats_out, out) else []
     parts = report_head(runs, by_method, group) + [
         "## The paper's numbers beside ours", "", comparison_table(by_method, stats_out, table1),
-        "## Runs", "", provenance(runs), "## Figure 5: training", "", "![Figure 5](fig5_training.png)", "",
+        "## Runs", "", provenance(runs), "## Figure 5: training", "",
+        "![Figure 5](fig5_training.png)" if trained_here else "No training curves: every model here was imported.", "",
     ]  # fmt: skip
     if table1:
         parts += ["## Table 1: learned inner rates", "", (out / "table1_learned_rates.md").read_text(), ""]

@@ -100,6 +100,12 @@ def resolve_data(value, quiet=False, progress=True, fetcher=True):
     return str(folder), value
 
 
+def checkpoint_data(value, config):
+    """The --data of a script that reads a checkpoint: the value given, else the folder the checkpoint
+    names, else its dataset's name (an imported model's, fetched on first use); None: the synthetic data."""
+    return value if value is not None else config["data"] or config["data_name"]
+
+
 def refuse_other_channels(value, channels):
     """Before a name is fetched (1.3 GB for Mini-ImageNet): a checkpoint of `channels` input channels cannot
     read that dataset."""

@@ -26,7 +26,8 @@ def save(fig, path):
 
 
 def run_label(run):
-    return f"{METHOD_NAMES[run['method']]} seed {run['config']['seed']}"
+    seed = run["config"]["seed"]
+    return f"{METHOD_NAMES[run['method']]} seed {'unknown' if seed is None else seed}"
 
 
 def fig5(runs, out):

@@ -25,9 +25,21 @@ METHODS = {
     "boil": ("BOIL", "body", False),  # Oh et al. 2021: only the body adapts, the head stays theta
     "anil-metasgd": ("ANIL with Meta-SGD rates", "head", True),
     "boil-metasgd": ("BOIL with Meta-SGD rates", "body", True),
+    "maml-no-bn": ("MAML, batch norm not adapted", "no-bn", False),  # the official MAML code's inner loop
+    "metasgd-no-bn": ("Meta-SGD, batch norm not adapted", "no-bn", True),
+    "maml-custom": ("MAML, an imported adapting set", "custom", False),  # import_model.py --adapt; not trained here
+    "metasgd-custom": ("Meta-SGD, an imported adapting set", "custom", True),
 }
 METHOD_NAMES = {name: display for name, (display, _, _) in METHODS.items()}
-ADAPTS = {"all": "all", "head": "head only", "body": "body only (head frozen)"}  # --inner-params, in words
+ADAPTS = {  # --inner-params, in words; "custom": the parameters an imported model's rates name (import_model.py)
+    "all": "all",
+    "head": "head only",
+    "body": "body only (head frozen)",
+    "no-bn": "all but batch norm (its scale and offset kept at theta)",
+    "custom": "an imported set (the checkpoint's inner_lrs name it)",
+}
+TRAINED_ADAPTS = [adapts for adapts in ADAPTS if adapts != "custom"]  # what maml.py --inner-params takes
+TRAINED_METHODS = [name for name, (_, adapts, _) in METHODS.items() if adapts in TRAINED_ADAPTS]  # --method
 
 
 def method_of(config):
@@ -97,6 +109,7 @@ SETTINGS = {  # key: (on --resume, in the report, in checkpoints from before it)
     "debug": (MAY_CHANGE, NOT_A_RESULT, NOT_FILLED),
     "channels": (KEPT, STUDY, 3),  # not flags: what the data implies (data.dataset_defaults, the images)
     "omniglot_split": (KEPT, STUDY, None),
+    "bn_eps": (KEPT, STUDY, 1e-5),  # not a flag: BatchNorm's epsilon (maml.BN_EPS; an imported model's own)
 }
 MAY_CHANGE_ON_RESUME = {key for key, (resume, _, _) in SETTINGS.items() if resume == MAY_CHANGE}
 CONFIG_ADDED = {key: before for key, (_, _, before) in SETTINGS.items() if before != NOT_FILLED}
@@ -115,6 +128,17 @@ def study_settings(config):
     skip = {"lr_init_range"} if not config["learn_lr"] else set()
     skip |= {"synthetic_per_class"} if config["data"] else set()
     return {k: v for k, v in config.items() if SETTINGS.get(k, (None, STUDY))[1] == STUDY and k not in skip}
+
+
+FIXED_TASKS = {"val": ("val_tasks", 777), "test": ("test_tasks", 999)}  # split: (how many, seed offset)
+
+
+def fixed_tasks(config, split, seed=None):
+    """How a run's accuracy on a split is measured: its --val-tasks or --test-tasks fixed tasks, seeded by
+    `seed` (default the run's --seed) plus the split's offset, adapted --eval-steps steps."""
+    (tasks, offset), seed = FIXED_TASKS[split], config["seed"] if seed is None else seed
+    shape = {k: config[k] for k in ("ways", "shots", "eval_queries", "eval_steps", "bn_eps")}
+    return {**shape, "tasks": config[tasks], "seed": seed + offset}
 
 
 ALGORITHM, RUN = "task shape and algorithm (the paper's values by default)", "data, evaluation and the run"
@@ -144,18 +168,19 @@ def add_method_flags(g):
     g("--learn-lr", action="store_true", help="Meta-SGD: learn one inner rate per parameter entry")
     g(
         "--inner-params",
-        choices=list(ADAPTS),
+        choices=TRAINED_ADAPTS,
         default="all",
         help="which parameters the inner loop adapts: 'all' (MAML, Meta-SGD), 'head' only (ANIL, Raghu et al. "
-        "2020) or 'body' only, the head frozen at theta (BOIL, Oh et al. 2021); every parameter still takes the "
+        "2020), 'body' only, the head frozen at theta (BOIL, Oh et al. 2021), or all but batch norm's scale and "
+        "offset ('no-bn', as the official MAML code adapts); every parameter still takes the "
         "outer step, and --learn-lr learns rates only for those that adapt",
     )
     g(
         "--method",
-        choices=list(METHODS),
+        choices=TRAINED_METHODS,
         default=argparse.SUPPRESS,
         help="a method by name, the same as the flags that make it: "
-        + "; ".join(f"{name}: {' '.join(method_flags(name)) or 'neither'}" for name in METHODS)
+        + "; ".join(f"{name}: {' '.join(method_flags(name)) or 'neither'}" for name in TRAINED_METHODS)
         + " (default: MAML, or what --learn-lr and --inner-params say)",
     )
 

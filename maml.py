@@ -20,6 +20,7 @@ Two speed tricks sit beside the algorithm, tested equal to it: `conv4_tasks` run
 as one grouped network, and `meta_loss_seeds` several independent models (seeds) as groups of it.
 """
 
+import functools
 import math
 
 import torch
@@ -54,22 +55,25 @@ def init_params(ways, hidden=64, image_size=84, channels=3, generator=None, dtyp
     return params
 
 
-def features(params, x):
+BN_EPS = 1e-5  # BatchNorm's epsilon: torch.nn's default; a model imported from elsewhere may have used another
+
+
+def features(params, x, bn_eps=BN_EPS):
     """The encoder: four blocks of conv3x3 -> BatchNorm -> ReLU -> maxpool2, flattened.
     BatchNorm always normalises with the statistics of the batch it is given (no running stats)."""
     for i in range(1, 5):
         x = F.conv2d(x, params[f"conv{i}.weight"], params.get(f"conv{i}.bias"), padding=1)
-        x = F.batch_norm(x, None, None, params[f"bn{i}.weight"], params[f"bn{i}.bias"], training=True)
+        x = F.batch_norm(x, None, None, params[f"bn{i}.weight"], params[f"bn{i}.bias"], training=True, eps=bn_eps)
         x = F.max_pool2d(F.relu(x), 2)
     return x.flatten(1)
 
 
-def conv4(params, x):
+def conv4(params, x, bn_eps=BN_EPS):
     """Logits [batch, ways] for images x [batch, channels, H, W]."""
-    return F.linear(features(params, x), params["head.weight"], params["head.bias"])
+    return F.linear(features(params, x, bn_eps), params["head.weight"], params["head.bias"])
 
 
-def blocks_tasks(params, x):
+def blocks_tasks(params, x, bn_eps=BN_EPS):
     """The outputs [T, batch, C, H, W] of the encoder's four blocks for T tasks at once: every parameter
     has a leading task dim [T, ...] and x is [T, batch, channels, H, W]. The tasks become channel groups
     of one grouped convolution, and BatchNorm over [batch, T*channels, H, W] is exactly per-task batch
@@ -81,23 +85,22 @@ def blocks_tasks(params, x):
         w, b = params[f"conv{i}.weight"], params.get(f"conv{i}.bias")
         b = None if b is None else b.reshape(-1)
         x = F.conv2d(x, w.reshape(-1, *w.shape[2:]), b, padding=1, groups=tasks)
-        x = F.batch_norm(
-            x, None, None, params[f"bn{i}.weight"].reshape(-1), params[f"bn{i}.bias"].reshape(-1), training=True
-        )
+        scale, offset = params[f"bn{i}.weight"].reshape(-1), params[f"bn{i}.bias"].reshape(-1)
+        x = F.batch_norm(x, None, None, scale, offset, training=True, eps=bn_eps)
         x = F.max_pool2d(F.relu(x), 2)
         outputs.append(x.view(batch, tasks, -1, *x.shape[2:]).transpose(0, 1))  # a view: no copy
     return outputs
 
 
-def features_tasks(params, x):
+def features_tasks(params, x, bn_eps=BN_EPS):
     """`features` for T tasks at once: [T, batch, features], in the order `features` flattens."""
-    return blocks_tasks(params, x)[-1].flatten(2)
+    return blocks_tasks(params, x, bn_eps)[-1].flatten(2)
 
 
-def conv4_tasks(params, x):
+def conv4_tasks(params, x, bn_eps=BN_EPS):
     """Logits [T, batch, ways] for x [T, batch, channels, H, W] and per-task parameters [T, ...]."""
     return torch.baddbmm(
-        params["head.bias"].unsqueeze(1), features_tasks(params, x), params["head.weight"].transpose(1, 2)
+        params["head.bias"].unsqueeze(1), features_tasks(params, x, bn_eps), params["head.weight"].transpose(1, 2)
     )
 
 
@@ -116,16 +119,21 @@ def as_inner_lrs(inner_lrs, params):
     return {name: r.to(params[name].device, params[name].dtype) for name, r in inner_lrs.items()}
 
 
-INNER_PARAMS = ("all", "head", "body")  # what adapts: MAML and Meta-SGD; ANIL (Raghu et al.); BOIL (Oh et al.)
+INNER_PARAMS = {  # what the inner loop adapts, by parameter name
+    "all": lambda name: True,  # MAML and Meta-SGD
+    "head": lambda name: name.startswith("head."),  # ANIL (Raghu et al.)
+    "body": lambda name: not name.startswith("head."),  # BOIL (Oh et al.)
+    "no-bn": lambda name: not name.startswith("bn"),  # the official MAML code: batch norm only in the outer loop
+}
 
 
 def adapting(params, inner_params="all"):
-    """The parameters of `params` the inner loop adapts: all of them, only the head's (ANIL), or all but
-    the head's (BOIL). The rest keep theta in the inner loop and still get their meta-gradient."""
+    """The parameters of `params` the inner loop adapts: all of them, only the head's (ANIL), all but
+    the head's (BOIL), or all but batch norm's. The rest keep theta in the inner loop and still get their
+    meta-gradient."""
     if inner_params not in INNER_PARAMS:
         raise ValueError(f"inner_params must be one of {', '.join(INNER_PARAMS)} (got {inner_params!r})")
-    head_only = inner_params == "head"
-    return {n: p for n, p in params.items() if inner_params == "all" or n.startswith("head.") == head_only}
+    return {n: p for n, p in params.items() if INNER_PARAMS[inner_params](n)}
 
 
 def init_inner_lrs(params, inner_lr, learn_lr=False, lr_init_range=None, generator=None, inner_params="all"):
@@ -225,17 +233,18 @@ def meta_step(optimizers, loss, accuracy, clip_grad=None, average_gradients=None
     return loss.detach(), accuracy.detach()
 
 
-def evaluate(params, inner_lrs, episodes, steps):
+def evaluate(params, inner_lrs, episodes, steps, bn_eps=BN_EPS):
     """Query accuracy of each task after `steps` adaptation steps (first order: nothing here is
     trained). `episodes` yields meta-batches of tasks; returns one accuracy per task, in order."""
     params = {n: p.detach() for n, p in params.items()}
     inner_lrs = {n: r.detach() for n, r in inner_lrs.items()}
+    net = functools.partial(conv4_tasks, bn_eps=bn_eps)
     accuracies = []
     for episode in episodes:
         tasks = per_task(params, episode["support_x"].shape[0])
-        adapted = adapt(tasks, inner_lrs, episode["support_x"], episode["support_y"], steps, False, conv4_tasks)
+        adapted = adapt(tasks, inner_lrs, episode["support_x"], episode["support_y"], steps, False, net)
         with torch.no_grad():
-            logits = conv4_tasks(adapted, episode["query_x"])
+            logits = net(adapted, episode["query_x"])
         accuracies.append((logits.argmax(-1) == episode["query_y"]).float().mean(1))
     return torch.cat(accuracies)
 
@@ -296,7 +305,7 @@ def train(args, given=()):
             if cuda_graph and device.type == "cuda":  # a graph captures the current device's stream: this run's
                 torch.cuda.set_device(device)
             for run_config, _ in starts:  # the precision that 'auto' resolved to, recorded in each checkpoint
-                run_config["precision"] = precision
+                run_config.update(precision=precision, bn_eps=BN_EPS)
             runs = run_start.new_runs(starts, init_model, device, rank, world, cuda_graph)
             outs = [run.out for run in runs]
             train_loop(runs, args.seeds is not None, cuda_graph, run_start.resume_command(args, outs))
@@ -343,26 +352,29 @@ def train_iteration(runs, stacked, grouped):
         run_folder.add_to_sums(run, run_loss, run_accuracy)
 
 
-FIXED_TASKS = {"val": ("val_tasks", 777), "test": ("test_tasks", 999)}  # split: (how many, seed offset)
-
-
-def accuracy_on_fixed_tasks(run, split, checkpoint=None):
-    """Mean and 95% CI of the query accuracy on the split's fixed, seeded tasks (--val-tasks or
-    --test-tasks, drawn in chunks of 25; under torchrun each process adapts every world-th chunk), with
-    the run's theta and alpha or a checkpoint's."""
+def accuracy_on_fixed_tasks(model, split, norm, tasks, device, dtype, rank=0, world=1, progress=iter):
+    """Mean and 95% CI of the query accuracy of `model` (theta and alpha: {"params", "inner_lrs"}) on the
+    fixed `tasks` (`flags.fixed_tasks`) drawn from `split`, in chunks of 25 (under torchrun each process adapts
+    every world-th chunk); `progress` wraps the chunks (a progress bar)."""
     import data
     import distributed
     import stats
 
-    c, (tasks, offset) = run.config, FIXED_TASKS[split]
+    params, inner_lrs = ({n: t.to(device, dtype) for n, t in model[k].items()} for k in ("params", "inner_lrs"))
+    shape = {"ways": tasks["ways"], "shots": tasks["shots"], "queries": tasks["eval_queries"], "dtype": dtype}
+    images = data.split_to(split, device)  # the test split waits on the host until the end
+    chunks = data.fixed_episodes(images, tasks=tasks["tasks"], chunk=25, seed=tasks["seed"], norm=norm, **shape)
+    measure = lambda episode: evaluate(params, inner_lrs, [episode], tasks["eval_steps"], tasks["bn_eps"])
+    return stats.mean_normal_ci95(distributed.measured_in_turn(measure, progress(chunks), rank, world))
+
+
+def run_accuracy(run, split, checkpoint=None):
+    """The run's accuracy on the split's fixed tasks, with its theta and alpha or a checkpoint's."""
+    import flags
+
     model = checkpoint or {"params": run.params, "inner_lrs": run.inner_lrs}
-    params = {n: p.to(run.device, run.dtype) for n, p in model["params"].items()}
-    inner_lrs = {n: r.to(run.device, run.dtype) for n, r in model["inner_lrs"].items()}
-    shape = {"ways": c["ways"], "shots": c["shots"], "queries": c["eval_queries"], "norm": run.norm, "dtype": run.dtype}
-    images = data.split_to(run.splits[split], run.device)  # the test split waits on the host until the end
-    chunks = data.fixed_episodes(images, tasks=c[tasks], chunk=25, seed=c["seed"] + offset, **shape)
-    measure = lambda episode: evaluate(params, inner_lrs, [episode], c["eval_steps"])
-    return stats.mean_normal_ci95(distributed.measured_in_turn(measure, chunks, run.rank, run.world))
+    where = (run.splits[split], run.norm, flags.fixed_tasks(run.config, split), run.device, run.dtype)
+    return accuracy_on_fixed_tasks(model, *where, run.rank, run.world)
 
 
 def validate(run, bar=None):
@@ -371,7 +383,7 @@ def validate(run, bar=None):
     import run_folder
 
     distributed.check_ranks_agree([*run.params.values(), *run.inner_lrs.values()], run.iteration, run.world)
-    run_folder.log_validation(run, accuracy_on_fixed_tasks(run, "val"), bar)
+    run_folder.log_validation(run, run_accuracy(run, "val"), bar)
 
 
 def test_best(run):
@@ -381,7 +393,7 @@ def test_best(run):
 
     best = run_folder.load_checkpoint(run.out / "best.pt") if run.rank == 0 else None
     best = distributed.broadcast_from_rank0(best, run.world)
-    run_folder.write_test_result(run, best, accuracy_on_fixed_tasks(run, "test", best))
+    run_folder.write_test_result(run, best, run_accuracy(run, "test", best))
 
 
 def train_loop(runs, stacked, cuda_graph, resume_hint):

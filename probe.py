@@ -18,6 +18,7 @@ before vs after adaptation, on A's queries (on-task) and on B's (off-task): wher
 
 import contextlib
 import csv
+import functools
 import math
 import os
 import time
@@ -37,7 +38,7 @@ import logs
 import run_folder
 import stats
 from cli import ConfigError, DataError, WriteError
-from maml import adapt, as_inner_lrs, blocks_tasks, conv4_tasks, features_tasks, per_task
+from maml import BN_EPS, adapt, as_inner_lrs, blocks_tasks, conv4_tasks, features_tasks, per_task
 from stats import CKA_LAYERS
 
 RATE_MODES = ("learned", "negative", "positive", "abs", "flipped", "fixed")
@@ -53,51 +54,52 @@ def prototype_accuracy(support_f, support_y, query_f, query_y, ways):
     return (similarity.argmax(-1) == query_y).to(support_f.dtype).mean(1)
 
 
-def encoder_accuracy(task_params, episode, ways):
+def encoder_accuracy(task_params, episode, ways, bn_eps=BN_EPS):
     """Prototype accuracy of the encoder on each task; support and query forwarded separately, so
     BatchNorm uses each set's own batch statistics, as in training."""
     with torch.no_grad():
-        support_f = features_tasks(task_params, episode["support_x"])
-        query_f = features_tasks(task_params, episode["query_x"])
+        support_f = features_tasks(task_params, episode["support_x"], bn_eps)
+        query_f = features_tasks(task_params, episode["query_x"], bn_eps)
     return prototype_accuracy(support_f, episode["support_y"], query_f, episode["query_y"], ways)
 
 
-def layer_outputs(task_params, x):
+def layer_outputs(task_params, x, bn_eps=BN_EPS):
     """The outputs of the four conv blocks and the head (logits) on images x, per task."""
-    return [*blocks_tasks(task_params, x), conv4_tasks(task_params, x)]
+    return [*blocks_tasks(task_params, x, bn_eps), conv4_tasks(task_params, x, bn_eps)]
 
 
-def similarity(initial, adapted, task_a, task_b):
+def similarity(initial, adapted, task_a, task_b, bn_eps=BN_EPS):
     """Linear CKA of each layer's output before and after adaptation, on task A's query images (on-task)
     and on task B's (off-task): {"cka_on_block1": [T], ...}. At 0 steps, or for a layer that does not
     adapt, the outputs are identical and the CKA is exactly 1."""
     out = {}
     with torch.no_grad():
         for regime, task in (("on", task_a), ("off", task_b)):
-            before, after = layer_outputs(initial, task["query_x"]), layer_outputs(adapted, task["query_x"])
+            before, after = (
+                layer_outputs(initial, task["query_x"], bn_eps),
+                layer_outputs(adapted, task["query_x"], bn_eps),
+            )
             for layer, b, a in zip(CKA_LAYERS, before, after, strict=True):
                 out[f"cka_{regime}_{layer}"] = stats.linear_cka(b, a)
     return out
 
 
-def probe_tasks(params, rates, task_a, task_b, steps, ways, similar=False):
+def probe_tasks(params, rates, task_a, task_b, steps, ways, similar=False, bn_eps=BN_EPS):
     """One probe iteration for each of a batch of task pairs: dict of per-pair accuracies (and with
     `similar`, the layers' CKA)."""
-    tasks = task_a["support_x"].shape[0]
+    tasks, net = task_a["support_x"].shape[0], functools.partial(conv4_tasks, bn_eps=bn_eps)
     initial = per_task(params, tasks)
-    adapted = adapt(
-        initial, rates, task_a["support_x"], task_a["support_y"], steps, create_graph=False, net=conv4_tasks
-    )
+    adapted = adapt(initial, rates, task_a["support_x"], task_a["support_y"], steps, create_graph=False, net=net)
     adapted = {n: p.detach() for n, p in adapted.items()}
     with torch.no_grad():
-        head = (conv4_tasks(adapted, task_a["query_x"]).argmax(-1) == task_a["query_y"]).float().mean(1)
+        head = (net(adapted, task_a["query_x"]).argmax(-1) == task_a["query_y"]).float().mean(1)
     return {
-        "pre_A": encoder_accuracy(initial, task_a, ways),
-        "on_A": encoder_accuracy(adapted, task_a, ways),
-        "pre_B": encoder_accuracy(initial, task_b, ways),
-        "off_B": encoder_accuracy(adapted, task_b, ways),
+        "pre_A": encoder_accuracy(initial, task_a, ways, bn_eps),
+        "on_A": encoder_accuracy(adapted, task_a, ways, bn_eps),
+        "pre_B": encoder_accuracy(initial, task_b, ways, bn_eps),
+        "off_B": encoder_accuracy(adapted, task_b, ways, bn_eps),
         "head_A": head,
-        **(similarity(initial, adapted, task_a, task_b) if similar else {}),
+        **(similarity(initial, adapted, task_a, task_b, bn_eps) if similar else {}),
     }
 
 
@@ -282,16 +284,25 @@ def load_probe_split(args, config, quiet=False):
     root = args.data or config["data"]
     if not root and not quiet:
         print(f"probing on the built-in synthetic dataset ({args.split} split), as the checkpoint was trained on it")
+    need_ways = 2 * config["ways"] if args.off_task == "disjoint" else config["ways"]
+    progress = not (args.no_progress or quiet)
+    split = checkpoint_split(config, root, args.split, args.cache_dir, progress, need_ways, args.queries)
+    return split
+
+
+def checkpoint_split(config, root, split_name, cache_dir, progress, need_ways, queries):
+    """A split of `root` (None: the synthetic dataset) for the checkpoint whose config is `config`: its
+    image size and channels, at least `need_ways` classes, and images enough for its shots and `queries`."""
     split = data.load_splits(
         root,
-        [args.split],
+        [split_name],
         image_size=config["image_size"],
-        cache_dir=args.cache_dir,
+        cache_dir=cache_dir,
         synthetic_per_class=config["synthetic_per_class"],
         seed=config["seed"],
-        progress=not (args.no_progress or quiet),
+        progress=progress,
         rotations=config["rotations"],
-    )[args.split]
+    )[split_name]
     if split["images"].shape[-1] != config["image_size"]:
         raise ConfigError(
             f"the data is {split['images'].shape[-1]}px but the checkpoint expects {config['image_size']}px"
@@ -301,17 +312,17 @@ def load_probe_split(args, config, quiet=False):
             f"the data has {split['images'].shape[1]} channel(s) but the checkpoint expects {config['channels']}"
         )
     ways = config["ways"]
-    need_ways = 2 * ways if args.off_task == "disjoint" else ways
     if len(split["classes"]) < need_ways:
         raise DataError(
-            f"the {args.split} split has {len(split['classes'])} classes; disjoint {ways}-way tasks A "
-            f"and B need at least {need_ways} (or pass --off-task any)"
-        )
-    data.check_episode_shape(split, ways, config["shots"], args.queries, f"{args.split} split")
+            f"the {split_name} split has {len(split['classes'])} classes; "
+            + (f"disjoint {ways}-way tasks A and B need at least {need_ways} (or pass --off-task any)"
+               if need_ways > ways else f"{ways}-way tasks need at least {ways}")
+        )  # fmt: skip
+    data.check_episode_shape(split, ways, config["shots"], queries, f"{split_name} split")
     return split
 
 
-def probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype):
+def probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype, bn_eps=BN_EPS):
     """Records of `n` probe iterations (task pairs) drawn from the chunk's own seed, so a resumed
     probe reproduces them."""
     ways, shots, queries = settings["ways"], settings["shots"], settings["queries"]
@@ -336,7 +347,7 @@ def probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype):
         )
         for classes in (classes_a, classes_b)
     )
-    result = probe_tasks(params, inner_lrs, task_a, task_b, settings["steps"], ways, settings["similarity"])
+    result = probe_tasks(params, inner_lrs, task_a, task_b, settings["steps"], ways, settings["similarity"], bn_eps)
     result = {k: v.cpu().tolist() for k, v in result.items()}
     ca, cb = task_a["classes"].cpu().tolist(), task_b["classes"].cpu().tolist()
     return [
@@ -407,8 +418,9 @@ def run(args):
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     stem = output_stem(args, config["inner_steps"])
     writer = distributed.is_writer()
-    fetch.refuse_other_channels(args.data, config.get("channels", 3))
-    args.data = fetch.resolve_data(args.data, not writer, writer and not args.no_progress, fetcher=writer)[0]
+    given = fetch.checkpoint_data(args.data, config)  # an imported model's may be a name, fetched on first use
+    fetch.refuse_other_channels(given, config.get("channels", 3))
+    args.data = fetch.resolve_data(given, not writer, writer and not args.no_progress, fetcher=writer)[0]
     with cli.lock_outputs(out, f"{stem}.lock", f"{stem}.csv") if writer else contextlib.nullcontext():
         if writer:
             cli.remove_stale_temporaries(out, [f"{stem}.csv", f"{stem}.json"])
@@ -440,7 +452,7 @@ def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
 
     def probe_one(chunk):
         n = min(batch, args.iterations - chunk * batch)
-        return probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype)
+        return probe_chunk(params, inner_lrs, split, norm, settings, chunk, n, dtype, config["bn_eps"])
 
     desc = f"probe ({settings['method']}, rates {args.rates})"
     bar = tqdm(

@@ -161,13 +161,18 @@ def save(run, name):
     """Write the run's checkpoint to `name` in its folder (rank 0 only), atomically."""
     if run.rank != 0:
         return
+    clock(run)
+    write_checkpoint(checkpoint_of(run), run.out / name)
+
+
+def write_checkpoint(ckpt, path):
+    """torch.save, atomically."""
 
     def write(tmp):
         with open(tmp, "wb") as f:  # through a Python file, so a failed write is an OSError that says why
-            torch.save(checkpoint_of(run), f)
+            torch.save(ckpt, f)
 
-    clock(run)
-    atomic_write(run.out / name, write)
+    atomic_write(path, write)
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -192,7 +197,7 @@ def load_checkpoint(path, map_location="cpu"):
     if adapts not in {inner_params for _, inner_params, _ in METHODS.values()}:
         raise CheckpointError(
             f"{path} says its inner loop adapted {adapts!r}, which is none of this project's methods' "
-            f"(--inner-params {', '.join(dict.fromkeys(a for _, a, _ in METHODS.values()))})"
+            f"adapting sets ({', '.join(dict.fromkeys(a for _, a, _ in METHODS.values()))})"
         )
     return ckpt
 
@@ -302,6 +307,7 @@ def load_run(path):
         "config": config,
         "iteration": ckpt["iteration"],
         "data_identity": ckpt.get("data_identity"),  # what the data was, wherever its folder is now
+        "imported": ckpt.get("imported"),  # import_model.py's record of a model trained elsewhere, else None
         "method": method_of(config),
         "metrics": read_log_strictly(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
         "lr_stats": read_log_strictly(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],

@@ -107,6 +107,7 @@ def start_run(args, out, given=()):
     if not args.resume:
         return {**config, **data.dataset_defaults(args.data, args.image_size, args.rotations), "out": str(out)}, None
     resumed = load_checkpoint(checkpoint_to_resume(out))
+    refuse_imported(resumed, out / "ckpt.pt")
     saved, defaults = resumed["config"], vars(flags.build_parser().parse_args([]))
     if "method" in given and flags.method_of(config) != flags.method_of(saved):
         raise CheckpointError(
@@ -132,8 +133,19 @@ def start_run(args, out, given=()):
 
 def checkpoint_to_resume(out):
     if not (out / "ckpt.pt").exists():
+        if (out / "best.pt").is_file():
+            refuse_imported(load_checkpoint(out / "best.pt"), out / "best.pt")
         raise CheckpointError(f"--resume: there is no checkpoint {out / 'ckpt.pt'} to resume from")
     return out / "ckpt.pt"
+
+
+def refuse_imported(ckpt, path):
+    """A model import_model.py wrote has no optimizer state and unknown training settings."""
+    if ckpt.get("imported"):
+        raise CheckpointError(
+            f"{path} was imported by import_model.py ({ckpt['imported']['format']}), not trained here, so it cannot be "
+            "trained further (its optimizer state and training settings are unknown); evaluate or probe it instead"
+        )
 
 
 def level_seed_checkpoints(outs):

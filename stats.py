@@ -179,7 +179,8 @@ def per_seed_probe(run, stem):
             frozen = run["config"].get("inner_params") == "head" and "_block" in column
             cka["note"] = NO_CHANGE if frozen else "no change: exactly 1 in every iteration"
     queries = run["probes"][stem]["settings"].get("queries")
-    return {"seed": run["config"]["seed"], "folder": str(run["folder"]), "queries": queries, **s}
+    seed = run["config"]["seed"] if run["config"]["seed"] is not None else "unknown"  # an imported model's
+    return {"seed": seed, "folder": str(run["folder"]), "queries": queries, **s}
 
 
 def across_seed_tests(per_seed):

@@ -19,13 +19,15 @@ import torch
 import analyze
 import bench
 import cli
+import evaluate
 import gpu_check
+import import_model
 import maml
 import probe
 from conftest import ROOT, make_jpegs, tiny_flags
 
 SCRIPTS = {"maml": maml.main, "probe": probe.main, "analyze": analyze.main, "bench": bench.main,
-           "gpu_check": gpu_check.main}  # fmt: skip
+           "gpu_check": gpu_check.main, "import_model": import_model.main, "evaluate": evaluate.main}  # fmt: skip
 
 # Runs a script with writes limited to LIMIT bytes per file, as a full disk would stop them
 # (SIGXFSZ ignored, so a write past the limit fails with EFBIG instead of killing the process).

@@ -12,8 +12,10 @@ import pytest
 
 import analyze
 import bench
+import evaluate
 import flags
 import gpu_check
+import import_model
 import probe
 from conftest import ROOT
 
@@ -41,10 +43,11 @@ def parser_of(function, *args):
 
 @functools.cache
 def script_flags():
-    """Every option of every script's --help: maml.py (flags.py), probe.py, bench.py, analyze.py, gpu_check.py
-    and tests/same_behaviour.py."""
+    """Every option of every script's --help: maml.py (flags.py), probe.py, bench.py, analyze.py, gpu_check.py,
+    import_model.py, evaluate.py and tests/same_behaviour.py."""
     same_behaviour = importlib.import_module("same_behaviour")
     parsers = [flags.build_parser(), probe.build_parser(), bench.build_parser(), parser_of(analyze.main, [])]
+    parsers += [import_model.build_parser(), evaluate.build_parser()]
     parsers += [parser_of(gpu_check.parse_args, []), parser_of(same_behaviour.main)]
     return {option for parser in parsers for option in parser._option_string_actions}
 

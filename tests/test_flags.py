@@ -31,7 +31,7 @@ def test_every_flag_of_maml_py_has_a_complete_settings_row_and_a_new_flag_withou
     parser = flags.build_parser()
     assert rows_missing(parser) == []
     not_flags = set(flags.SETTINGS) - {a.dest for a in parser._actions}
-    assert not_flags == {"channels", "omniglot_split", "data_name"}  # the keys a run's data implies
+    assert not_flags == {"channels", "omniglot_split", "data_name", "bn_eps"}  # what the data or model implies
     parser.add_argument("--warmup-steps", type=int, default=0)
     assert rows_missing(parser) == ["--warmup-steps"]
 
@@ -42,7 +42,7 @@ def test_the_lists_that_read_the_settings_table_are_its_rows():
                                           "task_batching", "cuda_graph", "data_name"}  # fmt: skip
     assert flags.CONFIG_ADDED == {"inner_params": "all", "conv_bias": True, "clip_grad": None, "rotations": None,
                                   "dtype": "float32", "precision": "auto", "channels": 3,
-                                  "omniglot_split": None, "data_name": None}  # fmt: skip
+                                  "omniglot_split": None, "data_name": None, "bn_eps": maml.BN_EPS}  # fmt: skip
     config = {**vars(flags.build_parser().parse_args([])), "channels": 3, "omniglot_split": None}
     assert set(config) - set(flags.result_settings(config)) == {"out", "resume", "no_progress", "debug", "device",
                                                                 "cache_dir", "task_batching", "log_every"}  # fmt: skip
@@ -60,13 +60,16 @@ def test_lr_init_range_makes_another_study_only_for_learned_rates_and_synthetic_
 
 def test_the_methods_table_and_every_list_of_methods_agree():
     adapts = [adapts for _, adapts, _ in flags.METHODS.values()]
-    assert tuple(dict.fromkeys(adapts)) == maml.INNER_PARAMS == tuple(flags.ADAPTS)
+    assert tuple(dict.fromkeys(adapts)) == tuple(flags.ADAPTS) == (*maml.INNER_PARAMS, "custom")
     choices = {a.dest: a.choices for a in flags.build_parser()._actions}
-    assert list(choices["inner_params"]) == list(maml.INNER_PARAMS)
-    assert list(choices["method"]) == list(flags.METHODS) == list(flags.METHOD_NAMES)
+    assert list(choices["inner_params"]) == list(maml.INNER_PARAMS) == flags.TRAINED_ADAPTS
+    assert list(choices["method"]) == [m for m, (_, adapts, _) in flags.METHODS.items() if adapts != "custom"]
+    assert list(flags.METHODS) == list(flags.METHOD_NAMES)
     for method, (display, adapts, learned) in flags.METHODS.items():
         assert flags.method_of({"learn_lr": learned, "inner_params": adapts}) == method
         assert flags.METHOD_NAMES[method] == display
+        if adapts == "custom":  # imported models only (import_model.py --adapt): no flag trains one
+            continue
         args, _ = flags.parse(["--method", method])
         assert (args.learn_lr, args.inner_params) == (learned, adapts)
         assert flags.parse(flags.method_flags(method))[0] == args
@@ -82,7 +85,7 @@ def test_the_makefile_names_methods_only_by_method_and_holds_no_list_of_their_fl
 
 def test_adapting_refuses_a_value_it_does_not_know_naming_the_allowed_ones():
     params = maml.init_params(2, 4, 16)
-    with pytest.raises(ValueError, match="one of all, head, body .*'bogus'"):
+    with pytest.raises(ValueError, match="one of all, head, body, no-bn .*'bogus'"):
         maml.adapting(params, "bogus")
     assert list(maml.adapting(params, "head")) == ["head.weight", "head.bias"]
 
@@ -104,7 +107,7 @@ def test_method_refuses_a_flag_that_contradicts_it_and_counts_as_its_flags_on_re
     maml.main(tiny_flags(out, "--iterations", "2", "--resume", "--method", "metasgd"))  # its own method resumes
 
 
-@pytest.mark.parametrize("method", ["anil", "boil", "anil-metasgd", "boil-metasgd"])
+@pytest.mark.parametrize("method", ["anil", "boil", "anil-metasgd", "boil-metasgd", "maml-no-bn"])
 def test_the_progress_bar_names_the_method(tmp_path, capsys, method):
     argv = [f for f in tiny_flags(tmp_path / "run", "--iterations", "1", "--eval-every", "1") if f != "--no-progress"]
     maml.main([*argv, "--method", method, "--val-tasks", "2", "--test-tasks", "2"])

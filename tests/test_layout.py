@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = {"maml", "probe", "analyze", "bench", "gpu_check"}
+SCRIPTS = {"maml", "probe", "analyze", "bench", "gpu_check", "import_model", "evaluate"}
 ROOMS = {
     "cli",
     "data",
@@ -23,6 +23,7 @@ ROOMS = {
     "run_start",
     "stats",
     "stats_md",
+    "tf_bundle",
 }
 SOURCES = sorted(ROOT.glob("*.py")) + sorted((ROOT / "tests").glob("*.py"))
 

@@ -103,7 +103,7 @@ def first_order_reference(params, lrs, episode, steps):
     return [*grad_theta.values(), *grad_rates.values()]
 
 
-@pytest.mark.parametrize("inner_params", ["all", "head", "body"])
+@pytest.mark.parametrize("inner_params", ["all", "head", "body", "no-bn"])
 @pytest.mark.parametrize("method", ["maml", "metasgd"])
 def test_first_order_meta_gradient_matches_a_separately_written_first_order_reference(method, inner_params):
     params, episode = micro_problem()
@@ -115,12 +115,14 @@ def test_first_order_meta_gradient_matches_a_separately_written_first_order_refe
         assert (ours - reference).abs().max() < 1e-10 * max(1.0, reference.abs().max().item())
 
 
-@pytest.mark.parametrize("inner_params", ["head", "body"])
+@pytest.mark.parametrize("inner_params", ["head", "body", "no-bn"])
 def test_frozen_parameters_keep_theta_in_the_inner_loop_and_get_their_outer_gradient(inner_params):
     params, episode = micro_problem()
     lrs = method_rates("metasgd", params, inner_params)
     frozen = [n for n in params if n not in lrs]
-    assert frozen and all(n.startswith("head.") == (inner_params == "body") for n in frozen)
+    kept = {"head": lambda n: not n.startswith("head."), "body": lambda n: n.startswith("head."),
+            "no-bn": lambda n: n.startswith("bn")}[inner_params]  # fmt: skip
+    assert frozen and all(kept(n) for n in frozen) and all(not kept(n) for n in lrs)
     adapted = maml.adapt(params, lrs, episode["support_x"][0], episode["support_y"][0], steps=2)
     for n in params:  # frozen: theta itself; the others are stepped (a conv bias's step is 0: BatchNorm cancels it)
         assert (adapted[n] is params[n]) == (n in frozen), n

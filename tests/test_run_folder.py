@@ -67,6 +67,6 @@ def test_a_checkpoint_whose_inner_loop_adapted_no_known_set_is_refused_in_one_li
         {"program": run_folder.PROGRAM, "config": config, "params": params, "inner_lrs": 0.01}, tmp_path / "x.pt"
     )
     with pytest.raises(
-        run_folder.CheckpointError, match=r"adapted 'neck', which is none .*\(--inner-params all, head, body\)$"
+        run_folder.CheckpointError, match=r"adapted 'neck', which is none .*\(all, head, body, no-bn, custom\)$"
     ):
         run_folder.load_checkpoint(tmp_path / "x.pt")
