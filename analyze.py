@@ -123,7 +123,10 @@ def table1_caption(runs):
     """Which checkpoint's rates Table 1 shows, per run: the one its probe used."""
     sources = sorted({(r["table1"]["checkpoint"], r["table1"]["why"]) for r in runs})
     where = "; ".join(f"{name} ({why})" for name, why in sources)
-    iterations = ", ".join(f"seed {r['config']['seed']}: iteration {r['table1']['iteration']}" for r in runs)
+    iterations = ", ".join(
+        f"seed {r['config']['seed']}: iteration {r['table1']['iteration']}" if not r["imported"] else "imported"
+        for r in runs
+    )
     seeds = f"{len(runs)} run{'s' if len(runs) > 1 else ''}" + (", mean ± sd across seeds" if len(runs) > 1 else "")
     return (
         f"Learned inner-loop rates of {METHOD_NAMES[runs[0]['method']]} ({seeds}), from {where} [{iterations}]; "

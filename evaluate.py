@@ -49,7 +49,8 @@ def build_parser():
 
 
 def protocol(args, config):
-    """The fixed tasks to measure on (flags.fixed_tasks), the checkpoint's own unless a flag says otherwise."""
+    """The fixed tasks to measure on (flags.fixed_tasks), the checkpoint's own unless a flag says otherwise,
+    and the seed they are drawn from."""
     for flag, value in (("--tasks", args.tasks), ("--queries", args.queries)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
@@ -63,33 +64,36 @@ def protocol(args, config):
     seed = args.seed if args.seed is not None else config["seed"] or 0
     if merged[tasks_key] is None:
         raise ConfigError(f"the checkpoint records no number of {args.split} tasks; give --tasks")
-    return flags.fixed_tasks(merged, args.split, seed)
+    return flags.fixed_tasks(merged, args.split, seed), seed
 
 
 def evaluate_checkpoint(args):
-    """Print (and for an imported model under its own protocol, write to test.json) the accuracy."""
+    """Print (and for an imported model under its own protocol on its own data, write to test.json) the
+    accuracy."""
     ckpt = run_folder.load_checkpoint(args.checkpoint)
     config, imported = ckpt["config"], ckpt.get("imported")
-    tasks = protocol(args, config)
-    own = tasks == flags.fixed_tasks(config, "test", config["seed"] or 0)
+    tasks, seed = protocol(args, config)
+    own = args.data is None and tasks == flags.fixed_tasks(config, "test", config["seed"] or 0)
     given = fetch.checkpoint_data(args.data, config)
     fetch.refuse_other_channels(given, config["channels"])
     root = fetch.resolve_data(given, quiet=False, progress=not args.no_progress)[0]
     device = cli.resolve_device(args.device)
     split = checkpoint_split(config, root, args.split, args.cache_dir, not args.no_progress, config["ways"],
                              tasks["eval_queries"])  # fmt: skip
-    dtype = getattr(torch, config["dtype"])
     bar = lambda chunks: tqdm(chunks, total=math.ceil(tasks["tasks"] / 25), desc="evaluate", unit="x25 tasks",
                               disable=args.no_progress, dynamic_ncols=True)  # fmt: skip
     with gpu.precision_applied(config["precision"], device):
+        dtype = getattr(torch, config["dtype"])
         mean, ci95 = accuracy_on_fixed_tasks(ckpt, split, ckpt["norm"], tasks, device, dtype, progress=bar)
-    where = f"{tasks['tasks']} {args.split} tasks (seed {tasks['seed']}), {config['ways']}-way {config['shots']}-shot"
-    print(f"{args.split} accuracy of {args.checkpoint}: {100 * mean:.2f} +- {100 * ci95:.2f}% (95% CI over {where}, "
+    ci95 = ci95 if math.isfinite(ci95) else None  # one task: no interval (and no NaN in the JSON)
+    interval = f"+- {100 * ci95:.2f}% (95% CI" if ci95 is not None else "(one task: no interval;"
+    where = f"{tasks['tasks']} {args.split} tasks of --seed {seed}, {config['ways']}-way {config['shots']}-shot"
+    print(f"{args.split} accuracy of {args.checkpoint}: {100 * mean:.2f}% {interval} over {where}, "
           f"{tasks['eval_queries']} queries per class, {tasks['eval_steps']} steps)")  # fmt: skip
     if imported and own:
         result = {"test_acc": mean, "test_ci95": ci95, "tasks": tasks["tasks"], "iteration": None, "val_acc": None,
                   "checkpoint": Path(args.checkpoint).name, "eval_steps": tasks["eval_steps"],
-                  "eval_queries": tasks["eval_queries"], "seed": tasks["seed"]}  # fmt: skip
+                  "eval_queries": tasks["eval_queries"], "seed": seed, "data": root}  # fmt: skip
         logs.write_json(Path(args.checkpoint).parent / "test.json", result)
         print(f"-> {Path(args.checkpoint).parent / 'test.json'}")
     return mean, ci95

@@ -63,12 +63,26 @@ def without_prefix(state, prefix):
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
-def unwrapped(state):
-    """A learn2learn or DataParallel state_dict without its wrapper: (the module's entries, the learned
-    per-parameter rates of a MetaSGD wrapper in the module's parameter order, or None)."""
-    rates = [state[f"lrs.{j}"] for j in range(len(state)) if f"lrs.{j}" in state]
-    module = without_prefix(state, "module.") if any(key.startswith("module.") for key in state) else state
-    return {k: v for k, v in module.items() if not k.startswith("lrs.")}, rates or None
+def unwrapped(state, source):
+    """A state_dict without its wrappers (learn2learn's MAML/MetaSGD, DataParallel: `module.`, at any depth):
+    (the module's entries, a MetaSGD wrapper's learned rates `lrs.{j}` in the module's parameter order, or
+    None). A tensor beside the wrapped module that is neither is refused, never dropped."""
+    rates = None
+    while any(key.startswith(("module.", "lrs.")) for key in state):
+        if any(key.startswith("lrs.") for key in state):
+            if rates is not None:
+                raise CheckpointError(f"{source} holds two sets of learned rates (lrs.*); one MetaSGD wrapper is read")
+            count = sum(key.startswith("lrs.") for key in state)
+            if any(f"lrs.{j}" not in state for j in range(count)):
+                raise CheckpointError(f"{source}: its learned rates are not numbered lrs.0 to lrs.{count - 1}")
+            rates = [state[f"lrs.{j}"] for j in range(count)]
+        stray = [k for k in state if not k.startswith(("module.", "lrs."))]
+        if stray and any(key.startswith("module.") for key in state):
+            raise CheckpointError(f"{source} holds tensors beside its wrapped module ({', '.join(stray[:3])}); "
+                                  "a model of another architecture cannot be imported")  # fmt: skip
+        state = without_prefix(state, "module.") if any(k.startswith("module.") for k in state) else {
+            k: v for k, v in state.items() if not k.startswith("lrs.")}  # fmt: skip
+    return state, rates
 
 
 def take(state, names, source):
@@ -76,12 +90,14 @@ def take(state, names, source):
     so is any key left over (a model of another architecture)."""
     missing = [key for key in names.values() if key not in state]
     if missing:
-        raise CheckpointError(f"{source} has no tensor {missing[0]}; is it a {FORMAT_NAMES[source.fmt]} Conv-4?")
+        raise CheckpointError(
+            f"{source} has no tensor {missing[0]}; is it a Conv-4 in the {FORMAT_NAMES[source.fmt]} format?"
+        )
     left = [key for key in state if key not in names.values() and key.rsplit(".", 1)[-1] not in BUFFERS]
     if left:
         raise CheckpointError(
-            f"{source} holds tensors a {FORMAT_NAMES[source.fmt]} Conv-4 does not ({', '.join(left[:3])}); "
-            "a model of another architecture cannot be imported"
+            f"{source} holds tensors a Conv-4 in the {FORMAT_NAMES[source.fmt]} format does not "
+            f"({', '.join(left[:3])}); a model of another architecture cannot be imported"
         )
     return {name: state[key] for name, key in names.items()}
 
@@ -99,10 +115,14 @@ def block_names(body, conv, norm, blocks=range(4), first=0):
 def read_learn2learn(sources):
     """learn2learn's MiniImagenetCNN/CNN4 (one file; ≤0.1.3 `base.`/`linear.`, ≥0.1.4 `features.`/`classifier.`,
     under a MAML or MetaSGD wrapper or not), or an ANIL script's two files (features `0.{i}.*`, head)."""
-    states = [(source, *unwrapped(load_state_dict(source))) for source in sources]
+    states = [(source, *unwrapped(load_state_dict(source), source)) for source in sources]
     if len(states) == 2:  # ANIL: the file with the conv blocks is the body, the other the head
         states.sort(key=lambda s: not any(".conv." in key for key in s[1]))
-        (body_src, body, body_rates), (_, head, rates) = states
+        (body_src, body, body_rates), (head_src, head, rates) = states
+        if not any(".conv." in key for key in body) or sorted(head) != ["bias", "weight"]:
+            raise CheckpointError(f"{Source(sources, 'learn2learn')} is not an ANIL pair: a features file (the conv "
+                                  f"blocks) and a head file (one Linear's weight and bias; {head_src} holds "
+                                  f"{', '.join(list(head)[:3])})")  # fmt: skip
         if body_rates:
             raise CheckpointError(f"{body_src}: learned rates for the body of an ANIL model are not read")
         state, adapts = {**body, **{f"head:{k}": v for k, v in head.items()}}, "head"
@@ -114,7 +134,7 @@ def read_learn2learn(sources):
     head = next((h for h in heads if f"{h}weight" in state), heads[0])
     names = {**block_names(body, "conv", "normalize"), "head.weight": f"{head}weight", "head.bias": f"{head}bias"}
     params = take(state, names, Source(sources, "learn2learn"))
-    return params, ordered_rates(rates, rated, names, sources, state), adapts
+    return params, ordered_rates(rates, rated, names, sources, state), adapts, set()
 
 
 def ordered_rates(rates, rated, names, sources, state):
@@ -127,7 +147,7 @@ def ordered_rates(rates, rated, names, sources, state):
     order = [ours[key] for key in rated if key in ours]
     if len(rates) != len(order) or any(r.shape != state[names[n]].shape for r, n in zip(rates, order)):
         raise CheckpointError(
-            f"{Source(sources, 'learn2learn')} holds {len(rates)} learned rates (lrs.*) that do not match its "
+            f"{' + '.join(map(str, sources))} holds {len(rates)} learned rates (lrs.*) that do not match its "
             f"{len(order)} parameters one to one"
         )
     return dict(zip(order, rates))
@@ -135,16 +155,19 @@ def ordered_rates(rates, rated, names, sources, state):
 
 def read_torchmeta(sources):
     """torchmeta's MetaConvModel (pytorch-maml): features.layer{1..4}.conv / .norm, classifier."""
-    state, rates = unwrapped(load_state_dict(sources[0]))
+    state, rates = unwrapped(load_state_dict(sources[0]), sources[0])
+    if rates is not None:
+        raise CheckpointError(f"{sources[0]}: learned rates (lrs.*) are read from the learn2learn format only")
     names = {**block_names("features.layer", "conv", "norm", first=1), "head.weight": "classifier.weight",
              "head.bias": "classifier.bias"}  # fmt: skip
-    return take(state, names, Source(sources, "torchmeta")), None, "no-bn"
+    return take(state, names, Source(sources, "torchmeta")), None, "no-bn", set()
 
 
 def read_state_dict(sources):
     """A plain torch.nn Conv-4 in forward order: four (Conv2d, BatchNorm2d) pairs, then a Linear; the
-    ReLU and MaxPool2d between them hold no tensors. BatchNorm without affine gets scale 1 and offset 0."""
-    state, _ = unwrapped(load_state_dict(sources[0]))
+    ReLU and MaxPool2d between them hold no tensors. BatchNorm without affine gets scale 1 and offset 0,
+    which are then not the source's parameters (`absent`: no inner loop may adapt them)."""
+    state, rates = unwrapped(load_state_dict(sources[0]), sources[0])
     modules = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in state))
     kinds = [module_kind(state, m) for m in modules]
     if kinds != ["conv", "bn"] * 4 + ["linear"]:
@@ -152,17 +175,23 @@ def read_state_dict(sources):
             f"{sources[0]} is not a Conv-4 in forward order (conv, batch norm four times, then linear); its "
             f"modules are: {', '.join(kinds[:12])}"
         )
-    params = {}
+    if f"{modules[8]}.bias" not in state:
+        raise CheckpointError(f"{sources[0]}: its Linear has no bias, which this project's Conv-4 head has")
+    names, filled = {}, {}
     for i in range(4):
         conv, bn = modules[2 * i], modules[2 * i + 1]
-        params[f"conv{i + 1}.weight"] = state[f"{conv}.weight"]
+        names[f"conv{i + 1}.weight"] = f"{conv}.weight"
         if f"{conv}.bias" in state:
-            params[f"conv{i + 1}.bias"] = state[f"{conv}.bias"]
+            names[f"conv{i + 1}.bias"] = f"{conv}.bias"
         channels = state[f"{conv}.weight"].shape[0]
-        params[f"bn{i + 1}.weight"] = state.get(f"{bn}.weight", torch.ones(channels))
-        params[f"bn{i + 1}.bias"] = state.get(f"{bn}.bias", torch.zeros(channels))
-    params["head.weight"], params["head.bias"] = state[f"{modules[8]}.weight"], state[f"{modules[8]}.bias"]
-    return params, None, None
+        for what, value in (("weight", torch.ones(channels)), ("bias", torch.zeros(channels))):
+            if f"{bn}.{what}" in state:
+                names[f"bn{i + 1}.{what}"] = f"{bn}.{what}"
+            else:  # BatchNorm2d(affine=False)
+                filled[f"bn{i + 1}.{what}"] = value
+    names |= {"head.weight": f"{modules[8]}.weight", "head.bias": f"{modules[8]}.bias"}
+    params = {**take(state, names, Source(sources, "state-dict")), **filled}
+    return params, ordered_rates(rates, list(state), names, sources, state), None, set(filled)
 
 
 def module_kind(state, module):
@@ -180,20 +209,28 @@ def read_maml_tf(sources):
     names = {f"conv{i}": f"conv{i}" for i in range(1, 5)} | {f"b{i + 1}": b for i, b in enumerate(biases)}
     names |= {f"beta{i + 1}": f"{i}/beta" for i in range(4)} | {"w5": "w5", "b5": "b5"}
     tf = take(tensors, names, Source(sources, "maml-tf"))
+    if any(v.dtype != torch.float32 for v in tf.values()):
+        raise CheckpointError(f"{sources[0]}: the official MAML's tensors are float32; this bundle holds others")
+    dims = {k: v.dim() for k, v in tf.items()}
+    if any(dims[k] != (4 if k.startswith("conv") else 2 if k == "w5" else 1) for k in tf):
+        raise CheckpointError(f"{sources[0]}: its tensors do not have the official MAML Conv-4's ranks ({dims})")
+    w5, hidden = tf["w5"], tf["conv4"].shape[-1]
+    if w5.shape[0] != 25 * hidden:
+        raise CheckpointError(
+            f"{sources[0]}: w5 takes {w5.shape[0]} features, not the {25 * hidden} of the official code's "
+            "Mini-ImageNet network (max-pooled 5x5 maps); its Omniglot network (strided convs, a mean over the maps) "
+            "is another architecture than this project's Conv-4"
+        )
     params = {}
     for i in range(1, 5):
         params[f"conv{i}.weight"] = tf[f"conv{i}"].permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
         params[f"conv{i}.bias"] = tf[f"b{i}"]
         params[f"bn{i}.weight"] = torch.ones_like(tf[f"beta{i}"])  # TF's batch_norm(scale=False)
         params[f"bn{i}.bias"] = tf[f"beta{i}"]
-    w5, hidden = tf["w5"], tf["conv4"].shape[-1]
-    side = round((w5.shape[0] / hidden) ** 0.5)
-    if side * side * hidden != w5.shape[0]:
-        raise CheckpointError(f"{sources[0]}: w5 takes {w5.shape[0]} features, not {hidden} square feature maps")
     # TF flattens [N, H, W, C]; this project's features flatten [N, C, H, W]
-    params["head.weight"] = w5.T.reshape(-1, side, side, hidden).permute(0, 3, 1, 2).reshape(w5.shape[1], -1)
+    params["head.weight"] = w5.T.reshape(-1, 5, 5, hidden).permute(0, 3, 1, 2).reshape(w5.shape[1], -1)
     params["head.bias"] = tf["b5"]
-    return params, None, "no-bn"
+    return params, None, "no-bn", {f"bn{i}.weight" for i in range(1, 5)}  # TF's batch_norm(scale=False)
 
 
 class Source(list):
@@ -270,8 +307,8 @@ def input_norm(args, channels):
     if args.scaling == "mean-std":
         if not (args.mean and args.std and len(args.mean) == len(args.std) == channels):
             raise ConfigError(f"--scaling mean-std needs --mean and --std with {channels} value(s) each")
-        if min(args.std) <= 0:
-            raise ConfigError(f"--std must be positive (got {args.std})")
+        if not all(math.isfinite(v) for v in args.mean) or not all(0 < v < math.inf for v in args.std):
+            raise ConfigError(f"--mean must be finite and --std positive and finite (got {args.mean}, {args.std})")
         mean, std = args.mean, args.std
     elif args.mean or args.std:
         raise ConfigError("--mean and --std go with --scaling mean-std")
@@ -310,7 +347,7 @@ def required(args, fmt, rates):
         f"--{n.replace('_', '-')} cannot be negative" for n in ("inner_steps", "eval_steps") if getattr(args, n) < 0
     ]
     bad += ["--image-size must be at least 16 for four 2x2 poolings"] if args.image_size < 16 else []
-    bad += [] if args.bn_eps > 0 else [f"--bn-eps must be positive (got {args.bn_eps})"]
+    bad += [] if 0 < args.bn_eps < math.inf else [f"--bn-eps must be a positive finite number (got {args.bn_eps})"]
     bad += [] if args.inner_lr is None or math.isfinite(args.inner_lr) else ["--inner-lr must be a finite number"]
     if bad:
         raise ConfigError(bad[0])
@@ -460,20 +497,30 @@ def build_parser():
 
 def import_model(args):
     """Read, check, and write OUT/best.pt; returns the checkpoint."""
-    fmt = args.format
+    fmt, out = args.format, Path(args.out)
     if len(args.sources) > (2 if fmt == "learn2learn" else 1):
         raise ConfigError(f"--format {fmt} reads one source file (two only for a learn2learn ANIL pair)")
-    out = Path(args.out)
     cli.check_out_folder(out)
-    if out.is_dir() and any(out.glob("*.pt")):
-        raise ConfigError(f"{out} already holds a run; choose another --out (an import never writes over one)")
-    params, rates, adapts = FORMATS[fmt][0](args.sources)
-    args.adapt = args.adapt or adapts
+    if out.is_dir() and any(out.iterdir()):  # another run's test.json or probe would be reported as this one's
+        raise ConfigError(f"{out} already holds files; an import writes a new run folder: choose another --out")
+    params, rates, adapts, absent = FORMATS[fmt][0](args.sources)
+    args.adapt = adapts if args.adapt is None else args.adapt
     required(args, fmt, rates)
-    check_conv4(params, Source(args.sources, fmt), args.image_size)
-    adapts, names = adapting_set(args.adapt, params, Source(args.sources, fmt))
+    source = Source(args.sources, fmt)
+    check_conv4(params, source, args.image_size)
+    check_data(args.data, params["conv1.weight"].shape[1])
+    adapts, names = adapting_set(args.adapt, params, source)
     if rates is not None and not set(names) <= set(rates):
         raise ConfigError(f"--adapt {args.adapt}: the source has learned rates only for {', '.join(rates)}")
+    if set(names) & absent:
+        raise ConfigError(
+            f"--adapt {args.adapt} adapts {', '.join(sorted(set(names) & absent))}, which {source} does not have "
+            "(batch norm without that parameter: it is fixed at 1 or 0 here); leave them out, e.g. --adapt no-bn"
+        )
+    for what, tensors in (("", params), ("the learned rate of ", rates or {})):
+        bad = next((name for name, tensor in tensors.items() if not tensor.isfinite().all()), None)
+        if bad:
+            raise CheckpointError(f"{source}: {what}{bad} holds values that are not finite")
     ckpt = imported_checkpoint(args, params, rates, adapts, names, out)
     with cli.lock_outputs(out, "run.lock", "a run"):
         run_folder.write_checkpoint(ckpt, out / "best.pt")
@@ -482,6 +529,14 @@ def import_model(args):
         f"wrote {out / 'best.pt'}; next: python evaluate.py {out / 'best.pt'}, then python probe.py {out / 'best.pt'}"
     )
     return ckpt
+
+
+def check_data(value, channels):
+    """--data: a dataset name whose images have the model's channels, or a folder that exists."""
+    if value in fetch.SOURCES and not Path(value).exists():
+        fetch.refuse_other_channels(value, channels)
+    elif not Path(value).is_dir():
+        raise ConfigError(f"--data {value} is neither a folder nor a dataset name ({', '.join(fetch.SOURCES)})")
 
 
 def main(argv=None):

@@ -36,7 +36,8 @@ def accuracy_markdown(stats_out):
     for method, s in stats_out["methods"].items():
         test = "not measured (no test.json)"
         if "test_acc" in s:
-            test = "; ".join(f"{100 * a:.2f} ± {100 * c:.2f}%" for a, c in s["test_acc"]["per_run"])
+            test = "; ".join(f"{100 * a:.2f}" + (f" ± {100 * c:.2f}%" if c is not None else "% (one task: no interval)")
+                             for a, c in s["test_acc"]["per_run"])  # fmt: skip
             if len(s["test_acc"]["per_run"]) > 1:
                 test += f" (seeds: {fmt(s['test_acc']['mean_std'], 100, 2)}%)"
         val = fmt(s["best_val_acc"]["mean_std"], 100, 2) + "%" if "best_val_acc" in s else "not measured"

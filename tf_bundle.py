@@ -136,31 +136,40 @@ def entry(value):
             fields[names[number]] = field
         elif number == 7:
             raise ValueError("a tensor is split into slices (only whole tensors are read)")
+    if not all(isinstance(v, int) for v in [*fields.values(), *shape]):
+        raise ValueError("an entry's fields are not the numbers a BundleEntryProto holds")
     return {**fields, "shape": tuple(shape)}
+
+
+DATA_SUFFIX = ".data-00000-of-00001"
 
 
 def read_bundle(prefix):
     """{name: numpy array} of the bundle whose files are PREFIX.index and PREFIX.data-00000-of-00001
-    (`prefix` may also name the .index file). Raises CheckpointError, in one sentence, for a bundle that
-    is missing, truncated, damaged or uses what this reader does not read."""
-    prefix = str(prefix).removesuffix(".index")
-    index_path, data_path = Path(prefix + ".index"), Path(prefix + ".data-00000-of-00001")
+    (`prefix` may also name either file). Raises CheckpointError, in one sentence, for a bundle that is
+    missing, truncated, damaged or uses what this reader does not read."""
+    prefix = str(prefix).removesuffix(".index").removesuffix(DATA_SUFFIX)
+    index_path, data_path = Path(prefix + ".index"), Path(prefix + DATA_SUFFIX)
+    if Path(prefix).is_file():
+        raise CheckpointError(f"{prefix} is a file, not a TensorFlow bundle (PREFIX.index beside PREFIX{DATA_SUFFIX}); "
+                              "is it a torch state_dict (another --format)?")  # fmt: skip
     for path in (index_path, data_path):
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; a TensorFlow bundle is PREFIX.index beside {data_path.name}")
+    data = data_path.read_bytes()
     try:
         entries = table_entries(index_path.read_bytes())
-    except ValueError as e:
-        raise CheckpointError(f"{index_path} is not a readable TensorFlow checkpoint index: {e}") from None
-    data = data_path.read_bytes()
-    if not entries or entries[0][0] != b"":
-        raise CheckpointError(f"{index_path} has no bundle header (its first key must be empty)")
-    header = dict(proto_fields(entries[0][1]))
+        if not entries or entries[0][0] != b"":
+            raise ValueError("it has no bundle header (its first key must be empty)")
+        header = dict(proto_fields(entries[0][1]))
+        entries = [(key.decode(), entry(value)) for key, value in entries[1:]]
+    except (ValueError, TypeError, IndexError, OverflowError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index_path} is not a readable TensorFlow checkpoint index (damaged?): {e}") from None
     if header.get(1, 1) != 1 or header.get(2, 0) != 0:
         raise CheckpointError(
             f"{index_path} is a bundle of {header.get(1)} shards or big-endian; one little-endian shard is read"
         )
-    return {key.decode(): tensor(key.decode(), entry(value), data, data_path) for key, value in entries[1:]}
+    return {name: tensor(name, e, data, data_path) for name, e in entries}
 
 
 def tensor(name, e, data, data_path):
@@ -177,5 +186,5 @@ def tensor(name, e, data, data_path):
         )
     raw = data[e["offset"] : end]
     if crc32c(raw) != unmasked(e["crc32c"]):
-        raise CheckpointError(f"{data_path} is damaged: the bytes of tensor {name} fail their CRC32C")
+        raise CheckpointError(f"{data_path} or its index is damaged: the bytes of tensor {name} fail their CRC32C")
     return np.frombuffer(raw, dtype=dtype).reshape(e["shape"]).copy()

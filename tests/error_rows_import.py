@@ -5,12 +5,13 @@ import shutil
 
 import pytest
 import torch
+import torch.nn as nn
 
 from conftest import ROOT
 
 TF_BUNDLE = ROOT.parent / "shared" / "data" / "foreign-checkpoints" / "cbfinn-maml-miniimagenet-5w1s" / "model59000"
 NEEDS_BUNDLE = pytest.mark.skipif(not TF_BUNDLE.with_suffix(".index").exists(), reason="needs the official MAML bundle")
-OPTIONS = ["--data", "ravi", "--image-size", "84", "--shots", "1", "--inner-steps", "1", "--eval-steps", "1",
+OPTIONS = ["--data", "mini-imagenet", "--image-size", "84", "--shots", "1", "--inner-steps", "1", "--eval-steps", "1",
            "--eval-queries", "1"]  # fmt: skip
 
 
@@ -38,6 +39,38 @@ def l2l(*options, change=None, rates=False, fmt="learn2learn", name="model.pt"):
         return [str(ctx.d / name), "--format", fmt, "--out", str(ctx.d / "imported"), *options]
 
     return setup
+
+
+def plain(*options, affine=True, head_bias=True, change=None):
+    """import_model.py --format state-dict of an nn.Sequential Conv-4 (4 filters, 84 px)."""
+
+    def setup(ctx):
+        layers = []
+        for i in range(4):
+            layers += [nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1), nn.BatchNorm2d(4, affine=affine), nn.ReLU(),
+                       nn.MaxPool2d(2)]  # fmt: skip
+        state = nn.Sequential(*layers, nn.Flatten(), nn.Linear(100, 5, bias=head_bias)).state_dict()
+        (change or (lambda s: None))(state)
+        torch.save(state, ctx.d / "sd.pt")
+        return [str(ctx.d / "sd.pt"), "--format", "state-dict", "--out", str(ctx.d / "imported"), *options]
+
+    return setup
+
+
+def out_with(name):
+    def setup(ctx):
+        (ctx.d / "imported").mkdir()
+        (ctx.d / "imported" / name).write_text("{}")
+        return l2l(*WITH_RATE)(ctx)
+
+    return setup
+
+
+def anil_pair_of_two_heads(ctx):
+    for name in ("a.pt", "b.pt"):
+        torch.save({"module.weight": torch.ones(5, 100), "module.bias": torch.zeros(5)}, ctx.d / name)
+    return [str(ctx.d / "a.pt"), str(ctx.d / "b.pt"), "--format", "learn2learn", "--out", str(ctx.d / "imported"),
+            *WITH_RATE]  # fmt: skip
 
 
 def file_as_source(content, *options):
@@ -136,4 +169,29 @@ IMPORT_CASES = [
     pytest.param("evaluate", evaluate_flags("--tasks", "0"), "--tasks must be at least 1", id="evaluate zero tasks"),
     pytest.param("evaluate", evaluate_flags("--split", "train"), "argument --split: invalid choice",
                  id="evaluate on the training split"),
+    pytest.param("import_model", plain(*WITH_RATE, "--bn-eps", "1e-5", "--adapt", "all", affine=False),
+                 "--adapt all adapts bn1.bias, bn1.weight, .* which .* does not have", id="adapting absent bn"),
+    pytest.param("import_model", plain(*WITH_RATE, "--bn-eps", "1e-5", "--adapt", "all", head_bias=False),
+                 "its Linear has no bias", id="a head without bias"),
+    pytest.param("import_model", plain(*WITH_RATE, "--bn-eps", "inf", "--adapt", "all"),
+                 "--bn-eps must be a positive finite number", id="infinite epsilon"),
+    pytest.param("import_model", plain("--scaling", "mean-std", "--mean", "0", "0", "0", "--std", "nan", "1", "1",
+                                       "--inner-lr", "0.5", *OPTIONS, "--bn-eps", "1e-5", "--adapt", "all"),
+                 "--std positive and finite", id="std nan"),
+    pytest.param("import_model", plain(*WITH_RATE, "--bn-eps", "1e-5", "--adapt", "all", change=lambda s: s[
+        "4.weight"].fill_(float("nan"))), "conv2.weight holds values that are not finite", id="nan weights"),
+    pytest.param("import_model", plain(*WITH_RATE, "--bn-eps", "1e-5", "--adapt", "all", change=lambda s: s.update(
+        {f"lrs.{j}": torch.ones(1) for j in range(18)})), r"learned rates \(lrs.\*\) that do not match",
+                 id="state dict with learned rates"),
+    pytest.param("import_model", l2l(*WITH_RATE, rates=True, change=lambda s: s.update({"extra.w": torch.ones(2)})),
+                 r"holds tensors beside its wrapped module \(extra.w\)", id="a stray tensor beside the wrapper"),
+    pytest.param("import_model", l2l(*WITH_RATE, "--adapt", ""), "--adapt '' names no parameter", id="empty adapt"),
+    pytest.param("import_model", out_with("test.json"), "already holds files", id="out with another run's results"),
+    pytest.param("import_model", anil_pair_of_two_heads, "is not an ANIL pair", id="two head files"),
+    pytest.param("import_model", l2l("--inner-lr", "0.5", *OPTIONS, fmt="maml-tf"),
+                 "is a file, not a TensorFlow bundle", id="a torch file read as a bundle"),
+    pytest.param("import_model", l2l(*WITH_RATE[:4], "--data", "nowhere", *OPTIONS[2:]),
+                 "--data nowhere is neither a folder nor a dataset name", id="data that is not there"),
+    pytest.param("import_model", l2l(*WITH_RATE[:4], "--data", "omniglot", *OPTIONS[2:]),
+                 "--data omniglot has 1 channel", id="data with other channels"),
 ]  # fmt: skip

@@ -24,7 +24,7 @@ TF_BUNDLE = FOREIGN / "cbfinn-maml-miniimagenet-5w1s" / "model59000"
 L2L_MODEL = FOREIGN / "learn2learn-maml-miniimagenet-5w1s" / "model.pt"
 needs = lambda path: pytest.mark.skipif(not Path(str(path) + ("" if path.suffix else ".index")).exists(),
                                         reason=f"needs {path} (../shared/data/foreign-checkpoints)")  # fmt: skip
-COMMON = ["--data", "somewhere", "--image-size", "84", "--shots", "1", "--inner-steps", "2", "--eval-steps", "3",
+COMMON = ["--data", "mini-imagenet", "--image-size", "84", "--shots", "1", "--inner-steps", "2", "--eval-steps", "3",
           "--eval-queries", "2"]  # fmt: skip
 
 
@@ -285,12 +285,8 @@ def test_the_official_maml_bundle_imports_to_its_tf_forward_and_inner_loop(tmp_p
 
     if bundle == "official":
         prefix, raw = TF_BUNDLE, tf_bundle.read_bundle(TF_BUNDLE)
-    else:  # random weights of 4 filters, in the official code's names and layouts (HWIO, w5 over NHWC)
-        g = torch.Generator().manual_seed(7)
-        shapes = {f"conv{i}": (3, 3, 3 if i == 1 else 4, 4) for i in range(1, 5)} | {"w5": (100, 5), "b5": (5,)}
-        shapes |= {f"b{i}": (4,) for i in range(1, 5)} | {f"beta{i}": (4,) for i in range(1, 5)}
-        raw = {tf_names()[k]: (torch.randn(shape, generator=g) * 0.4).numpy() for k, shape in shapes.items()}
-        prefix = tmp_path / "model100"
+    else:  # random weights of 4 filters, in the official code's names and layouts
+        raw, prefix = tf_weights(), tmp_path / "model100"
         write_bundle(prefix, raw)
         assert {k: v.tolist() for k, v in tf_bundle.read_bundle(prefix).items()} == {
             k: v.tolist() for k, v in raw.items()
@@ -307,6 +303,50 @@ def test_the_official_maml_bundle_imports_to_its_tf_forward_and_inner_loop(tmp_p
         fast = {k: v - 0.01 * g for (k, v), g in zip(fast.items(), grads)}
     expected = tf_forward({**w, **fast}, nhwc(query)).detach()
     assert (ours(ckpt, query, (support, labels), 2) - expected).abs().max() < 1e-10
+
+
+def tf_weights(hidden=4, ways=5, features=None, seed=7):
+    """Random weights in the official code's names and layouts (HWIO, w5 over the NHWC flatten)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {f"conv{i}": (3, 3, 3 if i == 1 else hidden, hidden) for i in range(1, 5)}
+    shapes |= {"w5": (features or 25 * hidden, ways), "b5": (ways,)}
+    shapes |= {f"b{i}": (hidden,) for i in range(1, 5)} | {f"beta{i}": (hidden,) for i in range(1, 5)}
+    return {tf_names()[k]: (torch.randn(shape, generator=g) * 0.4).numpy() for k, shape in shapes.items()}
+
+
+def test_a_bundle_is_read_by_either_file_name_and_any_damaged_index_byte_is_refused_or_harmless(tmp_path):
+    import tf_bundle
+    from cli import CheckpointError
+
+    raw = tf_weights()
+    write_bundle(tmp_path / "model", raw)
+    for name in ("model", "model.index", "model.data-00000-of-00001"):
+        assert tf_bundle.read_bundle(tmp_path / name).keys() == raw.keys()
+    index = (tmp_path / "model.index").read_bytes()
+    for at in range(len(index)):  # every byte flipped: the same tensors, or one line (never a traceback)
+        (tmp_path / "model.index").write_bytes(index[:at] + bytes([index[at] ^ 0xFF]) + index[at + 1 :])
+        try:
+            read = tf_bundle.read_bundle(tmp_path / "model")
+        except CheckpointError:
+            continue
+        assert {k: v.tolist() for k, v in read.items()} == {k: v.tolist() for k, v in raw.items()}, at
+
+
+def test_the_official_codes_omniglot_network_and_a_scale_it_never_had_are_refused(tmp_path):
+    from cli import CheckpointError, ConfigError
+
+    write_bundle(tmp_path / "omniglot", tf_weights(features=4))  # strided convs and a mean: w5 [filters, ways]
+    with pytest.raises(CheckpointError, match="w5 takes 4 features, not the 100 of the official code's Mini-ImageNet"):
+        import_model.main([str(tmp_path / "omniglot"), "--format", "maml-tf", "--out", str(tmp_path / "a"),
+                           "--inner-lr", "0.01", *COMMON])  # fmt: skip
+    write_bundle(tmp_path / "mini", tf_weights())
+    with pytest.raises(ConfigError, match="--adapt all adapts bn1.weight, .* which .* does not have"):
+        import_model.main([str(tmp_path / "mini"), "--format", "maml-tf", "--out", str(tmp_path / "b"), "--adapt",
+                           "all", "--inner-lr", "0.01", *COMMON])  # fmt: skip
+    offsets_too = "conv,head,bn1.bias,bn2.bias,bn3.bias,bn4.bias"  # the offsets exist: they may adapt
+    ckpt = import_model.main([str(tmp_path / "mini"), "--format", "maml-tf", "--out", str(tmp_path / "c"), "--adapt",
+                              offsets_too, "--inner-lr", "0.01", *COMMON])  # fmt: skip
+    assert ckpt["config"]["inner_params"] == "custom" and "bn1.weight" not in ckpt["inner_lrs"]
 
 
 def test_evaluate_repeats_a_trained_runs_test_json_and_an_imported_model_gets_its_own(tmp_path_factory, tmp_path):
@@ -360,6 +400,10 @@ def test_an_imported_model_is_evaluated_probed_and_reported_as_imported(tmp_path
                        "--eval-queries", "1", "--test-tasks", "6"])  # fmt: skip
     mean, ci95 = evaluate.main([str(out / "best.pt"), "--no-progress"])  # its own protocol: test.json
     assert json_of(out / "test.json")["test_acc"] == mean and json_of(out / "test.json")["tasks"] == 6
+    written = (out / "test.json").read_text()
+    evaluate.main([str(out / "best.pt"), "--no-progress", "--data", str(tmp_path / "ravi")])  # data given: prints only
+    assert evaluate.main([str(out / "best.pt"), "--no-progress", "--tasks", "1"])[1] is None  # one task: no interval
+    assert (out / "test.json").read_text() == written
     probe.main([str(out / "best.pt"), "--iterations", "4", "--batch", "4", "--queries", "1", "--off-task", "any",
                 "--no-progress"])  # fmt: skip
     report = analyze.main([str(out), "--out", str(tmp_path / "report")]).read_text()
