@@ -67,7 +67,9 @@ def fig6(runs, out):
         for run in sgd:
             rates = run["table1"]["rates"]
             r = np.concatenate([v.ravel() for n, v in rates.items() if layer_of(n) == layer and "weight" in n])
-            ax.hist(r, bins=60, alpha=0.6, label=f"seed {run['config']['seed']}")
+            ax.hist(
+                r, bins=60, alpha=0.6, histtype="stepfilled", label=f"seed {run['config']['seed']}"
+            )  # one patch, not 60
         ax.axvline(0, color="k", lw=0.8)
         ax.set_title(layer)
         ax.set_xlabel("learned inner rate")

@@ -133,6 +133,17 @@ def all_runs(root, seeds=SEEDS):
     return [root / f"{m}{s}" for m in ("maml", "metasgd") for s in seeds]
 
 
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """The runs of `runs` and, made once for the tests that only read them, their report (`report/`) and the
+    report of seed 0 alone (`report-seed0/`)."""
+    root = tmp_path_factory.mktemp("reported")
+    made = {(m, s): make_run(root / f"{m}{s}", m, s) for m in ("maml", "metasgd") for s in SEEDS}
+    analyze.analyze(all_runs(root), root / "report")
+    analyze.analyze([root / "maml0", root / "metasgd0"], root / "report-seed0")
+    return root, made
+
+
 def test_table1_comes_from_the_probed_checkpoint_with_weight_and_bias_rows(runs, tmp_path):
     root, made = runs
     analyze.analyze([root / "maml0", root / "metasgd0", root / "metasgd1"], tmp_path / "report")
@@ -154,10 +165,9 @@ def test_table1_comes_from_the_probed_checkpoint_with_weight_and_bias_rows(runs,
     assert "from best.pt (the checkpoint probe.csv probed)" in caption and "weights only" in caption
 
 
-def test_per_seed_and_across_seed_statistics_match_scipy(runs, tmp_path):
-    root, made = runs
-    analyze.analyze(all_runs(root), tmp_path / "report")
-    result = json.loads((tmp_path / "report" / "stats.json").read_text())
+def test_per_seed_and_across_seed_statistics_match_scipy(reported):
+    root, made = reported
+    result = json.loads((root / "report" / "stats.json").read_text())
     for method in ("maml", "metasgd"):
         p = result["methods"][method]["probes"]["probe"]
         on_means, off_means = [], []
@@ -185,10 +195,9 @@ def test_per_seed_and_across_seed_statistics_match_scipy(runs, tmp_path):
         assert result["methods"][method]["best_val_acc"]["per_run"] == pytest.approx([0.45, 0.46, 0.47])
 
 
-def test_between_methods_is_a_paired_test_over_task_pairs_then_over_seeds(runs, tmp_path):
-    root, made = runs
-    analyze.analyze(all_runs(root), tmp_path / "report")
-    between = json.loads((tmp_path / "report" / "stats.json").read_text())["between_methods"]["metasgd"]["probe"]
+def test_between_methods_is_a_paired_test_over_task_pairs_then_over_seeds(reported):
+    root, made = reported
+    between = json.loads((root / "report" / "stats.json").read_text())["between_methods"]["metasgd"]["probe"]
     off_means, interaction_means = [], []
     for seed, per_seed in zip(SEEDS, between["per_seed"]):
         m, s = made[("maml", seed)]["records"], made[("metasgd", seed)]["records"]
@@ -234,20 +243,20 @@ def test_probes_with_other_settings_are_not_paired_and_say_why(runs, tmp_path):
     assert between["unpaired"] == ["seed 2: probed with different settings (queries), so on different task pairs"]
 
 
-def test_one_seed_says_no_across_seed_claim_can_be_made(runs, tmp_path):
-    root, _ = runs
-    report = analyze.analyze(all_runs(root, seeds=(0,)), tmp_path / "report").read_text()
-    result = json.loads((tmp_path / "report" / "stats.json").read_text())
+def test_one_seed_says_no_across_seed_claim_can_be_made(reported):
+    root, _ = reported
+    report = (root / "report-seed0" / "report.md").read_text()
+    result = json.loads((root / "report-seed0" / "stats.json").read_text())
     assert result["methods"]["maml"]["probes"]["probe"]["across_seeds"]["note"] == analyze.ONE_SEED
     assert result["between_methods"]["metasgd"]["probe"]["across_seeds"]["note"] == analyze.ONE_SEED
-    assert "no across-seed claim can be made" in (tmp_path / "report" / "stats.md").read_text()
+    assert "no across-seed claim can be made" in (root / "report-seed0" / "stats.md").read_text()
     assert "no across-seed claim can be made" in report
 
 
-def test_every_p_value_names_its_test_unit_and_n(runs, tmp_path):
-    root, _ = runs
-    report = analyze.analyze(all_runs(root), tmp_path / "report").read_text()
-    for text in (report, (tmp_path / "report" / "stats.md").read_text()):
+def test_every_p_value_names_its_test_unit_and_n(reported):
+    root, _ = reported
+    report = (root / "report" / "report.md").read_text()
+    for text in (report, (root / "report" / "stats.md").read_text()):
         mentions = re.findall(r"p = [^ ;|]+(?: \([^)]*\))?", text)
         assert len(mentions) > 20
         for mention in mentions:
@@ -256,11 +265,11 @@ def test_every_p_value_names_its_test_unit_and_n(runs, tmp_path):
     assert "`probe.py --queries 1`" in report and "15 query image(s) per class" in report
 
 
-def test_figures_are_non_empty_pngs_of_sensible_size(runs, tmp_path):
-    root, _ = runs
-    report = analyze.analyze([root / "maml0", root / "metasgd0"], tmp_path / "report")
+def test_figures_are_non_empty_pngs_of_sensible_size(reported):
+    root, _ = reported
+    report = root / "report-seed0" / "report.md"
     for name in ("fig5_training.png", "fig6_learned_rates.png", "fig6_rates_over_training.png", "fig7_probe.png"):
-        path = tmp_path / "report" / name
+        path = root / "report-seed0" / name
         assert path.stat().st_size > 10_000, name
         with Image.open(path) as im:
             assert im.width >= 800 and im.height >= 400, (name, im.size)
@@ -268,9 +277,9 @@ def test_figures_are_non_empty_pngs_of_sensible_size(runs, tmp_path):
         assert f"({name})" in report.read_text()
 
 
-def test_report_puts_paper_numbers_beside_ours_and_flags_synthetic_short_runs(runs, tmp_path):
-    root, _ = runs
-    text = analyze.analyze([root / "maml0", root / "metasgd0"], tmp_path / "report").read_text()
+def test_report_puts_paper_numbers_beside_ours_and_flags_synthetic_short_runs(reported):
+    root, _ = reported
+    text = (root / "report-seed0" / "report.md").read_text()
     for paper_number in ("~46%", "~47%", "48.7%", "50.5%", "-0.006", "0.072", "+0.2 pp", "0.00044"):
         assert paper_number in text, paper_number
     assert "synthetic dataset" in text and "Short runs" in text

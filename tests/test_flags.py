@@ -107,7 +107,7 @@ def test_method_refuses_a_flag_that_contradicts_it_and_counts_as_its_flags_on_re
     maml.main(tiny_flags(out, "--iterations", "2", "--resume", "--method", "metasgd"))  # its own method resumes
 
 
-@pytest.mark.parametrize("method", ["anil", "boil", "anil-metasgd", "boil-metasgd", "maml-no-bn"])
+@pytest.mark.parametrize("method", ["anil", "boil", "anil-metasgd", "boil-metasgd"])
 def test_the_progress_bar_names_the_method(tmp_path, capsys, method):
     argv = [f for f in tiny_flags(tmp_path / "run", "--iterations", "1", "--eval-every", "1") if f != "--no-progress"]
     maml.main([*argv, "--method", method, "--val-tasks", "2", "--test-tasks", "2"])

@@ -153,7 +153,7 @@ def test_resume_after_a_finished_run_continues_exactly(tmp_path):
 
 
 def test_ctrl_c_saves_and_resume_ends_identical_to_uninterrupted(tmp_path):
-    flags = ["--iterations", "300", "--eval-every", "300", "--save-every", "10"]
+    flags = ["--iterations", "150", "--eval-every", "150", "--save-every", "10"]
     maml.main(tiny_flags(tmp_path / "whole", *flags))
     out = tmp_path / "interrupted"
     cmd = [sys.executable, str(ROOT / "maml.py"), *tiny_flags(out, *flags)]
@@ -167,9 +167,9 @@ def test_ctrl_c_saves_and_resume_ends_identical_to_uninterrupted(tmp_path):
     assert proc.returncode == 0, stderr
     assert "interrupted: saved iteration" in stdout
     stopped_at = run_folder.load_checkpoint(out / "ckpt.pt")["iteration"]
-    assert 0 < stopped_at < 300
+    assert 0 < stopped_at < 150
     maml.main(tiny_flags(out, *flags, "--resume"))
-    assert run_folder.load_checkpoint(out / "ckpt.pt")["iteration"] == 300
+    assert run_folder.load_checkpoint(out / "ckpt.pt")["iteration"] == 150
     metrics, lr_stats = logs(tmp_path / "whole")
     assert_same_run(out, {"params": final_params(tmp_path / "whole"), "metrics": metrics, "lr_stats": lr_stats})
 
