@@ -30,7 +30,7 @@ import stats
 from cli import AnalysisError
 from flags import ADAPTS, METHOD_NAMES
 from stats import LAYERS, ONE_SEED
-from stats_md import fmt, p_text, stats_markdown
+from stats_md import by_construction, fmt, p_text, stats_markdown
 
 PAPER_TABLE1 = {
     "conv1": ("-0.006", "0.032"),
@@ -48,7 +48,8 @@ PAPER_TABLE1 = {
 
 def settings_groups(runs):
     """The runs, in groups whose every result-changing setting agrees (Meta-SGD's --lr-init-range aside
-    for MAML runs): {label: runs}, the label naming the settings that separate the groups ('' for one)."""
+    for MAML runs): ({label: runs}, the flags of the settings that separate them), each label naming those
+    settings' values ('' for one group)."""
 
     def settings(run):  # the data by what it holds when the checkpoint says so: a moved folder is the same data
         data = run.get("data_identity") or run["config"]["data"] or run["config"]["data_name"]
@@ -58,13 +59,20 @@ def settings_groups(runs):
 
     keys = [json.dumps(settings(r), sort_keys=True, default=str) for r in runs]
     if len(set(keys)) == 1:
-        return {"": runs}
+        return {"": runs}, []
     varying = sorted({k for r in runs for k, v in settings(r).items() if any(settings(o).get(k) != v for o in runs)})
     groups = {}
     for run in runs:
-        label = ", ".join(f"--{k.replace('_', '-')} {run['config'].get(k, settings(run).get(k))}" for k in varying)
+        values = [run["config"].get(k, settings(run).get(k)) for k in varying]
+        label = ", ".join(f"--{k.replace('_', '-')} {as_typed(v)}" for k, v in zip(varying, values))
         groups.setdefault(label, []).append(run)
-    return groups
+    return groups, [f"--{k.replace('_', '-')}" for k in varying]
+
+
+def as_typed(value):
+    """A setting's value as the command line takes it: a list's items separated by spaces (--lr-init-range
+    -0.02 0.05), not Python's '[-0.02, 0.05]', whose comma would read as the end of the setting."""
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else value
 
 
 def check_compatible(runs):
@@ -273,8 +281,9 @@ def beside_the_paper(stats_out):
         if b and b["per_seed"]:
             per_seed = [(s["seed"], s["off_difference"]) for s in b["per_seed"]]
             ours = ours_p(per_seed, b["across_seeds"].get("off_difference"), ONE_SEED)
+        ours += f" ({by_construction(method)})" if by_construction(method) else ""
         if method in stats_out["between_methods"]:
-            lines.append(f"| off-task change, {METHOD_NAMES[method]} − MAML (paired) | not stated | {ours} |")
+            lines.append(f"| off-task change, {METHOD_NAMES[method]} − MAML (paired) | not in the paper | {ours} |")
     return lines
 
 
@@ -410,10 +419,9 @@ def analyze(paths, out):
         raise AnalysisError("give at least one run folder")
     check_compatible(runs)
     cli.check_out_folder(out)
-    groups, out = settings_groups(runs), Path(out)
+    (groups, settings), out = settings_groups(runs), Path(out)
     if len(groups) == 1:
         return write_report(runs, out)
-    settings = sorted({part.rsplit(" ", 1)[0] for label in groups for part in label.split(", ")})
     differ = f"These runs are not seeds of one study: they differ in {', '.join(settings)}."
     lines = ["# Report: runs in groups", "", differ, "Each group has its own report:", ""]
     for number, (label, group) in enumerate(groups.items(), 1):

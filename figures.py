@@ -86,28 +86,34 @@ def fig6(runs, out):
     return True
 
 
+# Seeds beyond these share a style (and then only lines of different layers, so of different colours, do).
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2, 2, 2)))
+
+
 def fig6_over_training(sgd, layers, out):
     """Figure 6b: each layer's mean learned rate and fraction of negative rates at every evaluation."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for run in sgd:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    colours = plt.get_cmap("tab10").colors  # a colour per layer, a line style per seed: no two lines alike
+    for s, run in enumerate(sgd):
         rows = [r for r in run["lr_stats"] if r["kind"] == "layer"]
-        for layer in layers:
+        for i, layer in enumerate(layers):
             pts = [
                 (int(r["iteration"]), float(r["mean"]), float(r["frac_negative"])) for r in rows if r["name"] == layer
             ]
             if pts:
                 it, mean, neg = zip(*pts)
                 label = layer if len(sgd) == 1 else f"{layer} (seed {run['config']['seed']})"
-                axes[0].plot(it, mean, label=label)
-                axes[1].plot(it, [100 * n for n in neg], label=label)
+                style = {"color": colours[i % len(colours)], "ls": LINE_STYLES[s % len(LINE_STYLES)], "label": label}
+                axes[0].plot(it, mean, **style)
+                axes[1].plot(it, [100 * n for n in neg], **style)
     axes[0].axhline(0, color="k", lw=0.8)
     axes[0].set_ylabel("mean learned rate")
     axes[1].set_ylabel("entries with a negative rate (%)")
     for ax in axes:
         ax.set_xlabel("meta-iteration")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=6, ncol=2)
     fig.suptitle("Figure 6b: when do the rates turn negative? (statistics logged at every evaluation)")
     fig.tight_layout()
     save(fig, out / "fig6_rates_over_training.png")
@@ -156,8 +162,9 @@ def fig7(stats_out, out, stem="probe"):
 
 
 def cka_lines(stats_out, stem="probe"):
-    """The CKA figure's lines, {label: CKA per column}: per method, over its seeds probed with --similarity
-    when there are several, else the one seed's; a method with seeds probed without it says how many had it."""
+    """The CKA figure's lines, {label: (summary, per-seed summaries)}: per method, the mean and interval over
+    its seeds probed with --similarity when there are several, else the one seed's; each seed's own means
+    beside them. A method with seeds probed without --similarity says how many had it."""
     have = {}
     for method, s in stats_out["methods"].items():
         p = s["probes"].get(stem) or {"per_seed": []}
@@ -166,32 +173,50 @@ def cka_lines(stats_out, stem="probe"):
             f" ({len(measured)} of {len(p['per_seed'])} seeds)" if len(measured) < len(p["per_seed"]) else ""
         )
         if measured:
-            have[label] = p["across_seeds"].get("similarity") or measured[0]["similarity"]
+            summary = p["across_seeds"].get("similarity") or measured[0]["similarity"]
+            have[label] = (summary, [r["similarity"] for r in measured] if len(measured) > 1 else [])
     return have
 
 
+def clipped_interval(mean, ci95):
+    """An interval's extent below and above `mean`, within CKA's range [0, 1] (an interval over two seeds can
+    run far outside it); no interval where none was measured."""
+    if not np.isfinite(ci95):
+        return 0.0, 0.0
+    return mean - max(0.0, mean - ci95), min(1.0, mean + ci95) - mean
+
+
 def fig_cka(stats_out, out, stem="probe"):
-    """Linear CKA before vs after adaptation per layer, on- and off-task, one line per method (the shape of
-    Raghu et al.'s Figure 2)."""
+    """Linear CKA before vs after adaptation per layer, on- and off-task: per method its mean with a 95%
+    interval clipped to [0, 1] (the caption says so) and, with several seeds, each seed's mean as a dot."""
     have = cka_lines(stats_out, stem)
     if not have:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    x = np.arange(len(CKA_LAYERS))
     for ax, (regime, title) in zip(
         axes, (("on", "on-task (task A's queries)"), ("off", "off-task (task B's queries)"))
     ):
-        for label, cka in have.items():
+        for label, (cka, seeds) in have.items():
             numbers = [cka[f"cka_{regime}_{layer}"] for layer in CKA_LAYERS]
-            errors = [c["ci95"] if np.isfinite(c["ci95"]) else 0 for c in numbers]
-            ax.errorbar(CKA_LAYERS, [c["mean"] for c in numbers], yerr=errors, marker="o", capsize=3, label=label)
+            means = [c["mean"] for c in numbers]
+            extent = np.array([clipped_interval(c["mean"], c["ci95"]) for c in numbers]).T
+            line = ax.errorbar(x, means, yerr=extent, marker="o", capsize=3, label=label)
+            for seed in seeds:
+                ys = [seed[f"cka_{regime}_{layer}"]["mean"] for layer in CKA_LAYERS]
+                ax.plot(x, ys, ls="none", marker=".", color=line[0].get_color(), alpha=0.6)
+        ax.set_xticks(x, CKA_LAYERS)
+        ax.set_ylim(-0.02, 1.02)
         ax.set_title(title)
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("linear CKA, before vs after adaptation (95% CI)")
+    axes[0].set_ylabel("linear CKA, before vs after adaptation")
     axes[0].legend(fontsize=8)
     fig.suptitle("Where adaptation changes the representation: 1 = unchanged (up to rotation and scale)")
-    fig.tight_layout()
+    fig.text(0.5, 0.01, "Lines: the mean (over seeds where there are several); bars: its 95% interval, clipped to "
+             "CKA's range [0, 1]; dots: each seed's mean.", ha="center", fontsize=8)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     save(fig, out / "fig_cka_per_layer.png")
     plt.close(fig)
     return True

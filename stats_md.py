@@ -6,7 +6,7 @@ p-value is written with its test, unit and n (`p_text`). Reads stats.compute_sta
 
 import numpy as np
 
-from flags import METHOD_NAMES
+from flags import METHOD_NAMES, METHODS
 from stats import CKA_LAYERS
 
 
@@ -90,6 +90,15 @@ def across_seeds_markdown(stats_out):
     return lines
 
 
+def by_construction(method):
+    """For a method whose encoder never adapts (ANIL and its learned-rate variant), what its comparison with
+    MAML is: not a result of its own, but MAML's change with the sign flipped."""
+    if METHODS[method][1] != "head":
+        return None
+    return (f"follows from MAML's own change: {METHOD_NAMES[method]}'s encoder does not adapt, so this is minus "
+            "MAML's change")  # fmt: skip
+
+
 def between_methods_markdown(stats_out):
     lines = [
         "### Between methods: each method − MAML on the same task pairs",
@@ -115,6 +124,8 @@ def between_methods_markdown(stats_out):
                 cells = [f"{pct(a[k])}; {p_text(a[k])}" for k in ("off_difference", "interaction")]
                 lines.append(f"| {name} | {stem} | across {a['seeds']} seeds | " + " | ".join(cells) + " |")
             lines += [f"| {name} | {stem} | not paired | {why} | |" for why in b["unpaired"]]
+            lines += [f"| {name} | {stem} | by construction | {by_construction(method)} | |"] if by_construction(
+                method) else []  # fmt: skip
     return lines
 
 

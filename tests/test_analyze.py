@@ -509,3 +509,28 @@ def test_the_cka_figure_names_a_method_whose_seeds_were_not_all_probed_with_simi
     probes = lambda *seeds: {"probes": {"probe": {"per_seed": list(seeds), "across_seeds": {}}}}  # noqa: E731
     stats_out = {"methods": {"maml": probes(with_cka, without), "boil": probes(with_cka), "anil": probes(without)}}
     assert list(figures.cka_lines(stats_out)) == ["MAML (1 of 2 seeds)", "BOIL"]
+
+
+def test_anils_rows_against_maml_say_they_follow_from_mamls_change_and_the_paper_column_never_says_not_stated(
+    tmp_path,
+):
+    folders = []
+    for name, method, extra in (("maml", "maml", {}), ("anil", "maml", {"inner_params": "head"}),
+                                ("anilsgd", "metasgd", {"inner_params": "head"})):  # fmt: skip
+        make_run(tmp_path / name, method, 0, **extra)
+        folders.append(tmp_path / name)
+    report = analyze.analyze(folders, tmp_path / "r").read_text()
+    for display in ("ANIL", "ANIL with Meta-SGD rates"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| off-task change, {display} − MAML"))
+        assert row.split(" | ")[1] == "not in the paper" and f"follows from MAML's own change: {display}'s" in row
+        assert f"| {display} | probe | by construction | follows from MAML's own change" in report
+    paper_cells = [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| ") and " | " in line]
+    assert "not stated" not in paper_cells
+
+
+def test_a_setting_whose_value_holds_a_comma_leaves_the_index_sentence_whole(tmp_path):
+    make_run(tmp_path / "a", "metasgd", 0, lr_init_range=[-0.02, 0.05])
+    make_run(tmp_path / "b", "metasgd", 1, lr_init_range=[0.0, 0.1])
+    index = analyze.analyze([tmp_path / "a", tmp_path / "b"], tmp_path / "r").read_text()
+    assert "they differ in --lr-init-range." in index
+    assert "[--lr-init-range -0.02 0.05](group1/report.md)" in index and "[" not in index.split("differ in")[1][:20]
