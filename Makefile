@@ -68,17 +68,18 @@ paper: $(STAMP)
 	@test -n "$(PAPER_DATA)" || { echo 'DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet'; exit 2; }
 	@test -n "$(strip $(METHODS))" || { echo 'METHODS is empty: name at least one method (maml.py --help, --method)'; exit 2; }
 	@test -n "$(strip $(RUNS))" -a -n "$(strip $(REPORT))" || { echo 'RUNS and REPORT may not be empty: they are the folders of the runs and the report'; exit 2; }
+	@test "$(words $(RUNS) $(REPORT))" = 2 || { echo 'RUNS and REPORT may not hold a space (make splits words there); DATA may'; exit 2; }
 	@test "$(words $(METHODS))" = "$(words $(sort $(METHODS)))" || { echo 'METHODS names a method twice ($(strip $(METHODS))): each trains into $(RUNS)/<method>, so name each once'; exit 2; }
 	@# every method's flags parsed as maml.py parses them, in one process, before any training: an unknown
 	@# --method, or a flag in PAPER_FLAGS that contradicts one of the methods, ends here in one line
 	@$(PY) -c 'import sys, cli, flags; [cli.run_cli(flags.parse, [*sys.argv[2:], "--method", m]) for m in sys.argv[1].split()]' '$(METHODS)' $(PAPER_FLAGS)
-	$(foreach m,$(METHODS),$(PY) maml.py --data $(PAPER_DATA) $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/$(m) --method $(m) &&) true
+	$(foreach m,$(METHODS),$(PY) maml.py --data '$(PAPER_DATA)' $(PAPER_FLAGS) --seeds $(SEEDS) --out $(RUNS)/$(m) --method $(m) &&) true
 	for run in $(PAPER_RUNS); do \
-	  $(PY) probe.py $$run/best.pt --data $(PAPER_DATA) --similarity $(PROBE_FLAGS) || exit 1; \
+	  $(PY) probe.py $$run/best.pt --data '$(PAPER_DATA)' --similarity $(PROBE_FLAGS) || exit 1; \
 	done
 	$(PY) analyze.py $(PAPER_RUNS) --out $(REPORT)
 	@echo "report: $(REPORT)/report.md"
 
 gpu-check:
 	@test -n "$(DATA)" || { echo "usage: make gpu-check DATA=/path/to/mini-imagenet-sample"; exit 2; }
-	$(PYTHON) gpu_check.py $(DATA)
+	$(PYTHON) gpu_check.py '$(DATA)'

@@ -13,6 +13,7 @@ fig7_probe.png, fig_cka_per_layer.png (probes run with --similarity), stats.{md,
 holds everything on one page. Every method (MAML, Meta-SGD, ANIL, BOIL) has its rows, each against MAML.
 """
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -358,6 +359,8 @@ def report_notes(runs, by_method):
                 f"{run['folder']} has no probe records and no best.pt yet (training stopped before its first "
                 f"evaluation): continue it with `python maml.py --resume --out {run['folder']}`"
             )
+        if not run["metrics"] and not run["imported"]:
+            missing.append(f"{run['folder']} has no metrics.csv (or no rows in it): its training curve is left out")
         if run["test"] is None and run["imported"]:
             missing.append(f"{run['folder']} has no test.json: `python evaluate.py {run['folder']}/best.pt` writes it")
         elif run["test"] is None:
@@ -411,41 +414,83 @@ def length_warnings(runs):
 
 
 def analyze(paths, out):
-    """Read and check every run, then write the report into `out`: one report, or where the runs are not
-    seeds of one group (another architecture, dataset, ...), one report per group in a folder of its own
-    and an index naming the settings that separate them. Returns the path of report.md."""
+    """Read and check every run, then write the report into `out` (locked: one report at a time): one report,
+    or where the runs are not seeds of one group (another architecture, dataset, ...), one report per group in
+    a folder of its own and an index naming the settings that separate them. Files of an earlier report that
+    this one does not write are removed, so the folder holds one report. Returns the path of report.md."""
     runs = [run_folder.load_run(p) for p in paths]
     if not runs:
         raise AnalysisError("give at least one run folder")
     check_compatible(runs)
-    cli.check_out_folder(out)
-    (groups, settings), out = settings_groups(runs), Path(out)
-    if len(groups) == 1:
-        return write_report(runs, out)
+    out = Path(out)
+    with cli.lock_outputs(out, "report.lock", "a report"):
+        earlier = report_files(out)
+        for folder in [out, *(p for p in sorted(out.glob("group*")) if p.is_dir())]:
+            cli.note_removed(cli.remove_stale_temporaries(folder), folder, "a killed report")
+        (groups, settings) = settings_groups(runs)
+        if len(groups) == 1:
+            write_report(runs, out)
+        else:
+            write_groups(groups, settings, out)
+        remove_earlier(out, earlier - report_files(out, by_name=False))
+    return out / "report.md"
+
+
+def write_groups(groups, settings, out):
     differ = f"These runs are not seeds of one study: they differ in {', '.join(settings)}."
     lines = ["# Report: runs in groups", "", differ, "Each group has its own report:", ""]
     for number, (label, group) in enumerate(groups.items(), 1):
         write_report(group, out / f"group{number}", label)
         lines.append(f"- [{label}](group{number}/report.md): {', '.join(str(r['folder']) for r in group)}")
     write_files(out, {"report.md": "\n".join(lines) + "\n"})
-    finish_report(out, ["report.md"])
-    return out / "report.md"
+    finish_report(out, ["report.md", *(f"group{n}/manifest.json" for n in range(1, len(groups) + 1))])
+
+
+REPORT_NAMES = ("report.md", "stats.md", "stats.json", "fig*.png", "table1_learned_rates*.*")  # what analyze writes
+
+
+def report_files(out, by_name=True):
+    """The files of the report in `out` (paths relative to it): those its manifests name (a grouped report's
+    names its groups'), and `by_name` any file named as analyze.py names its files."""
+    patterns = REPORT_NAMES if by_name else ()
+    names = {str(p.relative_to(out)) for pattern in patterns for p in out.glob(pattern) if p.is_file()}
+    for manifest in [out / "manifest.json", *sorted(out.glob("group*/manifest.json"))]:
+        try:
+            listed = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        except (OSError, ValueError):
+            listed = {}
+        where = manifest.parent.relative_to(out)
+        names |= {str(where / name) for name in listed if isinstance(name, str)} | {str(where / "manifest.json")}
+    return {name for name in names if (out / name).is_file()}
+
+
+def remove_earlier(out, names):
+    """Remove an earlier report's files that the new one did not write (and group folders left empty)."""
+    for name in sorted(names):
+        (out / name).unlink(missing_ok=True)
+    for folder in {(out / name).parent for name in names} - {out}:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
+    if names:
+        shown = ", ".join(sorted(names))
+        print(f"removed {len(names)} file(s) of an earlier report in {cli.printable(str(out))}: {shown}")
 
 
 def write_files(out, texts):
     """Write report files through the one atomic writer (a full disk or a kill leaves each file whole,
     old or new), then manifest.json, last, with every file's SHA-256: a report without a manifest that
-    matches is an unfinished one. Returns {name: path}."""
+    matches is an unfinished one. A name that is not UTF-8 (a run's folder) is written escaped. Returns
+    {name: path}."""
     (out / "manifest.json").unlink(missing_ok=True)
     for name, text in texts.items():
-        cli.atomic_write(out / name, lambda tmp, text=text: tmp.write_text(text))
+        cli.atomic_write(out / name, lambda tmp, text=text: tmp.write_text(cli.printable(text), encoding="utf-8"))
     return {name: out / name for name in texts}
 
 
 def finish_report(out, names):
     """The manifest of a report whose files are all written (see `write_files`)."""
     digest = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in sorted(names)}
-    cli.atomic_write(out / "manifest.json", lambda tmp: tmp.write_text(json.dumps(digest, indent=2) + "\n"))
+    cli.atomic_write(out / "manifest.json", lambda tmp: tmp.write_text(cli.json_text(digest)))
 
 
 def unfinished_report(out):
@@ -471,7 +516,7 @@ def write_report(runs, out, group=""):
         by_method.setdefault(run["method"], []).append(run)
     by_method = {m: by_method[m] for m in METHOD_NAMES if m in by_method}
     stats_out = stats.compute_stats(by_method)
-    write_files(out, {"stats.json": json.dumps(stats_out, indent=2) + "\n", "stats.md": stats_markdown(stats_out)})
+    write_files(out, {"stats.json": cli.json_text(stats_out), "stats.md": stats_markdown(stats_out)})
     table1 = write_table1(by_method.get("metasgd", []), out)
     trained_here = not all(run["imported"] for run in runs)  # an imported model has no training curve
     figures.fig5(runs, out) if trained_here else None
@@ -518,7 +563,7 @@ def main(argv=None):
         "Write the paper's tables, figures and t-tests for finished runs, beside the paper's numbers, into one report."
     )
     p.add_argument("runs", nargs="+", help="run folders (or checkpoints) written by maml.py, probed by probe.py")
-    p.add_argument("--out", default="report", help="folder for the report, tables and figures")
+    p.add_argument("--out", type=cli.folder_name, default="report", help="folder for the report, tables and figures")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = p.parse_args(argv)
     report = analyze(args.runs, args.out)

@@ -9,6 +9,8 @@ a lost torchrun process), with no traceback unless --debug.
 
 import argparse
 import contextlib
+import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -82,17 +84,62 @@ def atomic_write(path, write):
         raise
 
 
-def remove_stale_temporaries(folder, names):
-    """Remove the temporary files (`<name>.tmp<pid>`) that a process killed in the middle of
-    `atomic_write` left in `folder`. Only for a process that holds the folder's lock, so that no other
-    process can be writing them."""
+def remove_stale_temporaries(folder):
+    """Remove the temporary files (`<name>.tmp<pid>`, see `atomic_write`) that a process killed in the
+    middle of a write left in `folder`: those whose writer is gone. A temporary of a live process (another
+    writer of a shared cache, say) is left alone. Returns the names removed."""
     removed = []
-    for name in names:
-        for tmp in Path(folder).glob(f"{name}.tmp*"):
-            if tmp.name[len(name) + 4 :].isdigit():
+    for tmp in Path(folder).glob("*.tmp*") if Path(folder).is_dir() else []:
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp.name)
     return removed
+
+
+def process_alive(pid):
+    """Whether a process with this PID exists (this one included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # another user's process, or a number no process can have
+    return True
+
+
+def note_removed(removed, folder, what="a killed run"):
+    if removed:
+        shown = ", ".join(printable(name) for name in removed)
+        print(f"removed {len(removed)} temporary file(s) that {what} left in {printable(str(folder))}: {shown}")
+
+
+def json_text(content):
+    """JSON as every file of ours holds it: a value that is not a finite number (NaN, an infinity) is written
+    as null, so strict readers (jq, JavaScript) parse every file; the markdown beside it says why a value is
+    missing."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(content), indent=2, allow_nan=False) + "\n"
+
+
+def folder_name(text):
+    """The argparse type of every output-folder flag: an empty name (`--out ''`) would mean the current
+    folder, which nobody means."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a folder name")
+    return text
 
 
 KERNEL_FOLDERS = (Path("/proc"), Path("/sys"))  # hold the kernel's view of the system, never files of ours
@@ -215,6 +262,9 @@ def run_cli(main_fn, argv=None):
     """Run a script's main: a known error ends as one line on stderr with exit code 2 (1 for a
     divergence or a lost torchrun process), and no traceback unless --debug."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8, or PYTHONIOENCODING=ascii: escaped, not fatal
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return main_fn(argv)
     except (*KNOWN_ERRORS, DistributedError, OSError) as e:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import DataError, WriteError, atomic_write, printable
+from cli import DataError, WriteError, atomic_write, note_removed, printable, remove_stale_temporaries
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -421,6 +421,7 @@ def _cached(cache_dir, name, root, signature, build):
     if cache_dir is not None:
         key = hashlib.sha1(str(root.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:12]
         cache = Path(cache_dir) / f"{name}-{key}.pt"
+        note_removed(remove_stale_temporaries(cache_dir), cache_dir, "a killed process")  # ~1 GB each
         if cache.exists():
             try:
                 cached = torch.load(cache, weights_only=True)
@@ -649,17 +650,33 @@ def load_splits(
     return loaded
 
 
+def file_keys(files):
+    """{(device, inode): path} of image files: one file under two names (a hard link, a symlink) is one key."""
+    keys = {}
+    for f in files:
+        st = os.stat(f)
+        keys.setdefault((st.st_dev, st.st_ino), f)
+    return keys
+
+
+WHAT_LEAKS = (("classes", "class"), ("files", "image"))
+
+
 def check_no_leakage(splits, root):
     """Refuse a class, or an image file, that is in two splits: few-shot test classes must be unseen in
     training, and a test.csv copied from train.csv, or naming train.csv's images under other labels,
     would otherwise give a silently inflated test accuracy."""
     names = list(splits)
+    # {key: name}: a class by its name, an image file by its inode (a hard link is the same file)
+    keys = {
+        name: ({c: c for c in split["classes"]}, file_keys(split.get("files", []))) for name, split in splits.items()
+    }
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
-            for what, kind in (("classes", "class"), ("files", "image")):
-                shared = sorted(set(splits[first].get(what, [])) & set(splits[second].get(what, [])))
+            for (what, kind), ours, theirs in zip(WHAT_LEAKS, keys[first], keys[second], strict=True):
+                shared = sorted(ours.keys() & theirs.keys())
                 if shared:
-                    one = printable(shared[0] if what == "classes" else Path(shared[0]).name)
+                    one = printable(ours[shared[0]] if what == "classes" else Path(ours[shared[0]]).name)
                     many = f" ({len(shared)} {what} are)" if len(shared) > 1 else ""
                     raise DataError(
                         f"{kind} {one} is in both the {first} and the {second} split of {root}{many}; each {kind} "
@@ -839,16 +856,26 @@ def fixed_episodes(split, *, tasks, chunk, seed, ways, shots, queries, norm=None
         )
 
 
+def pixel_digest(split):
+    """A digest of a split's decoded images and their labels: other images under the same class names and
+    counts (regenerated data) give another."""
+    h = hashlib.sha256()
+    h.update(split["images"].contiguous().numpy())
+    h.update(split["labels"].contiguous().numpy())
+    return h.hexdigest()[:16]
+
+
 def identity(splits, root):
     """What identifies a run's data, wherever it lies: its layout, and per split the number of classes
-    and images, a digest of the class names, the channels and the image size. A moved folder keeps it;
-    other data (or the same data resized, or in other splits) does not."""
+    and images, a digest of the class names, the channels, the image size and a digest of the pixels. A
+    moved folder keeps it; other data (or the same data resized, or in other splits) does not."""
 
     def of(split):
         names = "\n".join(map(printable, split["classes"])).encode("utf-8", "surrogateescape")
         images = split["images"].shape
         return {"classes": len(split["classes"]), "images": int(images[0]), "channels": int(images[1]),
-                "image_size": int(images[-1]), "class_names": hashlib.sha1(names).hexdigest()[:16]}  # fmt: skip
+                "image_size": int(images[-1]), "class_names": hashlib.sha1(names).hexdigest()[:16],
+                "pixels": pixel_digest(split)}  # fmt: skip
 
     return {"layout": "synthetic" if root is None else detect_layout(root), **{n: of(s) for n, s in splits.items()}}
 

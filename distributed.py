@@ -20,23 +20,50 @@ DIST_TIMEOUT_S = 600  # a collective that waits longer than this for another pro
 LOST_PROCESS_SIGNS = ("Connection closed by peer", "Connection reset by peer", "NCCL", "timed out", "Timeout")
 
 
+TORCHRUN_SETS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # together, every process
+
+
+def launch():
+    """(rank, world size), decided once from the environment: (0, 1) when none of RANK, WORLD_SIZE and
+    LOCAL_RANK is set (an empty value counts as unset); else torchrun's whole, valid set, or one line saying
+    what is wrong (a RANK left over in a shell would otherwise make a process that writes without a lock)."""
+    given = {k: os.environ[k] for k in TORCHRUN_SETS if os.environ.get(k, "").strip()}
+    if not given.keys() & {"RANK", "WORLD_SIZE", "LOCAL_RANK"}:
+        return 0, 1
+    shown = " ".join(f"{k}={v}" for k, v in given.items())
+    missing = [k for k in TORCHRUN_SETS if k not in given]
+    if missing:
+        raise ConfigError(
+            f"the environment has {shown} but not {', '.join(missing)}, which torchrun sets together: unset "
+            f"{', '.join(given)} to run as one process, or start the script with torchrun"
+        )
+    numbers = {k: given[k].strip() for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    bad = [k for k, v in numbers.items() if not v.isdigit()]
+    rank, world = (int(numbers[k]) if k not in bad else -1 for k in ("RANK", "WORLD_SIZE"))
+    if bad or world < 1 or rank >= world:
+        raise ConfigError(
+            f"the environment has {shown}: RANK, WORLD_SIZE, LOCAL_RANK and MASTER_PORT must be whole numbers "
+            f"with RANK below WORLD_SIZE, as torchrun sets them; unset them to run as one process"
+        )
+    return rank, world
+
+
 def world_size():
     """How many processes torchrun started (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return launch()[1]
 
 
 def is_writer():
     """Whether this process writes the files: the only one, or rank 0 under torchrun."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return launch()[0] == 0
 
 
 def join_processes(device):
-    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1 in the environment) this joins the
-    process group: NCCL with one GPU per local rank, gloo on the CPU. Without it: (0, 1, device)."""
-    world = world_size()
+    """(rank, world size, device). Under torchrun (`launch`: a world of more than one process) this joins
+    the process group: NCCL with one GPU per local rank, gloo on the CPU. Without it: (0, 1, device)."""
+    rank, world = launch()
     if world == 1:
         return 0, 1, device
-    rank = int(os.environ["RANK"])
     if device.type == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cli
 import data
-from cli import ConfigError, DataError, atomic_write
+from cli import ConfigError, DataError, atomic_write, json_text
 
 HOME_VARIABLE = "MAML_DATA_DIR"
 RECORD = "fetched.json"
@@ -156,7 +156,7 @@ def fetch(name, folder=None, quiet=False, progress=True):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         record = {"name": name, "fetched_at": now(), "about": SOURCES[name]["about"], "files": files}
-        atomic_write(folder / RECORD, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+        atomic_write(folder / RECORD, lambda tmp: tmp.write_text(json_text(record)))
     if not quiet:
         print(f"{name}: fetched and verified in {folder} (what, from where and checksums: {folder / RECORD})")
     return folder

@@ -10,7 +10,7 @@ import argparse
 import math
 import os
 
-from cli import ConfigError, argument_parser
+from cli import ConfigError, argument_parser, folder_name
 from gpu import PRECISIONS
 
 # ----------------------------------------------------------------------------------------------
@@ -258,7 +258,12 @@ def add_run_flags(g):
         "(a GPU that one small Conv-4 leaves idle fits several); each seed gets its own run folder, the one "
         "--seed would give it (with --out DIR: DIR/seed<SEED>)",
     )
-    g("--out", default=None, help="run folder (default runs/<method>-<N>w<K>s-seed<seed>, <method> a --method name)")
+    g(
+        "--out",
+        type=folder_name,
+        default=None,
+        help="run folder (default runs/<method>-<N>w<K>s-seed<seed>, <method> a --method name)",
+    )
     g("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     g("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1', ...")
     g("--dtype", choices=["float32", "float64"], default="float32", help="parameter and image precision")

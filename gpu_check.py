@@ -250,12 +250,12 @@ def summary_text(env, results, lines, numbers):
 def write_results(out, work, env, results):
     """summary.md, summary.json and the archive of logs and runs (no checkpoints), each written whole; and
     the stage results in --work, for a later rerun of some stages."""
-    cli.atomic_write(work / "stages.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1) + "\n"))
+    cli.atomic_write(work / "stages.json", lambda tmp: tmp.write_text(cli.json_text(results)))
     lines, numbers = measured_lines(work / "logs"), key_numbers(work)
     text, failed = summary_text(env, results, lines, numbers)
     cli.atomic_write(out / "summary.md", lambda tmp: tmp.write_text(text + "\n"))
     summary = {"environment": env, "stages": results, "failed": failed, "measured": lines, "numbers": numbers}
-    cli.atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    cli.atomic_write(out / "summary.json", lambda tmp: tmp.write_text(cli.json_text(summary)))
     keep = lambda info: None if info.name.endswith((".pt", ".lock")) or ".tmp" in info.name else info
 
     def archive(tmp):
@@ -287,7 +287,9 @@ def parse_args(argv):
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # the stage table as written
     p.add_argument("data", nargs="?", default=None, help="Mini-ImageNet folder (any supported layout)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, synthetic data: checks the plumbing")
-    p.add_argument("--out", default=None, help="results folder (default: $OUT, else gpu-check/<UTC time>)")
+    p.add_argument(
+        "--out", type=cli.folder_name, default=None, help="results folder (default: $OUT, else gpu-check/<UTC time>)"
+    )
     p.add_argument("--work", default=str(ROOT / "gpu-check" / "work"), help="the stages' folder (default: %(default)s)")
     p.add_argument("--metasgd", action="store_true", help="also train and probe Meta-SGD, and write the report")
     p.add_argument("--suite", action="store_true", help="run the rest of the test suite last (CI runs it anyway)")

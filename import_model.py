@@ -473,7 +473,7 @@ def build_parser():
         choices=list(FORMATS),
         help="what wrote SRC: " + "; ".join(f"{k}: {v[1]}" for k, v in FORMATS.items()),
     )
-    a("--out", required=True, help="the run folder to write (best.pt): a new or empty folder")
+    a("--out", type=cli.folder_name, required=True, help="the run folder to write (best.pt): a new or empty folder")
     a("--data", help="the dataset it was trained on: a folder or a name (omniglot, mini-imagenet), as maml.py --data")
     a("--image-size", type=int, help="the images' side in pixels it was trained on (84 for Mini-ImageNet)")
     a("--shots", type=int, help="support images per class of its tasks (K)")

@@ -8,7 +8,7 @@ import csv
 import json
 from pathlib import Path
 
-from cli import CheckpointError, DataError, WriteError, atomic_write, write_failure
+from cli import CheckpointError, DataError, WriteError, atomic_write, json_text, write_failure
 from stats import CKA_COLUMNS, PAIR_COLUMNS, REGIMES
 
 PROBE_COLUMNS = ["iteration", "chunk", "chunk_seed", *REGIMES, "classes_A", "classes_B"]
@@ -35,6 +35,31 @@ def append_rows(path, rows):
             writer.writerows(rows)
     except OSError as e:  # a full disk: the torn last row is dropped by the next --resume
         raise WriteError(write_failure(path, e)) from None
+
+
+METRICS_COLUMNS = ["iteration", "train_loss", "train_acc", "val_acc", "val_ci95", "elapsed_s"]  # metrics.csv
+LR_STATS_COLUMNS = ["iteration", "name", "kind", "count", "mean", "std", "frac_negative", "min", "max"]  # lr_stats.csv
+
+
+def header_of(path):
+    """The column names of a CSV log's first line ([] for a missing or empty file)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        return next(csv.reader(f), [])
+
+
+def check_header(path, columns, error=CheckpointError):
+    """Rows are appended only under the header they belong to: a log whose columns were changed by hand
+    (one deleted, say) is refused before anything is written, naming the file."""
+    header = header_of(path)
+    if header and header != list(columns):
+        lost = [c for c in columns if c not in header]
+        what = f"it lacks {', '.join(lost)}" if lost else f"its columns are {', '.join(header)}"
+        raise error(
+            f"{path} does not have the columns this program writes ({what}; expected {', '.join(columns)}); put "
+            f"the file back as it was written, or start a new --out"
+        )
 
 
 def write_rows(path, rows, columns=None):
@@ -101,11 +126,15 @@ def read_log(path):
     return rows, tuple(damage) if damage else None
 
 
-def read_log_strictly(path):
-    """The rows of a log that must be whole (analyze.py reads them); damage is named in one line."""
+def read_log_strictly(path, columns=()):
+    """The rows of a log that must be whole (analyze.py reads them), with the `columns` it reads; damage is
+    named in one line."""
     rows, damage = read_log(path)
     if damage:
         raise DataError(f"{path} line {damage[0]} is damaged ({damage[1]}); fix or remove that line")
+    lost = [c for c in columns if c not in header_of(path)]
+    if lost:
+        raise DataError(f"{path} has no {', '.join(lost)} column; expected the columns this program writes there")
     return rows
 
 
@@ -160,4 +189,4 @@ def read_json(path):
 
 
 def write_json(path, content):
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json_text(content)))

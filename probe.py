@@ -60,6 +60,7 @@ def encoder_accuracy(task_params, episode, ways, bn_eps=BN_EPS):
     with torch.no_grad():
         support_f = features_tasks(task_params, episode["support_x"], bn_eps)
         query_f = features_tasks(task_params, episode["query_x"], bn_eps)
+    check_finite([support_f, query_f])
     return prototype_accuracy(support_f, episode["support_y"], query_f, episode["query_y"], ways)
 
 
@@ -92,7 +93,9 @@ def probe_tasks(params, rates, task_a, task_b, steps, ways, similar=False, bn_ep
     adapted = adapt(initial, rates, task_a["support_x"], task_a["support_y"], steps, create_graph=False, net=net)
     adapted = {n: p.detach() for n, p in adapted.items()}
     with torch.no_grad():
-        head = (net(adapted, task_a["query_x"]).argmax(-1) == task_a["query_y"]).float().mean(1)
+        logits = net(adapted, task_a["query_x"])
+    check_finite([logits])
+    head = (logits.argmax(-1) == task_a["query_y"]).float().mean(1)
     return {
         "pre_A": encoder_accuracy(initial, task_a, ways, bn_eps),
         "on_A": encoder_accuracy(adapted, task_a, ways, bn_eps),
@@ -101,6 +104,18 @@ def probe_tasks(params, rates, task_a, task_b, steps, ways, similar=False, bn_ep
         "head_A": head,
         **(similarity(initial, adapted, task_a, task_b, bn_eps) if similar else {}),
     }
+
+
+def check_finite(outputs):
+    """Accuracies of non-finite features or logits would be numbers without meaning: a probe whose
+    adaptation diverges (rates far too large) stops, saying so. `outputs`: tensors of [tasks, ...]."""
+    finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in outputs]).all(0)
+    if not bool(finite.all()):
+        raise FloatingPointError(
+            f"the adaptation diverged: the features or logits of {int((~finite).sum())} of {finite.numel()} tasks "
+            f"became non-finite (NaN or infinite), so no accuracy can be measured; probe with smaller rates "
+            f"(--rates, --inner-lr) or fewer --steps"
+        )
 
 
 def probe_rates(inner_lrs, mode, fixed_lr=None, meta_sgd=True):
@@ -135,7 +150,7 @@ def p_value(test, with_t=False):
 
 def format_summary(summary, title):
     r = summary["regimes"]
-    pct = lambda d: f"{100 * d['mean']:6.2f} +- {100 * d['ci95']:.2f}%"
+    pct = lambda d: stats.percent(d["mean"], d["ci95"], "iteration")
     lines = [
         title,
         f"  pre-adaptation  A: {pct(r['pre_A'])}   B: {pct(r['pre_B'])}",
@@ -210,7 +225,7 @@ def build_parser():
 
 def add_run_flags(a):
     """Where the records go and how the probe runs: nothing the records depend on."""
-    a("--out", default=None, help="folder for the records (default: beside the checkpoint)")
+    a("--out", type=cli.folder_name, default=None, help="folder for the records (default: beside the checkpoint)")
     a("--resume", action="store_true", help="continue an interrupted probe with the same settings")
     a("--device", default="auto", help="'auto' (cuda if present), 'cpu', 'cuda', ...")
     a("--cache-dir", default="default", help="decoded-image cache folder ('none' disables)")
@@ -255,8 +270,9 @@ def finished_rows(records_path, summary_path, settings, resume):
         return []
     saved = logs.read_json(summary_path).get("settings") if summary_path.exists() else None
 
-    def comparable(s):  # older probes lack the file name and the similarity setting
-        return {"similarity": False, **{k: v for k, v in s.items() if k not in ("iterations", "checkpoint_file")}}
+    def comparable(s):  # older probes lack the file name, the similarity setting and the run id
+        left_out = ("iterations", "checkpoint_file") + (() if "checkpoint_run_id" in saved else ("checkpoint_run_id",))
+        return {"similarity": False, **{k: v for k, v in s.items() if k not in left_out}}
 
     if saved is not None and comparable(saved) != comparable(settings):
         differ = [k for k in {**comparable(saved), **comparable(settings)} if saved.get(k) != settings.get(k)]
@@ -384,6 +400,7 @@ def probe_settings(args, ckpt, batch):
         "ways": config["ways"],
         "shots": config["shots"],
         "checkpoint_iteration": ckpt["iteration"],
+        "checkpoint_run_id": ckpt.get("run_id"),  # whose model it is: analyze.py checks it against the run folder
         "data": args.data or config["data"] or "synthetic",
         "similarity": args.similarity,
     }
@@ -423,7 +440,7 @@ def run(args):
     args.data = fetch.resolve_data(given, not writer, writer and not args.no_progress, fetcher=writer)[0]
     with cli.lock_outputs(out, f"{stem}.lock", f"{stem}.csv") if writer else contextlib.nullcontext():
         if writer:
-            cli.remove_stale_temporaries(out, [f"{stem}.csv", f"{stem}.json"])
+            cli.note_removed(cli.remove_stale_temporaries(out), out, "a killed process")
         rank, world, device = distributed.join_processes(cli.resolve_device(args.device))
         with distributed.processes_joined(world), gpu.precision_applied(config["precision"], device):
             return probe_process(args, ckpt, out / f"{stem}.csv", out / f"{stem}.json", rank, world, device)

@@ -26,12 +26,21 @@ from cli import (
     atomic_write,
 )
 from flags import CONFIG_ADDED, METHODS, method_of
-from logs import append_rows, read_json, read_log_strictly, read_records, repair_logs, write_json
-from stats import rate_statistics
+from logs import (
+    LR_STATS_COLUMNS,
+    METRICS_COLUMNS,
+    append_rows,
+    check_header,
+    read_json,
+    read_log_strictly,
+    read_records,
+    repair_logs,
+    write_json,
+)
+from stats import percent, rate_statistics
 
 PROGRAM = "negative-lr-maml"  # written into every checkpoint, to recognise ours
 CHECKPOINT_FORMAT = 2  # 2: inner_lrs is always a dict of tensors (1 stored MAML's alpha as a float)
-RUN_FILES = ("ckpt.pt", "ckpt.prev.pt", "best.pt", "metrics.csv", "lr_stats.csv", "test.json")  # what training writes
 
 
 @dataclass
@@ -52,6 +61,7 @@ class RunState:
     resumed: bool = False  # whether the run continues a checkpoint
     label: str = ""  # "seed S, " when seeds are stacked (--seeds)
     data_identity: dict = None  # what identifies the data (data.identity): a resumed run must find the same
+    run_id: str = ""  # made at the run's start: in its checkpoints, test.json and run.json (`check_run_folder`)
     iteration: int = 0  # meta-iterations done
     since_eval: int = 0  # of them, since the last validation
     elapsed: float = 0.0  # seconds of training, across --resume
@@ -138,6 +148,7 @@ def checkpoint_of(run):
         "acc_sum": run.acc_sum.detach().cpu().clone(),
         "since_eval": run.since_eval,
         "data_identity": run.data_identity,
+        "run_id": run.run_id,
     }
 
 
@@ -241,9 +252,12 @@ def restore(run, ckpt):
     run.episode_rng.set_state(ckpt["generator"])
     run.iteration, run.elapsed, run.best = ckpt["iteration"], ckpt["elapsed"], tuple(ckpt["best_val"])
     run.device_iteration.fill_(run.iteration)
-    run.loss_sum.copy_(ckpt["loss_sum"])
-    run.acc_sum.copy_(ckpt["acc_sum"])
-    run.since_eval = ckpt["since_eval"]
+    # best.pt is saved at a validation before that row's sums start again: a copy of it resumed as ckpt.pt
+    # continues from the state a checkpoint of that iteration holds (its row is logged, the sums are empty)
+    logged = ckpt["best_val"][1] == ckpt["iteration"]
+    run.loss_sum.copy_(ckpt["loss_sum"] * (not logged))
+    run.acc_sum.copy_(ckpt["acc_sum"] * (not logged))
+    run.since_eval = 0 if logged else ckpt["since_eval"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,6 +294,10 @@ def table1_source(folder, probes):
     return {"rates": rates, "checkpoint": path.name, "path": str(path), "iteration": ckpt["iteration"], "why": why}
 
 
+READ_METRICS = ("iteration", "train_acc", "val_acc")  # what the report reads of metrics.csv ...
+READ_LR_STATS = ("iteration", "name", "kind", "mean", "frac_negative")  # ... and of lr_stats.csv
+
+
 def load_run(path):
     """A run's files as plain data: {'folder', 'method', 'config', 'metrics', 'lr_stats', 'test',
     'probes': {stem: {'records', 'settings'}}, 'table1': the learned rates of the probed checkpoint}."""
@@ -300,7 +318,7 @@ def load_run(path):
         ckpt = load_checkpoint(ckpt_path)
     except CheckpointError as e:
         raise AnalysisError(str(e)) from None
-    config = ckpt["config"]
+    config, has = ckpt["config"], lambda name: (folder / name).exists()
     run = {
         "folder": folder,
         "checkpoint": ckpt_path,
@@ -309,14 +327,15 @@ def load_run(path):
         "data_identity": ckpt.get("data_identity"),  # what the data was, wherever its folder is now
         "imported": ckpt.get("imported"),  # import_model.py's record of a model trained elsewhere, else None
         "method": method_of(config),
-        "metrics": read_log_strictly(folder / "metrics.csv") if (folder / "metrics.csv").exists() else [],
-        "lr_stats": read_log_strictly(folder / "lr_stats.csv") if (folder / "lr_stats.csv").exists() else [],
+        "metrics": read_log_strictly(folder / "metrics.csv", READ_METRICS) if has("metrics.csv") else [],
+        "lr_stats": read_log_strictly(folder / "lr_stats.csv", READ_LR_STATS) if has("lr_stats.csv") else [],
         "test": read_json(folder / "test.json") if (folder / "test.json").exists() else None,
         "probes": {},
     }
     for records in sorted(folder.glob("probe*.csv")):
         summary = records.with_suffix(".json")
         settings = read_json(summary).get("settings", {}) if summary.exists() else {}
+        check_probe_is_of(settings, ckpt.get("run_id"), summary)
         run["probes"][records.stem] = {"records": read_records(records), "settings": settings}
     run["table1"] = table1_source(folder, run["probes"]) if config["learn_lr"] else None
     return run
@@ -325,6 +344,16 @@ def load_run(path):
 # ----------------------------------------------------------------------------------------------
 # During the run
 # ----------------------------------------------------------------------------------------------
+
+
+def check_probe_is_of(settings, run_id, summary):
+    """A probe in a run folder must be of that run's model (probe.py CKPT --out elsewhere can put it anywhere)."""
+    probed = settings.get("checkpoint_run_id")
+    if None not in (probed, run_id) and probed != run_id:
+        raise AnalysisError(
+            f"{summary} is a probe of {settings.get('checkpoint')} (run {probed}), not of this folder's run "
+            f"({run_id}); a probe is read as its folder's: move it to its own run's folder, or probe this run's best.pt"
+        )
 
 
 def add_to_sums(run, loss, accuracy):
@@ -381,7 +410,10 @@ def begin_logs(run):
         return
     run.out.mkdir(parents=True, exist_ok=True)
     logs = [run.out / "metrics.csv", run.out / "lr_stats.csv"]
+    write_json(run.out / "run.json", {"run_id": run.run_id})  # the folder's logs are this run's
     if run.resumed:
+        for log, columns in zip(logs, (METRICS_COLUMNS, LR_STATS_COLUMNS), strict=True):
+            check_header(log, columns)
         repair_logs(logs, run.iteration)
     else:
         for log in logs:
@@ -414,7 +446,7 @@ def log_validation(run, accuracy, bar=None):
             save(run, "best.pt")
     if periodic and bar is not None and run.rank == 0:
         bar.write(
-            f"{run.label}iteration {run.iteration}: val accuracy {100 * val_acc:.2f} +- {100 * val_ci:.2f}% "
+            f"{run.label}iteration {run.iteration}: val accuracy {percent(val_acc, val_ci)} "
             f"(best {100 * run.best[0]:.2f}% at {run.best[1]})"
         )
     if periodic:
@@ -435,11 +467,12 @@ def write_test_result(run, best, accuracy):
         "checkpoint": "best.pt",
         "iteration": best["iteration"],
         "val_acc": best["best_val"][0],
+        "run_id": run.run_id,
     }
     write_json(run.out / "test.json", result)
     print(
         f"test accuracy ({tasks} tasks, best.pt from iteration {best['iteration']}): "
-        f"{100 * test_acc:.2f} +- {100 * test_ci:.2f}%  ->  {run.out}"
+        f"{percent(test_acc, test_ci)}  ->  {run.out}"
     )
 
 

@@ -7,6 +7,8 @@ that maml.py and bench.py train, built by one function (`new_runs`).
 import argparse
 import contextlib
 import os
+import secrets
+import shutil
 from pathlib import Path
 
 import torch
@@ -14,8 +16,18 @@ import torch
 import data
 import fetch
 import flags
-from cli import CheckpointError, ConfigError, WriteError, lock_outputs, refuse_to_overwrite, remove_stale_temporaries
-from run_folder import RUN_FILES, RunState, load_checkpoint, restore
+from cli import (
+    CheckpointError,
+    ConfigError,
+    WriteError,
+    atomic_write,
+    lock_outputs,
+    note_removed,
+    refuse_to_overwrite,
+    remove_stale_temporaries,
+)
+from logs import read_json
+from run_folder import RunState, load_checkpoint, restore
 
 
 @contextlib.contextmanager
@@ -33,10 +45,7 @@ def opened_runs(args, writer, given=()):
         seeds = per_seed_args(args)
         for run_args in seeds if writer else []:
             locks.enter_context(lock_outputs(Path(run_args.out), "run.lock", "a training run"))
-            removed = remove_stale_temporaries(run_args.out, RUN_FILES)
-            if removed:
-                print(f"removed {len(removed)} temporary file(s) that a killed run left in {run_args.out}: "
-                      f"{', '.join(removed)}")  # fmt: skip
+            note_removed(remove_stale_temporaries(run_args.out), run_args.out)
         if args.seeds is not None and args.resume and writer:
             level_seed_checkpoints([Path(run_args.out) for run_args in seeds])
         if args.seeds is not None and args.resume and not any((Path(a.out) / "ckpt.pt").exists() for a in seeds):
@@ -51,6 +60,9 @@ def opened_runs(args, writer, given=()):
                 run_args.resume = False  # a start that failed before this seed's first save: it begins afresh
             starts.append(start_run(run_args, out, given))
         check_seeds_level(starts)
+        for config, resumed in starts:
+            if resumed:
+                check_run_folder(Path(config["out"]), resumed, writer)
         try:
             yield starts
         except WriteError as e:
@@ -146,6 +158,42 @@ def refuse_imported(ckpt, path):
             f"{path} was imported by import_model.py ({ckpt['imported']['format']}), not trained here, so it cannot be "
             "trained further (its optimizer state and training settings are unknown); evaluate or probe it instead"
         )
+
+
+def check_run_folder(out, resumed, writer):
+    """A run folder holds one run: before a resumed run trains, every file of it must be its own (the same
+    run id as ckpt.pt: run.json, naming the run of the logs, best.pt, test.json, ckpt.prev.pt), and best.pt
+    its best model so far. A missing best.pt that ckpt.pt can stand for is rebuilt from it (by the writer)."""
+    run_id, best_at = resumed.get("run_id"), resumed["best_val"][1]
+    ids = {"run.json": read_json(out / "run.json").get("run_id") if (out / "run.json").exists() else None}
+    ids |= {"test.json": read_json(out / "test.json").get("run_id") if (out / "test.json").exists() else None}
+    best = load_checkpoint(out / "best.pt") if (out / "best.pt").exists() else None
+    for name, ckpt in (("best.pt", best), ("ckpt.prev.pt", out / "ckpt.prev.pt")):
+        ckpt = load_checkpoint(ckpt) if isinstance(ckpt, Path) and ckpt.exists() else ckpt
+        ids[name] = ckpt.get("run_id") if isinstance(ckpt, dict) else None
+    # a checkpoint from before run ids gets one when resumed: until its next save only its files are known
+    foreign = [name for name, other in ids.items() if None not in (other, run_id) and other != run_id]
+    if foreign or (run_id is not None and ids["run.json"] is None and (out / "metrics.csv").exists()):
+        name = foreign[0] if foreign else "metrics.csv"
+        whose = f"run {ids[name]}" if foreign else "a run that run.json does not name (it is missing)"
+        raise CheckpointError(
+            f"--resume: {out / 'ckpt.pt'} is run {run_id}, but {out / name} is {whose}: "
+            f"a run folder holds one run's files; put each file back in its own run's folder, or start a new --out"
+        )
+    if best is not None and best["iteration"] != best_at and not best["iteration"] > resumed["iteration"]:
+        raise CheckpointError(
+            f"--resume: {out / 'best.pt'} holds iteration {best['iteration']}, but this run's best model so far is "
+            f"from iteration {best_at} ({out / 'ckpt.pt'}); put the run's own best.pt back, or start a new --out"
+        )
+    if best is None and best_at > 0 and best_at != resumed["iteration"]:
+        raise CheckpointError(
+            f"--resume: {out / 'best.pt'}, this run's best model so far (iteration {best_at}), is missing, and "
+            f"ckpt.pt (iteration {resumed['iteration']}) cannot stand in for it; put best.pt back, or start the run "
+            f"anew in another --out"
+        )
+    if best is None and best_at > 0 and writer:  # ckpt.pt is the best model: best.pt is its copy
+        atomic_write(out / "best.pt", lambda tmp: shutil.copyfile(out / "ckpt.pt", tmp))
+        print(f"rebuilt {out / 'best.pt'} from ckpt.pt, which holds the same model (iteration {best_at})")
 
 
 def level_seed_checkpoints(outs):
@@ -332,6 +380,7 @@ def new_run(config, resumed, host, on_device, init_model, device, cuda_graph):
         classes=resumed["classes"] if resumed else host["train"]["classes"],
         splits={**on_device, "test": host["test"]},
         resumed=resumed is not None,
+        run_id=(resumed or {}).get("run_id") or secrets.token_hex(8),
     )
     if resumed:
         restore(run, resumed)

@@ -45,6 +45,12 @@ def mean_normal_ci95(values):
     return float(values.mean()), float(1.96 * values.std(unbiased=True) / math.sqrt(values.numel()))
 
 
+def percent(mean, ci95, unit="task"):
+    """'52.10 +- 1.20%', or without an interval where one cannot be had (a single task or iteration)."""
+    interval = f" +- {100 * ci95:.2f}%" if ci95 is not None and math.isfinite(ci95) else f"% (one {unit}: no interval)"
+    return f"{100 * mean:.2f}{interval}"
+
+
 def layer_of(name):
     """'conv2.weight' -> 'conv2', 'bn2.bias' -> 'bn2', 'head.*' -> 'logits' (the paper's name)."""
     layer = name.split(".")[0]

@@ -75,7 +75,8 @@ with open("runs/names.json", "w") as f:
 """
 PROBE = ["--iterations", "16", "--batch", "4", "--queries", "3", "--no-progress", "--device", "cpu"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-VOLATILE = {"elapsed", "elapsed_s", "seconds_this_session", "iterations_per_second"}  # wall-clock time
+# wall-clock time, and the random id each run gets at its start (checkpoints, test.json, run.json, probe settings)
+VOLATILE = {"elapsed", "elapsed_s", "seconds_this_session", "iterations_per_second", "run_id", "checkpoint_run_id"}
 
 
 def make_ravi(folder):

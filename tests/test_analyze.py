@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -353,7 +354,7 @@ def test_every_report_file_is_in_a_manifest_written_last_and_an_unfinished_repor
     out = tmp_path / "report"
     analyze.analyze([tmp_path / "maml0", tmp_path / "metasgd0"], out)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert sorted(manifest) == sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    assert sorted(manifest) == sorted(p.name for p in out.iterdir() if p.name not in ("manifest.json", "report.lock"))
     assert all(hashlib.sha256((out / n).read_bytes()).hexdigest() == h for n, h in manifest.items())
     (out / "stats.md").write_text("a file of another report")  # as a kill between two files would leave it
     assert analyze.unfinished_report(out)
@@ -537,3 +538,23 @@ def test_a_setting_whose_value_holds_a_comma_leaves_the_index_sentence_whole(tmp
     index = analyze.analyze([tmp_path / "a", tmp_path / "b"], tmp_path / "r").read_text()
     assert "they differ in --lr-init-range." in index
     assert "[--lr-init-range -0.02 0.05](group1/report.md)" in index and "[" not in index.split("differ in")[1][:20]
+
+
+def test_a_report_folder_keeps_one_report_an_earlier_ones_files_and_killed_temporaries_removed(tmp_path):
+    make_run(tmp_path / "maml0", "maml", 0)
+    make_run(tmp_path / "metasgd0", "metasgd", 0)
+    out = tmp_path / "report"
+    analyze.analyze([tmp_path / "maml0", tmp_path / "metasgd0"], out)  # with Table 1 and Figure 6
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / f"stats.md.tmp{gone.stdout.strip()}").write_text("half a file")  # a report killed mid-write
+    analyze.analyze([tmp_path / "maml0"], out)
+    left = sorted(p.name for p in out.iterdir() if p.name not in ("manifest.json", "report.lock"))
+    assert left == sorted(json.loads((out / "manifest.json").read_text())) and "table1_learned_rates.md" not in left
+
+
+def test_a_run_folder_name_that_is_not_utf8_is_written_escaped_and_a_run_without_metrics_is_named(tmp_path):
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    make_run(folder, "maml", 0)
+    (folder / "metrics.csv").unlink()
+    report = analyze.analyze([folder], tmp_path / "report").read_text(encoding="utf-8")
+    assert "caf\\xe9" in report and "caf\\xe9 has no metrics.csv (or no rows in it)" in report

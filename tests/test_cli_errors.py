@@ -13,6 +13,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from error_rows_folders import FOLDER_CASES
 from error_rows_import import IMPORT_CASES
 
 import bad_inputs as bad
@@ -245,7 +246,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("script, setup, message", CASES + DATA_CASES + FLAG_CASES + IMPORT_CASES)
+@pytest.mark.parametrize("script, setup, message", CASES + DATA_CASES + FLAG_CASES + IMPORT_CASES + FOLDER_CASES)
 def test_bad_input_ends_in_one_line_and_damages_nothing(script, setup, message, tmp_path_factory, tmp_path, capsys,
                                                         monkeypatch, request):  # fmt: skip
     ends_in_one_line_and_damages_nothing(

@@ -3,6 +3,8 @@
 import json
 import os
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -538,3 +540,26 @@ def test_a_duplicated_csv_row_and_a_test_csv_naming_training_images_are_refused(
 def test_an_empty_cache_variable_counts_as_unset(monkeypatch):
     monkeypatch.setenv("MAML_CACHE_DIR", "")
     assert data.default_cache_dir() == data.Path.home() / ".cache" / "negative-lr-maml"
+
+
+def test_a_training_image_hard_linked_into_the_test_split_is_refused(tmp_path):
+    make_jpegs(tmp_path / "ravi")
+    images, test_csv = tmp_path / "ravi" / "images", tmp_path / "ravi" / "test.csv"
+    name = test_csv.read_text().splitlines()[1].split(",")[0]
+    (images / name).unlink()
+    os.link(images / "n01train0000.jpg", images / name)  # the same file, under a test image's name
+    with pytest.raises(
+        data.DataError, match=f"image ({name}|n01train0000.jpg) is in both the train and the test split"
+    ):
+        data.load_splits(tmp_path / "ravi", ["train", "val", "test"], image_size=20, cache_dir="none")
+
+
+def test_a_cache_temporary_of_a_killed_process_is_removed_and_one_of_a_live_process_kept(tmp_path, capsys):
+    make_jpegs(tmp_path / "ravi")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, live = tmp_path / "cache" / f"x.pt.tmp{gone.stdout.strip()}", tmp_path / "cache" / f"y.pt.tmp{os.getppid()}"
+    dead.parent.mkdir()
+    dead.write_bytes(b"half a cache"), live.write_bytes(b"being written")
+    data.load_split(tmp_path / "ravi", "train", image_size=20, cache_dir=tmp_path / "cache", progress=False)
+    assert not dead.exists() and live.exists()
+    assert f"removed 1 temporary file(s) that a killed process left in {tmp_path / 'cache'}" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from conftest import ROOT, make_omniglot, tiny_flags
 
 def paper_command(tmp_path):
     """`make paper` at toy size on a small Omniglot folder, its runs and report under `tmp_path`."""
-    data = make_omniglot(tmp_path / "omniglot")
+    data = make_omniglot(tmp_path / "omni glot")  # a space in a path is one argument
     flags = tiny_flags(tmp_path / "unused", "--iterations", "2", "--eval-every", "2")
     out_at = flags.index("--out")
     del flags[out_at : out_at + 2]  # make paper names each run's folder
@@ -30,6 +30,7 @@ def test_make_paper_refuses_bad_methods_and_flags_before_any_training(tmp_path):
     refusals = {("METHODS=maml protonet",): "error: argument --method: invalid choice: 'protonet'",
                 ("METHODS=maml anil maml",): "METHODS names a method twice (maml anil maml)",
                 ("RUNS=",): "RUNS and REPORT may not be empty",
+                ("REPORT=my report",): "RUNS and REPORT may not hold a space",
                 ("METHODS=anil boil", paper_flags): "error: --method boil means --inner-params body, which "
                 "--inner-params contradicts"}  # fmt: skip
     for bad, message in refusals.items():  # before any training, of anil too (its flags agree)
@@ -73,4 +74,4 @@ def test_make_paper_refuses_data_given_empty_in_one_line():
     )
     shown = subprocess.run(["make", "-n", "paper", f"PY={sys.executable}", "STAMP=requirements.txt"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert "maml.py --data mini-imagenet" in shown.stdout
+    assert "maml.py --data 'mini-imagenet'" in shown.stdout

@@ -262,3 +262,10 @@ def test_similarity_with_fewer_than_three_query_images_is_refused(checkpoints, t
     with pytest.raises(ConfigError, match="--similarity needs at least 3 query images per task"):
         probe.main([str(checkpoints["maml"]), "--queries", "1", "--similarity", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_a_probe_whose_adaptation_diverges_stops_instead_of_reporting_accuracies_of_nan_features(checkpoints, tmp_path):
+    with pytest.raises(
+        FloatingPointError, match="the adaptation diverged: the features or logits of [1-4] of 4 tasks became"
+    ):
+        probe_records(checkpoints["maml"], tmp_path / "p", "--rates", "fixed", "--inner-lr", "1e12", "--steps", "5")

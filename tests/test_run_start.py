@@ -13,7 +13,7 @@ import maml
 import run_folder
 import run_start
 from cli import CheckpointError, ConfigError
-from conftest import STEP_FLAGS, make_jpegs, tiny_flags
+from conftest import STEP_FLAGS, make_jpegs, read_csv, tiny_flags
 
 
 def test_new_runs_put_every_tensor_the_training_step_reads_on_the_runs_device(monkeypatch):
@@ -124,3 +124,85 @@ def test_default_folders_and_resume_hints_name_each_method(learn_lr, inner_param
     assert run_start.resume_command(args, outs) == hint
     args.out = "runs/x"
     assert run_start.resume_command(args, outs) == "python maml.py --resume --seeds 0 7 --out runs/x"
+
+
+# ----------------------------------------------------------------------------------------------
+# A run folder holds one run (issue 29)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("other", [["--seed", "1"], ["--learn-lr"]], ids=["another-seed", "metasgd-into-maml"])
+def test_another_runs_checkpoint_copied_into_a_folder_is_not_resumed_and_nothing_changes(tmp_path, other):
+    train(tmp_path / "run")
+    train(tmp_path / "other", *other)
+    shutil.copy(tmp_path / "other" / "ckpt.pt", tmp_path / "run" / "ckpt.pt")
+    before = files_of(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"ckpt.pt is run \w+, but .*run.json is run \w+: a run folder holds one"):
+        train(tmp_path / "run", "--iterations", "4", "--resume")
+    assert files_of(tmp_path / "run") == before
+
+
+def test_a_folder_whose_run_json_is_gone_but_whose_logs_are_there_is_not_resumed(tmp_path):
+    train(tmp_path / "run")
+    (tmp_path / "run" / "run.json").unlink()
+    with pytest.raises(CheckpointError, match="metrics.csv is a run that run.json does not name"):
+        train(tmp_path / "run", "--iterations", "4", "--resume")
+
+
+SLOW = (
+    "--meta-lr",
+    "1e-30",
+)  # theta never changes in float32: every validation scores the same, so only the first is best
+
+
+def test_best_pt_copied_over_ckpt_pt_resumes_as_the_uninterrupted_run(tmp_path):
+    train(tmp_path / "whole", "--iterations", "4")
+    train(tmp_path / "run")
+    shutil.copy(tmp_path / "run" / "best.pt", tmp_path / "run" / "ckpt.pt")  # both at iteration 2
+    train(tmp_path / "run", "--iterations", "4", "--resume")
+    rows = lambda run: [
+        {k: v for k, v in r.items() if k != "elapsed_s"} for r in read_csv(tmp_path / run / "metrics.csv")
+    ]
+    assert rows("run") == rows("whole")  # the row at iteration 4 averages iterations 3 and 4, not 1 to 4
+
+
+def test_a_deleted_best_pt_is_rebuilt_from_ckpt_pt_when_they_hold_one_model_and_refused_otherwise(tmp_path, capsys):
+    train(tmp_path / "run", *SLOW)  # best and ckpt at iteration 2
+    (tmp_path / "run" / "best.pt").unlink()
+    train(tmp_path / "run", *SLOW, "--iterations", "4", "--resume")
+    assert "rebuilt" in capsys.readouterr().out and (tmp_path / "run" / "test.json").exists()
+    assert run_folder.load_checkpoint(tmp_path / "run" / "best.pt")["iteration"] == 2  # still the best
+    (tmp_path / "run" / "best.pt").unlink()  # ckpt.pt is at 4 now
+    before = files_of(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"best.pt, this run's best model so far \(iteration 2\), is missing"):
+        train(tmp_path / "run", *SLOW, "--iterations", "6", "--resume")
+    assert files_of(tmp_path / "run") == before
+
+
+def test_a_best_pt_that_is_not_the_runs_best_is_refused(tmp_path):
+    train(tmp_path / "run", *SLOW, "--iterations", "4")  # best at 2, ckpt at 4
+    shutil.copy(tmp_path / "run" / "ckpt.pt", tmp_path / "run" / "best.pt")
+    with pytest.raises(CheckpointError, match="best.pt holds iteration 4, but this run's best model so far is from"):
+        train(tmp_path / "run", *SLOW, "--iterations", "6", "--resume")
+
+
+@pytest.mark.parametrize("log", ["metrics.csv", "lr_stats.csv"])
+def test_a_log_with_a_column_deleted_is_refused_before_anything_is_appended(tmp_path, log):
+    train(tmp_path / "run", "--learn-lr")
+    path = tmp_path / "run" / log
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    path.write_text("".join(",".join(r[:3] + r[4:]) + "\n" for r in rows))  # the fourth column gone
+    before = files_of(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=f"{log} does not have the columns this program writes .*it lacks"):
+        train(tmp_path / "run", "--learn-lr", "--iterations", "4", "--resume")
+    assert files_of(tmp_path / "run") == before
+
+
+def test_regenerated_images_under_the_same_names_and_counts_are_not_the_runs_data(tmp_path):
+    flags = ["--data", str(tmp_path / "ravi"), "--queries", "1", "--eval-queries", "1"]
+    make_jpegs(tmp_path / "ravi")
+    train(tmp_path / "run", *flags)
+    shutil.rmtree(tmp_path / "ravi")
+    make_jpegs(tmp_path / "ravi", seed=1)  # other pixels, the same files, classes and counts
+    with pytest.raises(ConfigError, match="not the data the run trained on \\(train split pixels: \\w+ then, \\w+ now"):
+        train(tmp_path / "run", *flags, "--iterations", "4", "--resume")

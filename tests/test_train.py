@@ -564,3 +564,10 @@ def test_a_kill_between_two_seeds_saves_then_resume_ends_identical_to_the_uninte
         metrics, lr_stats = logs(tmp_path / "whole" / seed)
         assert_same_run(out / seed, {"params": reference["params"], "metrics": metrics, "lr_stats": lr_stats})
         assert not (out / seed / "ckpt.prev.pt").exists()
+
+
+def test_a_run_whose_folder_the_terminal_cannot_encode_finishes_and_prints_it_escaped(tmp_path):
+    out = tmp_path / "runs-café"  # PYTHONIOENCODING=ascii: print() of this name used to end a finished run
+    command = [sys.executable, str(ROOT / "maml.py"), *tiny_flags(out, "--iterations", "1")]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0 and "runs-caf\\xe9" in done.stdout, done.stderr[-800:]
