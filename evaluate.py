@@ -93,7 +93,8 @@ def evaluate_checkpoint(args):
     if imported and own:
         result = {"test_acc": mean, "test_ci95": ci95, "tasks": tasks["tasks"], "iteration": None, "val_acc": None,
                   "checkpoint": Path(args.checkpoint).name, "eval_steps": tasks["eval_steps"],
-                  "eval_queries": tasks["eval_queries"], "seed": seed, "data": root}  # fmt: skip
+                  "eval_queries": tasks["eval_queries"], "seed": seed, "data": root,
+                  "run_id": ckpt.get("run_id")}  # fmt: skip
         logs.write_json(Path(args.checkpoint).parent / "test.json", result)
         print(f"-> {Path(args.checkpoint).parent / 'test.json'}")
     return mean, ci95

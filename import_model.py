@@ -15,6 +15,7 @@ iterations, meta-batch, seed) is recorded as unknown (None), and such a checkpoi
 
 import hashlib
 import math
+import secrets
 import warnings
 from pathlib import Path
 
@@ -412,6 +413,7 @@ def imported_checkpoint(args, params, rates, adapts, names, out):
         "norm": input_norm(args, params["conv1.weight"].shape[1]),
         "best_val": [None, None],
         "data_identity": None,
+        "run_id": secrets.token_hex(8),  # probes of it name it, so analyze.py can tell whose they are
         "imported": {
             "format": args.format,
             "sources": sources,
