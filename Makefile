@@ -65,11 +65,12 @@ PAPER_DATA = $(if $(filter undefined,$(origin DATA)),mini-imagenet,$(DATA))
 PAPER_RUNS = $(foreach seed,$(SEEDS),$(foreach m,$(METHODS),$(RUNS)/$(m)/seed$(seed)))
 
 paper: $(STAMP)
-	@test -n "$(PAPER_DATA)" || { echo 'DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet'; exit 2; }
-	@test -n "$(strip $(METHODS))" || { echo 'METHODS is empty: name at least one method (maml.py --help, --method)'; exit 2; }
-	@test -n "$(strip $(RUNS))" -a -n "$(strip $(REPORT))" || { echo 'RUNS and REPORT may not be empty: they are the folders of the runs and the report'; exit 2; }
-	@test "$(words $(RUNS) $(REPORT))" = 2 || { echo 'RUNS and REPORT may not hold a space (make splits words there); DATA may'; exit 2; }
-	@test "$(words $(METHODS))" = "$(words $(sort $(METHODS)))" || { echo 'METHODS names a method twice ($(strip $(METHODS))): each trains into $(RUNS)/<method>, so name each once'; exit 2; }
+	@test -n "$(PAPER_DATA)" || { echo 'DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet' >&2; exit 2; }
+	@test -z "$(findstring ',$(PAPER_DATA))" || { echo 'DATA may not hold a single quote (the commands quote it): link the folder from a path without one' >&2; exit 2; }
+	@test -n "$(strip $(METHODS))" || { echo 'METHODS is empty: name at least one method (maml.py --help, --method)' >&2; exit 2; }
+	@test -n "$(strip $(RUNS))" -a -n "$(strip $(REPORT))" || { echo 'RUNS and REPORT may not be empty: they are the folders of the runs and the report' >&2; exit 2; }
+	@test "$(words $(RUNS) $(REPORT))" = 2 || { echo 'RUNS and REPORT may not hold a space (make splits words there); DATA may' >&2; exit 2; }
+	@test "$(words $(METHODS))" = "$(words $(sort $(METHODS)))" || { echo 'METHODS names a method twice ($(strip $(METHODS))): each trains into $(RUNS)/<method>, so name each once' >&2; exit 2; }
 	@# every method's flags parsed as maml.py parses them, in one process, before any training: an unknown
 	@# --method, or a flag in PAPER_FLAGS that contradicts one of the methods, ends here in one line
 	@$(PY) -c 'import sys, cli, flags; [cli.run_cli(flags.parse, [*sys.argv[2:], "--method", m]) for m in sys.argv[1].split()]' '$(METHODS)' $(PAPER_FLAGS)
@@ -81,5 +82,5 @@ paper: $(STAMP)
 	@echo "report: $(REPORT)/report.md"
 
 gpu-check:
-	@test -n "$(DATA)" || { echo "usage: make gpu-check DATA=/path/to/mini-imagenet-sample"; exit 2; }
+	@test -n "$(DATA)" || { echo "usage: make gpu-check DATA=/path/to/mini-imagenet-sample" >&2; exit 2; }
 	$(PYTHON) gpu_check.py '$(DATA)'

@@ -450,17 +450,22 @@ REPORT_NAMES = ("report.md", "stats.md", "stats.json", "fig*.png", "table1_learn
 
 
 def report_files(out, by_name=True):
-    """The files of the report in `out` (paths relative to it): those its manifests name (a grouped report's
-    names its groups'), and `by_name` any file named as analyze.py names its files."""
-    patterns = REPORT_NAMES if by_name else ()
-    names = {str(p.relative_to(out)) for pattern in patterns for p in out.glob(pattern) if p.is_file()}
-    for manifest in [out / "manifest.json", *sorted(out.glob("group*/manifest.json"))]:
+    """The files of the report in `out` (paths relative to it): those its manifest names, and those the group
+    manifests it names name; `by_name` also any file named as analyze.py names its files and every group
+    folder's manifest (what an earlier report may have left)."""
+    names = {str(p.relative_to(out)) for pattern in REPORT_NAMES * by_name for p in out.glob(pattern) if p.is_file()}
+    groups = [str(p.relative_to(out)) for p in sorted(out.glob("group*/manifest.json"))] if by_name else []
+    manifests = ["manifest.json", *groups]
+    for manifest in manifests:  # grows by the group manifests each names
         try:
-            listed = json.loads(manifest.read_text()) if manifest.is_file() else {}
+            listed = json.loads((out / manifest).read_text()) if (out / manifest).is_file() else {}
         except (OSError, ValueError):
             listed = {}
-        where = manifest.parent.relative_to(out)
-        names |= {str(where / name) for name in listed if isinstance(name, str)} | {str(where / "manifest.json")}
+        where = Path(manifest).parent
+        names |= {manifest} | {str(where / name) for name in listed if isinstance(name, str)}
+        manifests += [
+            str(where / n) for n in listed if Path(n).name == "manifest.json" and str(where / n) not in manifests
+        ]
     return {name for name in names if (out / name).is_file()}
 
 

@@ -42,20 +42,21 @@ LR_STATS_COLUMNS = ["iteration", "name", "kind", "count", "mean", "std", "frac_n
 
 
 def header_of(path):
-    """The column names of a CSV log's first line ([] for a missing or empty file)."""
+    """The column names of a CSV log's first line ([] for a missing or empty file, None if it is not CSV)."""
     if not Path(path).exists():
         return []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        return next(csv.reader(f), [])
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
+        return fields_of(f.readline().rstrip("\r\n"))
 
 
 def check_header(path, columns, error=CheckpointError):
     """Rows are appended only under the header they belong to: a log whose columns were changed by hand
     (one deleted, say) is refused before anything is written, naming the file."""
     header = header_of(path)
-    if header and header != list(columns):
-        lost = [c for c in columns if c not in header]
-        what = f"it lacks {', '.join(lost)}" if lost else f"its columns are {', '.join(header)}"
+    if header is None or (header and header != list(columns)):
+        lost = [c for c in columns if c not in (header or [])]
+        what = "its first line is not CSV" if header is None else f"its columns are {', '.join(header)}"
+        what = f"it lacks {', '.join(lost)}" if lost and header else what
         raise error(
             f"{path} does not have the columns this program writes ({what}; expected {', '.join(columns)}); put "
             f"the file back as it was written, or start a new --out"
@@ -80,13 +81,23 @@ def line_damage(line, header):
     field that should be a number and is not."""
     if "\0" in line:
         return "NUL bytes"
-    fields = next(csv.reader([line]))
+    fields = fields_of(line)
+    if fields is None:
+        return "not CSV (a stray line-end character inside it)"
     if len(fields) != len(header):
         return f"{len(fields)} fields where the header has {len(header)}"
     for column, value in zip(header, fields):
         if column not in TEXT_COLUMNS and not is_number(value, whole=column in ("iteration", "chunk")):
             return f"{column} is {value[:20]!r}, not a number"
     return None
+
+
+def fields_of(line):
+    """The fields of one CSV line, or None where it is not CSV (a stray carriage return, say)."""
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error:
+        return None
 
 
 def is_number(text, whole=False):
@@ -107,7 +118,7 @@ def read_log(path):
     lines = Path(path).read_bytes().decode("utf-8", "replace").split("\n")
     torn = lines.pop() if lines else ""  # the text after the last line end: empty unless torn
     lines = [line.removesuffix("\r") for line in lines] + ([torn] if torn else [])
-    header = next(csv.reader([lines[0]])) if lines and "\0" not in lines[0] else []
+    header = (fields_of(lines[0]) or []) if lines and "\0" not in lines[0] else []
     rows, damage = [], None
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -120,7 +131,7 @@ def read_log(path):
         elif what is None and damage is not None:
             damage[2] = False  # a whole row after the damage
         elif what is None and number > 1:
-            rows.append(dict(zip(header, next(csv.reader([line])))))
+            rows.append(dict(zip(header, fields_of(line))))
     if damage and damage[0] == 1 and any(line.strip() for line in lines[1:]):
         damage[2] = False  # without a header no row can be read: nothing to drop, everything to check
     return rows, tuple(damage) if damage else None
@@ -132,7 +143,7 @@ def read_log_strictly(path, columns=()):
     rows, damage = read_log(path)
     if damage:
         raise DataError(f"{path} line {damage[0]} is damaged ({damage[1]}); fix or remove that line")
-    lost = [c for c in columns if c not in header_of(path)]
+    lost = [c for c in columns if c not in (header_of(path) or [])]
     if lost:
         raise DataError(f"{path} has no {', '.join(lost)} column; expected the columns this program writes there")
     return rows

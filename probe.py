@@ -446,6 +446,20 @@ def run(args):
             return probe_process(args, ckpt, out / f"{stem}.csv", out / f"{stem}.json", rank, world, device)
 
 
+@contextlib.contextmanager
+def removed_if_empty(paths):
+    """A new probe that fails before its first records (its adaptation diverges, say) leaves no files: a
+    header and settings alone would block the next try as 'already holds probe records'."""
+    try:
+        yield
+    except BaseException:
+        records = paths[0] if paths else None
+        if records is not None and records.exists() and not logs.read_log(records)[0]:
+            for path in paths:
+                path.unlink(missing_ok=True)
+        raise
+
+
 def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
     config = ckpt["config"]
     inner_lrs = probe_rates(ckpt["inner_lrs"], args.rates, args.inner_lr, meta_sgd=config["learn_lr"])
@@ -480,7 +494,7 @@ def probe_process(args, ckpt, records_path, summary_path, rank, world, device):
         disable=args.no_progress or rank != 0,
         dynamic_ncols=True,
     )
-    with bar:
+    with bar, removed_if_empty([records_path, summary_path] if rank == 0 and not done_rows else []):
         chunks = distributed.gathered_in_turn(
             probe_one, start // batch, math.ceil(args.iterations / batch), rank, world
         )

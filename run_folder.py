@@ -8,6 +8,7 @@ and the Ctrl-C handler. How a run starts or resumes is run_start.py's.
 """
 
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -27,11 +28,9 @@ from cli import (
 )
 from flags import CONFIG_ADDED, METHODS, method_of
 from logs import (
-    LR_STATS_COLUMNS,
-    METRICS_COLUMNS,
     append_rows,
-    check_header,
     read_json,
+    read_log,
     read_log_strictly,
     read_records,
     repair_logs,
@@ -332,11 +331,19 @@ def load_run(path):
         "test": read_json(folder / "test.json") if (folder / "test.json").exists() else None,
         "probes": {},
     }
+    best = ckpt if ckpt_path.name == "best.pt" else load_checkpoint(folder / "best.pt") if has("best.pt") else None
+    others = files_of_other_runs(folder, ckpt, best)
+    if others:
+        raise AnalysisError(f"{folder / others[0][0]} is {others[0][1]}, not the run of {ckpt_path} (run "
+                            f"{ckpt.get('run_id')}); a run folder holds one run's files: put it back in its own run's "
+                            "folder")  # fmt: skip
     for records in sorted(folder.glob("probe*.csv")):
         summary = records.with_suffix(".json")
         settings = read_json(summary).get("settings", {}) if summary.exists() else {}
         check_probe_is_of(settings, ckpt.get("run_id"), summary)
-        run["probes"][records.stem] = {"records": read_records(records), "settings": settings}
+        probe = {"records": read_records(records), "settings": settings}
+        if probe["records"]["pre_A"]:  # a probe stopped before its first chunk has nothing to report
+            run["probes"][records.stem] = probe
     run["table1"] = table1_source(folder, run["probes"]) if config["learn_lr"] else None
     return run
 
@@ -344,6 +351,44 @@ def load_run(path):
 # ----------------------------------------------------------------------------------------------
 # During the run
 # ----------------------------------------------------------------------------------------------
+
+
+def files_of_other_runs(folder, ckpt, best=None):
+    """[(name, whose it is)] for the files of `folder` that are not the run of `ckpt` (its ckpt.pt): run.json,
+    test.json, best.pt (`best`, loaded) and ckpt.prev.pt by their run ids; metrics.csv and lr_stats.csv by
+    their rows at the run's best iteration, which must be the ones that run logged. A checkpoint from before
+    run ids gets one when resumed: until its next save, only its logs can be checked."""
+    run_id, (best_acc, best_at) = ckpt.get("run_id"), ckpt.get("best_val") or (None, None)
+    ids = {
+        name: read_json(folder / name).get("run_id") for name in ("run.json", "test.json") if (folder / name).exists()
+    }
+    prev = load_checkpoint(folder / "ckpt.prev.pt") if (folder / "ckpt.prev.pt").exists() else None
+    ids |= {name: c.get("run_id") for name, c in (("best.pt", best), ("ckpt.prev.pt", prev)) if c is not None}
+    others = [(name, f"run {other}") for name, other in ids.items() if None not in (other, run_id) and other != run_id]
+    if run_id is not None and "run.json" not in ids and (folder / "metrics.csv").exists():
+        others.append(("metrics.csv", "a run that run.json does not name (it is missing)"))
+    logged = (
+        {int(r["iteration"]): r for r in read_log(folder / "metrics.csv")[0]} if has_rows(folder, "metrics.csv") else {}
+    )
+    if best_at and best_at > 0 and logged and float(logged.get(best_at, {}).get("val_acc", "nan")) != best_acc:
+        others.append(
+            ("metrics.csv", f"another run's log (no row of validation accuracy {best_acc} at iteration {best_at})")
+        )
+    if best is not None and best_at and best_at > 0 and ckpt["config"]["learn_lr"] and has_rows(folder, "lr_stats.csv"):
+        means = {
+            r["name"]: float(r["mean"]) for r in read_log(folder / "lr_stats.csv")[0] if int(r["iteration"]) == best_at
+        }
+        kept = {r["name"]: r["mean"] for r in rate_statistics(best["inner_lrs"])}  # a GPU's sums: the last bits
+        if means and (
+            means.keys() != kept.keys()
+            or not all(math.isclose(means[k], kept[k], rel_tol=1e-6, abs_tol=1e-12) for k in kept)
+        ):
+            others.append(("lr_stats.csv", f"another run's log (its rates at iteration {best_at} are not best.pt's)"))
+    return others
+
+
+def has_rows(folder, name):
+    return (folder / name).exists() and (folder / name).stat().st_size > 0
 
 
 def check_probe_is_of(settings, run_id, summary):
@@ -411,9 +456,7 @@ def begin_logs(run):
     run.out.mkdir(parents=True, exist_ok=True)
     logs = [run.out / "metrics.csv", run.out / "lr_stats.csv"]
     write_json(run.out / "run.json", {"run_id": run.run_id})  # the folder's logs are this run's
-    if run.resumed:
-        for log, columns in zip(logs, (METRICS_COLUMNS, LR_STATS_COLUMNS), strict=True):
-            check_header(log, columns)
+    if run.resumed:  # their headers and rows were checked against the checkpoint (run_start.check_run_folder)
         repair_logs(logs, run.iteration)
     else:
         for log in logs:

@@ -26,8 +26,8 @@ from cli import (
     refuse_to_overwrite,
     remove_stale_temporaries,
 )
-from logs import read_json
-from run_folder import RunState, load_checkpoint, restore
+from logs import LR_STATS_COLUMNS, METRICS_COLUMNS, check_header
+from run_folder import RunState, files_of_other_runs, load_checkpoint, restore
 
 
 @contextlib.contextmanager
@@ -164,21 +164,16 @@ def check_run_folder(out, resumed, writer):
     """A run folder holds one run: before a resumed run trains, every file of it must be its own (the same
     run id as ckpt.pt: run.json, naming the run of the logs, best.pt, test.json, ckpt.prev.pt), and best.pt
     its best model so far. A missing best.pt that ckpt.pt can stand for is rebuilt from it (by the writer)."""
-    run_id, best_at = resumed.get("run_id"), resumed["best_val"][1]
-    ids = {"run.json": read_json(out / "run.json").get("run_id") if (out / "run.json").exists() else None}
-    ids |= {"test.json": read_json(out / "test.json").get("run_id") if (out / "test.json").exists() else None}
+    best_at = resumed["best_val"][1]
+    for log, columns in (("metrics.csv", METRICS_COLUMNS), ("lr_stats.csv", LR_STATS_COLUMNS)):
+        check_header(out / log, columns)
     best = load_checkpoint(out / "best.pt") if (out / "best.pt").exists() else None
-    for name, ckpt in (("best.pt", best), ("ckpt.prev.pt", out / "ckpt.prev.pt")):
-        ckpt = load_checkpoint(ckpt) if isinstance(ckpt, Path) and ckpt.exists() else ckpt
-        ids[name] = ckpt.get("run_id") if isinstance(ckpt, dict) else None
-    # a checkpoint from before run ids gets one when resumed: until its next save only its files are known
-    foreign = [name for name, other in ids.items() if None not in (other, run_id) and other != run_id]
-    if foreign or (run_id is not None and ids["run.json"] is None and (out / "metrics.csv").exists()):
-        name = foreign[0] if foreign else "metrics.csv"
-        whose = f"run {ids[name]}" if foreign else "a run that run.json does not name (it is missing)"
+    others = files_of_other_runs(out, resumed, best)
+    if others:
         raise CheckpointError(
-            f"--resume: {out / 'ckpt.pt'} is run {run_id}, but {out / name} is {whose}: "
-            f"a run folder holds one run's files; put each file back in its own run's folder, or start a new --out"
+            f"--resume: {out / 'ckpt.pt'} is run {resumed.get('run_id')}, but {out / others[0][0]} is "
+            f"{others[0][1]}: a run folder holds one run's files; put each file back in its own run's folder, or start "
+            f"a new --out"
         )
     if best is not None and best["iteration"] != best_at and not best["iteration"] > resumed["iteration"]:
         raise CheckpointError(

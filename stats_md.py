@@ -12,11 +12,13 @@ from stats import CKA_LAYERS
 
 def fmt(mean_std, scale=1.0, digits=3):
     mean, std = mean_std
-    return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if std else "")
+    return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if std and np.isfinite(std) else "")
 
 
 def pct(d):
-    """A mean ± 95% CI half-width in percent (or percentage points)."""
+    """A mean ± 95% CI half-width in percent (or percentage points); one value has no interval."""
+    if d["ci95"] is None or not np.isfinite(d["ci95"]):
+        return f"{100 * d['mean']:.2f} (n = 1: no interval)"
     return f"{100 * d['mean']:.2f} ± {100 * d['ci95']:.2f}"
 
 

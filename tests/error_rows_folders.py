@@ -15,6 +15,23 @@ def another_runs_checkpoint_copied_in(ctx):
     return bad.resume_run(ctx)
 
 
+def another_runs_log_copied_in(ctx):
+    shutil.copy(bad.run_dir(ctx, "metasgd") / "metrics.csv", bad.run_dir(ctx) / "metrics.csv")
+    return bad.resume_run(ctx)
+
+
+def another_runs_test_json_copied_in(ctx):
+    shutil.copy(bad.run_dir(ctx, "metasgd") / "test.json", bad.run_dir(ctx) / "test.json")
+    return bad.analyze_both(ctx)
+
+
+def column_appended_by_awk_to_crlf_lines(ctx):
+    path = bad.run_dir(ctx) / "metrics.csv"  # csv writes \r\n; awk keeps the \r before what it appends
+    lines = path.read_bytes().decode().split("\n")[:-1]
+    path.write_bytes("".join(f"{line},{'note' if i == 0 else 'x'}\n" for i, line in enumerate(lines)).encode())
+    return bad.resume_run(ctx)
+
+
 def run_json_deleted(ctx):
     (bad.run_dir(ctx) / "run.json").unlink()
     return bad.resume_run(ctx)
@@ -80,6 +97,24 @@ FOLDER_CASES = [
         another_runs_checkpoint_copied_in,
         r"ckpt.pt is run \w+, but .*run.json is run \w+: a run folder holds one run's files",
         id="another run's ckpt.pt copied in",
+    ),  # fmt: skip
+    pytest.param(
+        "maml",
+        another_runs_log_copied_in,
+        "metrics.csv is another run's log \\(no row of validation accuracy .* at iteration 2\\)",
+        id="another run's metrics.csv copied in",
+    ),  # fmt: skip
+    pytest.param(
+        "maml",
+        column_appended_by_awk_to_crlf_lines,
+        "metrics.csv does not have the columns this program writes \\(its first line is not CSV",
+        id="metrics.csv column appended by awk to CRLF lines",
+    ),  # fmt: skip
+    pytest.param(
+        "analyze",
+        another_runs_test_json_copied_in,
+        "test.json is run \\w+, not the run of .*ckpt.pt \\(run \\w+\\); a run folder holds one run's files",
+        id="another run's test.json in a report",
     ),  # fmt: skip
     pytest.param("maml", run_json_deleted, "metrics.csv is a run that run.json does not name", id="run.json deleted"),
     pytest.param(

@@ -552,6 +552,15 @@ def test_a_report_folder_keeps_one_report_an_earlier_ones_files_and_killed_tempo
     assert left == sorted(json.loads((out / "manifest.json").read_text())) and "table1_learned_rates.md" not in left
 
 
+def test_a_grouped_reports_group_folders_are_removed_by_a_single_report_into_its_folder(tmp_path):
+    make_run(tmp_path / "h4", "maml", 0)
+    make_run(tmp_path / "h8", "maml", 1, hidden=8)
+    analyze.analyze([tmp_path / "h4", tmp_path / "h8"], tmp_path / "report")
+    assert (tmp_path / "report" / "group2" / "report.md").exists()
+    analyze.analyze([tmp_path / "h4"], tmp_path / "report")
+    assert not list((tmp_path / "report").glob("group*"))
+
+
 def test_a_run_folder_name_that_is_not_utf8_is_written_escaped_and_a_run_without_metrics_is_named(tmp_path):
     folder = tmp_path / os.fsdecode(b"caf\xe9")
     make_run(folder, "maml", 0)

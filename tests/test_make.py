@@ -31,6 +31,7 @@ def test_make_paper_refuses_bad_methods_and_flags_before_any_training(tmp_path):
                 ("METHODS=maml anil maml",): "METHODS names a method twice (maml anil maml)",
                 ("RUNS=",): "RUNS and REPORT may not be empty",
                 ("REPORT=my report",): "RUNS and REPORT may not hold a space",
+                ("DATA=/data/it's here",): "DATA may not hold a single quote",
                 ("METHODS=anil boil", paper_flags): "error: --method boil means --inner-params body, which "
                 "--inner-params contradicts"}  # fmt: skip
     for bad, message in refusals.items():  # before any training, of anil too (its flags agree)
@@ -69,8 +70,12 @@ def test_make_paper_refuses_data_given_empty_in_one_line():
     """Only an absent DATA means mini-imagenet (fetched by name); DATA= is a mistake, not a default."""
     command = ["make", "-s", "paper", "DATA=", f"PY={sys.executable}", "STAMP=requirements.txt"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stdout.strip() == (
-        "DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet"
+    said = [line for line in done.stderr.splitlines() if not line.startswith("make")]  # on stderr, as every refusal
+    assert (
+        done.returncode == 2
+        and not done.stdout
+        and said
+        == ["DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet"]
     )
     shown = subprocess.run(["make", "-n", "paper", f"PY={sys.executable}", "STAMP=requirements.txt"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)  # fmt: skip

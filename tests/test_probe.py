@@ -269,3 +269,4 @@ def test_a_probe_whose_adaptation_diverges_stops_instead_of_reporting_accuracies
         FloatingPointError, match="the adaptation diverged: the features or logits of [1-4] of 4 tasks became"
     ):
         probe_records(checkpoints["maml"], tmp_path / "p", "--rates", "fixed", "--inner-lr", "1e12", "--steps", "5")
+    assert not (tmp_path / "p").exists()  # no header-only records to block the next try (nor a folder)

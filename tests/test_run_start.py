@@ -206,3 +206,11 @@ def test_regenerated_images_under_the_same_names_and_counts_are_not_the_runs_dat
     make_jpegs(tmp_path / "ravi", seed=1)  # other pixels, the same files, classes and counts
     with pytest.raises(ConfigError, match="not the data the run trained on \\(train split pixels: \\w+ then, \\w+ now"):
         train(tmp_path / "run", *flags, "--iterations", "4", "--resume")
+
+
+def test_another_runs_lr_stats_copied_into_a_folder_is_not_continued(tmp_path):
+    train(tmp_path / "run", "--learn-lr")
+    train(tmp_path / "other", "--learn-lr", "--seed", "1")
+    shutil.copy(tmp_path / "other" / "lr_stats.csv", tmp_path / "run" / "lr_stats.csv")
+    with pytest.raises(CheckpointError, match="lr_stats.csv is another run's log \\(its rates at iteration 2 are not"):
+        train(tmp_path / "run", "--learn-lr", "--iterations", "4", "--resume")
