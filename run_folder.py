@@ -358,7 +358,7 @@ def files_of_other_runs(folder, ckpt, best=None):
     test.json, best.pt (`best`, loaded) and ckpt.prev.pt by their run ids; metrics.csv and lr_stats.csv by
     their rows at the run's best iteration, which must be the ones that run logged. A checkpoint from before
     run ids gets one when resumed: until its next save, only its logs can be checked."""
-    run_id, (best_acc, best_at) = ckpt.get("run_id"), ckpt.get("best_val") or (None, None)
+    run_id = ckpt.get("run_id")
     ids = {
         name: read_json(folder / name).get("run_id") for name in ("run.json", "test.json") if (folder / name).exists()
     }
@@ -367,28 +367,38 @@ def files_of_other_runs(folder, ckpt, best=None):
     others = [(name, f"run {other}") for name, other in ids.items() if None not in (other, run_id) and other != run_id]
     if run_id is not None and "run.json" not in ids and (folder / "metrics.csv").exists():
         others.append(("metrics.csv", "a run that run.json does not name (it is missing)"))
-    logged = (
-        {int(r["iteration"]): r for r in read_log(folder / "metrics.csv")[0]} if has_rows(folder, "metrics.csv") else {}
-    )
-    if best_at and best_at > 0 and logged and float(logged.get(best_at, {}).get("val_acc", "nan")) != best_acc:
+    return others + logs_of_other_runs(folder, ckpt, best)
+
+
+def logs_of_other_runs(folder, ckpt, best):
+    """metrics.csv and lr_stats.csv where their rows at the run's best iteration are not the ones it logged:
+    the best validation accuracy, and best.pt's rates (to a GPU's last bits)."""
+    best_acc, best_at = ckpt.get("best_val") or (None, None)
+    if not best_at or best_at <= 0:
+        return []
+    others, metrics = [], rows_at(folder / "metrics.csv", best_at)
+    if metrics is not None and [float(r.get("val_acc", "nan")) for r in metrics] != [best_acc]:
         others.append(
             ("metrics.csv", f"another run's log (no row of validation accuracy {best_acc} at iteration {best_at})")
         )
-    if best is not None and best_at and best_at > 0 and ckpt["config"]["learn_lr"] and has_rows(folder, "lr_stats.csv"):
-        means = {
-            r["name"]: float(r["mean"]) for r in read_log(folder / "lr_stats.csv")[0] if int(r["iteration"]) == best_at
-        }
-        kept = {r["name"]: r["mean"] for r in rate_statistics(best["inner_lrs"])}  # a GPU's sums: the last bits
-        if means and (
-            means.keys() != kept.keys()
-            or not all(math.isclose(means[k], kept[k], rel_tol=1e-6, abs_tol=1e-12) for k in kept)
-        ):
-            others.append(("lr_stats.csv", f"another run's log (its rates at iteration {best_at} are not best.pt's)"))
+    rates = rows_at(folder / "lr_stats.csv", best_at) if best is not None and ckpt["config"]["learn_lr"] else None
+    logged = {r["name"]: float(r["mean"]) for r in rates or []}
+    kept = {r["name"]: r["mean"] for r in rate_statistics(best["inner_lrs"])} if rates is not None else {}
+    if logged.keys() != kept.keys() or not all(
+        math.isclose(logged[k], kept[k], rel_tol=1e-6, abs_tol=1e-12) for k in kept
+    ):
+        others.append(("lr_stats.csv", f"another run's log (its rates at iteration {best_at} are not best.pt's)"))
     return others
 
 
-def has_rows(folder, name):
-    return (folder / name).exists() and (folder / name).stat().st_size > 0
+def rows_at(path, iteration):
+    """A log's rows at `iteration`, or None where the log cannot say (no file, or damage before that row, which
+    --resume and analyze.py deal with)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    rows, damage = read_log(path)
+    found = [row for row in rows if int(row["iteration"]) == iteration]
+    return None if damage and not found else found
 
 
 def check_probe_is_of(settings, run_id, summary):
