@@ -65,8 +65,9 @@ PAPER_DATA = $(if $(filter undefined,$(origin DATA)),mini-imagenet,$(DATA))
 PAPER_RUNS = $(foreach seed,$(SEEDS),$(foreach m,$(METHODS),$(RUNS)/$(m)/seed$(seed)))
 
 paper: $(STAMP)
-	@test -n "$(PAPER_DATA)" || { echo 'DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet' >&2; exit 2; }
-	@test -z "$(findstring ',$(PAPER_DATA))" || { echo 'DATA may not hold a single quote (the commands quote it): link the folder from a path without one' >&2; exit 2; }
+	@# DATA is checked by make itself, before the shell sees it: it reaches the commands in single quotes
+	@$(if $(PAPER_DATA),true,echo 'DATA is empty: give a dataset folder or name (DATA=omniglot), or leave DATA out for mini-imagenet' >&2; exit 2)
+	@$(if $(findstring ',$(PAPER_DATA))$(findstring ",$(PAPER_DATA)),echo 'DATA may not hold a quote (the commands quote it): link the folder from a path without one' >&2; exit 2,true)
 	@test -n "$(strip $(METHODS))" || { echo 'METHODS is empty: name at least one method (maml.py --help, --method)' >&2; exit 2; }
 	@test -n "$(strip $(RUNS))" -a -n "$(strip $(REPORT))" || { echo 'RUNS and REPORT may not be empty: they are the folders of the runs and the report' >&2; exit 2; }
 	@test "$(words $(RUNS) $(REPORT))" = 2 || { echo 'RUNS and REPORT may not hold a space (make splits words there); DATA may' >&2; exit 2; }

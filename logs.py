@@ -5,6 +5,7 @@ refused, naming the file and line, and so is any damage where a file must be who
 """
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -147,6 +148,16 @@ def read_log_strictly(path, columns=()):
     if lost:
         raise DataError(f"{path} has no {', '.join(lost)} column; expected the columns this program writes there")
     return rows
+
+
+def rows_digest(path, iteration):
+    """A digest of a log's rows up to `iteration` (None where it is damaged: --resume's repair deals with
+    that). Every checkpoint keeps the digests of its run's logs, so another run's log copied in is seen."""
+    rows, damage = read_log(path) if Path(path).exists() else ([], None)
+    if damage:
+        return None
+    kept = [row for row in rows if int(row["iteration"]) <= iteration]
+    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16]
 
 
 def repairable(path, error=CheckpointError):

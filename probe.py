@@ -265,8 +265,9 @@ def finished_rows(records_path, summary_path, settings, resume):
     """On --resume, the rows of the whole chunks an interrupted probe wrote (a kill can leave the last
     chunk half-written, or a torn or NUL-padded last row, which is dropped and said so); with no
     earlier records, none. Damage followed by good rows is refused, naming the line."""
-    cli.refuse_to_overwrite(records_path, records_path.exists(), resume, "probe records")
-    if not records_path.exists():
+    has_records = records_path.exists() and bool(logs.read_log(records_path)[0])  # a header alone is no record
+    cli.refuse_to_overwrite(records_path, has_records, resume, "probe records")
+    if not has_records:
         return []
     saved = logs.read_json(summary_path).get("settings") if summary_path.exists() else None
 

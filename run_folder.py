@@ -34,6 +34,7 @@ from logs import (
     read_log_strictly,
     read_records,
     repair_logs,
+    rows_digest,
     write_json,
 )
 from stats import percent, rate_statistics
@@ -148,6 +149,7 @@ def checkpoint_of(run):
         "since_eval": run.since_eval,
         "data_identity": run.data_identity,
         "run_id": run.run_id,
+        "logs_digest": {log.name: rows_digest(log, run.iteration) for log in run_logs(run.out)},  # its logs
     }
 
 
@@ -370,10 +372,20 @@ def files_of_other_runs(folder, ckpt, best=None):
     return others + logs_of_other_runs(folder, ckpt, best)
 
 
+def run_logs(folder):
+    return [Path(folder) / "metrics.csv", Path(folder) / "lr_stats.csv"]
+
+
 def logs_of_other_runs(folder, ckpt, best):
-    """metrics.csv and lr_stats.csv where their rows at the run's best iteration are not the ones it logged:
-    the best validation accuracy, and best.pt's rates (to a GPU's last bits)."""
+    """metrics.csv and lr_stats.csv where their rows up to the checkpoint are not the ones it logged (their
+    digest), or (checkpoints from before digests) where their rows at the run's best iteration are not: the
+    best validation accuracy, and best.pt's rates (to a GPU's last bits)."""
     best_acc, best_at = ckpt.get("best_val") or (None, None)
+    for log in run_logs(folder):
+        kept, now = (ckpt.get("logs_digest") or {}).get(log.name), rows_digest(log, ckpt["iteration"])
+        if None not in (kept, now) and kept != now:
+            return [(log.name, f"another run's log (its rows up to iteration {ckpt['iteration']} are not the ones "
+                               f"this checkpoint was saved with)")]  # fmt: skip
     if not best_at or best_at <= 0:
         return []
     others, metrics = [], rows_at(folder / "metrics.csv", best_at)
@@ -464,7 +476,7 @@ def begin_logs(run):
     if run.rank != 0:
         return
     run.out.mkdir(parents=True, exist_ok=True)
-    logs = [run.out / "metrics.csv", run.out / "lr_stats.csv"]
+    logs = run_logs(run.out)
     write_json(run.out / "run.json", {"run_id": run.run_id})  # the folder's logs are this run's
     if run.resumed:  # their headers and rows were checked against the checkpoint (run_start.check_run_folder)
         repair_logs(logs, run.iteration)

@@ -75,8 +75,10 @@ with open("runs/names.json", "w") as f:
 """
 PROBE = ["--iterations", "16", "--batch", "4", "--queries", "3", "--no-progress", "--device", "cpu"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-# wall-clock time, and the random id each run gets at its start (checkpoints, test.json, run.json, probe settings)
-VOLATILE = {"elapsed", "elapsed_s", "seconds_this_session", "iterations_per_second", "run_id", "checkpoint_run_id"}
+# wall-clock time (and the digest of logs that hold it), and the random id each run gets at its start
+# (checkpoints, test.json, run.json, probe settings)
+VOLATILE = {"elapsed", "elapsed_s", "seconds_this_session", "iterations_per_second", "run_id", "checkpoint_run_id",
+            "logs_digest"}  # fmt: skip
 
 
 def make_ravi(folder):

@@ -31,7 +31,8 @@ def test_make_paper_refuses_bad_methods_and_flags_before_any_training(tmp_path):
                 ("METHODS=maml anil maml",): "METHODS names a method twice (maml anil maml)",
                 ("RUNS=",): "RUNS and REPORT may not be empty",
                 ("REPORT=my report",): "RUNS and REPORT may not hold a space",
-                ("DATA=/data/it's here",): "DATA may not hold a single quote",
+                ("DATA=/data/it's here",): "DATA may not hold a quote",
+                ('DATA=/data/a "b"',): "DATA may not hold a quote",
                 ("METHODS=anil boil", paper_flags): "error: --method boil means --inner-params body, which "
                 "--inner-params contradicts"}  # fmt: skip
     for bad, message in refusals.items():  # before any training, of anil too (its flags agree)

@@ -270,3 +270,9 @@ def test_a_probe_whose_adaptation_diverges_stops_instead_of_reporting_accuracies
     ):
         probe_records(checkpoints["maml"], tmp_path / "p", "--rates", "fixed", "--inner-lr", "1e12", "--steps", "5")
     assert not (tmp_path / "p").exists()  # no header-only records to block the next try (nor a folder)
+
+
+def test_records_holding_only_a_header_are_no_records_and_a_new_probe_writes_them(checkpoints, tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "probe.csv").write_text(",".join(logs.PROBE_COLUMNS) + "\n")  # a kill right after the header
+    assert len(probe_records(checkpoints["maml"], tmp_path / "p")) == 8

@@ -212,5 +212,26 @@ def test_another_runs_lr_stats_copied_into_a_folder_is_not_continued(tmp_path):
     train(tmp_path / "run", "--learn-lr")
     train(tmp_path / "other", "--learn-lr", "--seed", "1")
     shutil.copy(tmp_path / "other" / "lr_stats.csv", tmp_path / "run" / "lr_stats.csv")
-    with pytest.raises(CheckpointError, match="lr_stats.csv is another run's log \\(its rates at iteration 2 are not"):
+    with pytest.raises(CheckpointError, match="lr_stats.csv is another run's log"):
         train(tmp_path / "run", "--learn-lr", "--iterations", "4", "--resume")
+
+
+def test_a_log_whose_earlier_rows_differ_from_the_runs_is_not_continued_even_when_its_best_row_agrees(tmp_path):
+    train(tmp_path / "run")
+    path = tmp_path / "run" / "metrics.csv"
+    lines = path.read_text().splitlines()
+    fields = lines[1].split(",")  # iteration 0's row: another run's would differ there
+    path.write_text("\n".join([lines[0], ",".join(fields[:3] + ["0.123"] + fields[4:]), *lines[2:]]) + "\n")
+    with pytest.raises(CheckpointError, match="metrics.csv is another run's log \\(its rows up to iteration 2 are not"):
+        train(tmp_path / "run", "--iterations", "4", "--resume")
+
+
+def test_a_checkpoint_from_before_log_digests_checks_the_logs_row_at_its_best_iteration(tmp_path):
+    train(tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    del ckpt["logs_digest"]  # as written before digests were kept
+    torch.save(ckpt, tmp_path / "run" / "ckpt.pt")
+    path = tmp_path / "run" / "metrics.csv"
+    path.write_text(path.read_text().replace(repr(ckpt["best_val"][0]), "0.123"))
+    with pytest.raises(CheckpointError, match="metrics.csv is another run's log \\(no row of validation accuracy"):
+        train(tmp_path / "run", "--iterations", "4", "--resume")
